@@ -1,0 +1,43 @@
+"""create_app(config=None): settings → database → Redis/queues → blueprints → CLI."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from flask import Flask
+
+from config import load_settings
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the Flask app. `config` overrides settings (tests pass their own)."""
+    from runtime import Runtime
+
+    settings = load_settings(config)
+    logging.basicConfig(level=settings.LOG_LEVEL,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(SECRET_KEY=settings.SECRET_KEY or None, TESTING=settings.TESTING,
+                      MAX_CONTENT_LENGTH=settings.MAX_WEBHOOK_BYTES, JSON_SORT_KEYS=False)
+    app.json.sort_keys = False
+    runtime = Runtime.build(settings)
+    app.extensions["baton"] = runtime
+
+    from models import db
+
+    @app.before_request
+    def _connect():
+        # One connection per thread, kept open across requests (peewee is
+        # thread-local); reconnects itself after a database restart.
+        db.connect(reuse_if_open=True)
+
+    from blueprints import admin, bot, conversations, errors, ops, webhooks
+
+    errors.init_app(app)
+    for blueprint in (webhooks.bp, bot.bp, conversations.bp, admin.bp, ops.bp):
+        app.register_blueprint(blueprint)
+
+    import cli
+
+    cli.init_app(app)
+    return app

@@ -1,0 +1,50 @@
+"""Bearer tokens and roles. `admin` ⊃ `supervisor` ⊃ `agent`; `bot` stands apart."""
+from __future__ import annotations
+
+from functools import wraps
+
+from flask import g, request
+
+from models import ApiToken
+from models.token import hash_token
+
+from .errors import ApiError
+
+_IMPLIES = {"agent": {"agent", "supervisor", "admin"}, "supervisor": {"supervisor", "admin"},
+            "admin": {"admin"}, "bot": {"bot"}}
+
+
+def allowed_roles(*roles: str) -> set[str]:
+    allowed: set[str] = set()
+    for role in roles:
+        allowed |= _IMPLIES[role]
+    return allowed
+
+
+def current_token() -> ApiToken:
+    header = request.headers.get("Authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ApiError(401, "unauthorized", "Send `Authorization: Bearer <token>`.")
+    token = ApiToken.get_or_none(ApiToken.token_hash == hash_token(secret.strip()))
+    if token is None or token.revoked_at is not None:
+        raise ApiError(401, "unauthorized", "The token is unknown or revoked.")
+    return token
+
+
+def require(*roles: str):
+    """Allow the view to tokens holding one of `roles` (with the implied ones)."""
+    allowed = allowed_roles(*roles)
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            token = current_token()
+            if token.role not in allowed:
+                raise ApiError(403, "forbidden", f"This call needs one of the roles: {', '.join(sorted(allowed))}.",
+                               {"role": token.role})
+            g.token = token
+            return view(*args, **kwargs)
+        wrapper._api_roles = sorted(allowed)
+        return wrapper
+    return decorator

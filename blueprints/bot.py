@@ -1,0 +1,38 @@
+"""POST /api/v1/bot/replies: the AI branch answers a turn, behind the turn guard."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+
+from routing.apply import NotFound, StaleTurn, accept_bot_reply
+from routing.dispatch import dispatch
+
+from .api import body, errors, responds
+from .auth import require
+from .errors import ApiError
+from .idempotency import idempotent
+from .schemas import BotReplyResultSchema, BotReplySchema
+
+bp = Blueprint("bot", __name__, url_prefix="/api/v1/bot")
+
+
+@bp.post("/replies")
+@responds(202, BotReplyResultSchema, "Reply queued for sending")
+@responds(200, BotReplyResultSchema, "The bot escalated; a human takes over")
+@errors(400, 401, 403, 404, 409, 422)
+@require("bot")
+@idempotent
+@body(BotReplySchema)
+def post_reply(data):
+    """Answer a bot turn (refused with 409 stale_turn once control changed)."""
+    rt = current_app.extensions["baton"]
+    try:
+        result = accept_bot_reply(rt.settings, data, actor="bot")
+    except NotFound as missing:
+        raise ApiError(404, f"unknown_{missing.what}", f"No such {missing.what} in this conversation.") from None
+    except StaleTurn:
+        raise ApiError(409, "stale_turn", "Control of the conversation changed after this turn was "
+                       "issued; the reply was not sent.", {"turn_id": data["turn_id"]}) from None
+    dispatch(rt, result.effects)
+    payload = {"status": result.status,
+               "message": result.message.to_dict() if result.message else None}
+    return jsonify(payload), (202 if result.status == "queued" else 200)

@@ -1,0 +1,85 @@
+"""Health, readiness, metrics and the OpenAPI document (no token needed)."""
+from __future__ import annotations
+
+import hmac
+
+import peewee
+from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from redis.exceptions import RedisError
+
+from models import Conversation, Delivery, Message, db
+from routing.lanes import LANES
+
+from .api import build_spec, responds
+from .errors import ApiError
+from .schemas import ReadinessSchema
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+@responds(200, description="The process is up")
+def healthz():
+    """Liveness."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+@responds(200, ReadinessSchema, "Database and Redis answer")
+@responds(503, ReadinessSchema, "A dependency is down")
+def readyz():
+    """Readiness: the database and Redis both answer."""
+    rt = current_app.extensions["baton"]
+    status = {"database": "ok", "redis": "ok"}
+    try:
+        db.execute_sql("SELECT 1")
+    except peewee.PeeweeException as exc:
+        status["database"] = f"down: {type(exc).__name__}"
+    try:
+        rt.redis.ping()
+    except RedisError as exc:
+        status["redis"] = f"down: {type(exc).__name__}"
+    ok = status == {"database": "ok", "redis": "ok"}
+    response = jsonify(status)
+    response.status_code = 200 if ok else 503
+    if not ok:
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+@bp.get("/metrics")
+@responds(200, description="Prometheus text format")
+def metrics():
+    """Gauges read at scrape time, so every web process reports the same truth."""
+    rt = current_app.extensions["baton"]
+    token = rt.settings.METRICS_TOKEN
+    if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
+        raise ApiError(401, "unauthorized", "Metrics need `Authorization: Bearer <METRICS_TOKEN>`.")
+    registry = CollectorRegistry()
+    by_state = Gauge("baton_conversations", "Conversations by state", ["state"], registry=registry)
+    for state, count in (Conversation.select(Conversation.state, peewee.fn.COUNT(Conversation.id))
+                         .group_by(Conversation.state).tuples()):
+        by_state.labels(state).set(count)
+    Gauge("baton_messages_unrouted", "Inbound messages recorded but not routed yet",
+          registry=registry).set(Message.select().where(Message.routed_to.is_null()).count())
+    Gauge("baton_outbound_queued", "Outbound messages waiting to be sent",
+          registry=registry).set(Message.select().where(Message.status == "queued").count())
+    deliveries = Gauge("baton_deliveries", "n8n deliveries by status", ["status"], registry=registry)
+    for status, count in (Delivery.select(Delivery.status, peewee.fn.COUNT(Delivery.id))
+                          .group_by(Delivery.status).tuples()):
+        deliveries.labels(status).set(count)
+    depth = Gauge("baton_lane_ready", "Keys waiting in a work lane", ["lane"], registry=registry)
+    for lane in LANES:
+        depth.labels(lane).set(rt.lanes.depth(lane))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """This API, generated from the schemas that validate it."""
+    spec = current_app.extensions.get("baton_openapi")
+    if spec is None:
+        spec = current_app.extensions["baton_openapi"] = build_spec(current_app)
+    return jsonify(spec)

@@ -1,0 +1,87 @@
+"""POST /webhooks/<provider>: verify → parse → record in one transaction →
+hand the new messages to the inbound lane → answer. No routing happens here."""
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from redis.exceptions import RedisError
+
+from integrations.whatsapp.base import WebhookRejected
+from routing.ingest import IngestCache, record_webhook
+
+from .api import errors, responds
+from .errors import ApiError
+from .schemas import WebhookAckSchema
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+
+_PATH_PROVIDERS = {"whatsapp": ("cloud_api", "sandbox"), "wasender": ("wasender",)}
+
+
+def _runtime():
+    return current_app.extensions["baton"]
+
+
+def _adapter_for(path_provider: str):
+    rt = _runtime()
+    if rt.settings.WHATSAPP_PROVIDER not in _PATH_PROVIDERS[path_provider]:
+        raise ApiError(404, "provider_not_enabled",
+                       f"This Baton runs WHATSAPP_PROVIDER={rt.settings.WHATSAPP_PROVIDER}; "
+                       f"/webhooks/{path_provider} is not in use.")
+    return rt.adapter
+
+
+@bp.get("/whatsapp")
+@responds(200, description="The hub.challenge, verbatim (text/plain)")
+@errors(403)
+def verify_subscription():
+    """Meta's subscription handshake."""
+    adapter = _adapter_for("whatsapp")
+    challenge = request.args.get("hub.challenge")
+    if challenge is None or not adapter.check_handshake(request.args.get("hub.mode"),
+                                                        request.args.get("hub.verify_token"), challenge):
+        raise ApiError(403, "verification_failed", "hub.mode or hub.verify_token is wrong.")
+    return Response(challenge, status=200, mimetype="text/plain")
+
+
+@bp.post("/whatsapp")
+@responds(200, WebhookAckSchema, "Recorded durably")
+@errors(400, 401, 413, 503)
+def receive_cloud_api():
+    """Cloud API (or sandbox) webhook."""
+    return _receive("whatsapp")
+
+
+@bp.post("/wasender")
+@responds(200, WebhookAckSchema, "Recorded durably")
+@errors(400, 401, 413, 503)
+def receive_wasender():
+    """WASender webhook."""
+    return _receive("wasender")
+
+
+def _receive(path_provider: str):
+    adapter = _adapter_for(path_provider)
+    rt = _runtime()
+    limit = rt.settings.MAX_WEBHOOK_BYTES
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "payload_too_large", f"Webhook bodies are limited to {limit} bytes.")
+    raw = request.get_data(cache=False)
+    if len(raw) > limit:
+        raise ApiError(413, "payload_too_large", f"Webhook bodies are limited to {limit} bytes.")
+    try:
+        adapter.verify(request.headers, raw)
+        parsed = adapter.parse(raw)
+    except WebhookRejected as rejected:
+        raise ApiError(rejected.status, rejected.code, rejected.message) from None
+    cache = rt.caches.setdefault("ingest", IngestCache())
+    result = record_webhook(adapter.name, parsed, cache)
+    # Durable from here on: if Redis is down the sweep re-queues the rows later.
+    try:
+        for conversation_id, message_id, score in result.to_route:
+            rt.start_pump(rt.lanes.schedule_inbound(conversation_id, message_id, score))
+    except RedisError as exc:
+        log.warning("recorded but not queued (Redis: %s); the sweep will route it", exc)
+    return jsonify(result.counts())

@@ -1,0 +1,162 @@
+"""`flask --app app baton …`: schema, tokens, the sandbox simulator, outbox, deliveries."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+
+import click
+import orjson
+import requests
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from models import (ApiToken, Channel, Contact, Conversation, Delivery, Message, OutboxEntry, db)
+from models.token import ROLES
+
+baton = AppGroup("baton", help="Baton administration.")
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(baton)
+
+
+def _rt():
+    db.connect(reuse_if_open=True)
+    return current_app.extensions["baton"]
+
+
+@baton.command("init-db")
+def init_db():
+    """Create or migrate the schema (safe to re-run)."""
+    from models.schema import init_schema
+
+    _rt()
+    changes = init_schema()
+    for line in changes:
+        click.echo(line)
+    click.echo("schema is up to date" if not changes else f"{len(changes)} change(s) applied")
+
+
+@baton.group("token")
+def token():
+    """API tokens."""
+
+
+@token.command("add")
+@click.option("--role", type=click.Choice([r for r in ROLES if r in ("bot", "admin", "supervisor")]),
+              required=True)
+@click.option("--name", required=True)
+def token_add(role, name):
+    """Create a token; the secret is printed once, alone on the last line."""
+    _rt()
+    row, secret = ApiToken.issue(name=name, role=role)
+    click.echo(f"created {role} token {row.id} ({name}); store it now, it is not shown again:")
+    click.echo(secret)
+
+
+def signed_text_webhook(settings, wa_id: str, text: str, name: str, message_id: str | None = None,
+                        timestamp: int | None = None) -> tuple[bytes, dict]:
+    """A Cloud API text webhook body and headers, signed exactly like Meta signs."""
+    body = {"object": "whatsapp_business_account", "entry": [{"id": "sandbox-waba", "changes": [{
+        "field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000",
+                         "phone_number_id": settings.SANDBOX_PHONE_NUMBER_ID},
+            "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
+            "messages": [{"from": wa_id, "id": message_id or "wamid.SIM" + os.urandom(12).hex().upper(),
+                          "timestamp": str(timestamp or int(time.time())), "type": "text",
+                          "text": {"body": text}}]}}]}]}
+    raw = orjson.dumps(body)
+    signature = hmac.new(settings.WHATSAPP_APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    return raw, {"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"}
+
+
+@baton.command("simulate")
+@click.option("--from", "wa_id", required=True, help="the customer's WhatsApp id (digits)")
+@click.option("--text", required=True)
+@click.option("--name", default="Sandbox Customer")
+@click.option("--url", default=None, help="webhook URL (default: PUBLIC_BASE_URL/webhooks/whatsapp)")
+@click.option("--wait", default=5.0, show_default=True, help="seconds to watch for the outcome (0: don't)")
+def simulate(wa_id, text, name, url, wait):
+    """Send a correctly signed Cloud API webhook to the running app."""
+    rt = _rt()
+    settings = rt.settings
+    url = url or f"{settings.PUBLIC_BASE_URL.rstrip('/')}/webhooks/whatsapp"
+    raw, headers = signed_text_webhook(settings, wa_id, text, name)
+    started = time.time()
+    try:
+        response = requests.post(url, data=raw, headers=headers, timeout=10)
+    except requests.RequestException as exc:
+        raise click.ClickException(f"could not reach {url}: {exc}") from None
+    click.echo(f"POST {url} → {response.status_code} {response.text.strip()}")
+    if response.status_code != 200 or wait <= 0:
+        return
+    _watch(settings, wa_id, started, wait)
+
+
+def _watch(settings, wa_id: str, started: float, wait: float) -> None:
+    from datetime import datetime, timezone
+
+    since = datetime.fromtimestamp(started - 1, timezone.utc).replace(tzinfo=None)
+    seen: set[str] = set()
+    deadline = time.time() + wait
+    conv = None
+    while time.time() < deadline:
+        conv = (Conversation.select().join(Contact).join(Channel, on=(Contact.channel == Channel.id))
+                .where((Contact.wa_id == wa_id) & (Channel.provider == settings.WHATSAPP_PROVIDER)).first())
+        if conv is not None:
+            rows = (Message.select().where((Message.conversation == conv.id) & (Message.received_at >= since))
+                    .order_by(Message.received_at, Message.id))
+            for m in rows:
+                key = f"{m.id}:{m.routed_to}:{m.status}"
+                if key in seen or (m.direction == "in" and m.routed_to is None) or \
+                        (m.direction == "out" and m.status == "queued"):
+                    continue
+                seen.add(key)
+                if m.direction == "in":
+                    click.echo(f"  routed to {m.routed_to}: {m.text!r}")
+                else:
+                    click.echo(f"  {m.sender} → customer [{m.status}]: {m.text!r}")
+        time.sleep(0.2)
+    if conv is not None:
+        conv = Conversation.get_by_id(conv.id)
+        click.echo(f"conversation {conv.id} is {conv.state}")
+
+
+@baton.command("outbox")
+@click.option("--limit", default=20, show_default=True)
+def outbox(limit):
+    """What the sandbox provider "sent", newest last."""
+    _rt()
+    rows = list(OutboxEntry.select().order_by(OutboxEntry.created_at.desc(), OutboxEntry.id.desc()).limit(limit))
+    for row in reversed(rows):
+        payload = row.payload or {}
+        text = (payload.get("text") or {}).get("body") or payload.get("type")
+        click.echo(f"{row.created_at:%Y-%m-%d %H:%M:%S}  to {row.to}: {text}")
+    if not rows:
+        click.echo("the outbox is empty")
+
+
+@baton.command("deliveries")
+@click.option("--failed", is_flag=True, help="only deliveries that failed for good")
+@click.option("--replay", "replay_id", default=None, help="queue this delivery again")
+@click.option("--limit", default=20, show_default=True)
+def deliveries(failed, replay_id, limit):
+    """n8n event deliveries and their retries."""
+    rt = _rt()
+    if replay_id:
+        from jobs.deliver import replay_delivery
+
+        if Delivery.get_or_none(Delivery.id == replay_id) is None:
+            raise click.ClickException(f"no delivery {replay_id}")
+        row = replay_delivery(replay_id, rt)
+        click.echo(f"{row.id} queued again ({row.event_type} → {row.url})")
+        return
+    rows = Delivery.select()
+    if failed:
+        rows = rows.where(Delivery.status == "failed")
+    for row in rows.order_by(Delivery.created_at.desc()).limit(limit):
+        click.echo(f"{row.id}  {row.status:9}  {row.event_type:20} attempts={row.attempts} "
+                   f"{row.last_error or ''}".rstrip())

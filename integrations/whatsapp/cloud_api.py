@@ -1,0 +1,336 @@
+"""Meta WhatsApp Business Cloud API adapter.
+
+Webhooks: `X-Hub-Signature-256` HMAC over the raw body, the
+`whatsapp_business_account` envelope, every entry/change/message/status.
+Sending and media go through the Graph API with a Bearer token.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import orjson
+import requests
+
+from .base import (
+    MEDIA_TYPES,
+    IgnoredUpdate,
+    InboundMessage,
+    OutboundMessage,
+    ParsedWebhook,
+    SendError,
+    SendResult,
+    StatusUpdate,
+    WebhookRejected,
+)
+
+_SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+
+# Meta codes that mean "not now" rather than "never": throughput and pair-rate
+# limits, upgrade in progress, app/WABA rate limits, service unavailable and
+# the generic unknown/temporary errors (1, 2, 131000).
+RETRYABLE_CODES = frozenset({130429, 131056, 131057, 80007, 4, 131016, 131000, 1, 2})
+
+_STATUSES = {"sent": "sent", "delivered": "delivered", "read": "read", "failed": "failed",
+             "played": "read"}  # a played voice note has necessarily been read
+
+
+def header_value(headers: Mapping[str, str], name: str) -> str | None:
+    """Return the header `name` from a dict or werkzeug headers, ignoring case."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    wanted = name.lower()
+    for key, candidate in headers.items():
+        if key.lower() == wanted:
+            return candidate
+    return None
+
+
+def unix_time(value: Any, fallback: datetime) -> datetime:
+    """Turn Unix seconds (int or digit string) into tz-aware UTC; `fallback` if unusable."""
+    if isinstance(value, bool):
+        return fallback
+    try:
+        seconds = int(value) if isinstance(value, (int, str)) else int(float(value))
+        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return fallback
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _error_summary(errors: Any) -> dict | None:
+    first = _list(errors)[0] if _list(errors) else None
+    if not isinstance(first, dict):
+        return None
+    code = first.get("code")
+    try:
+        code = int(code)
+    except (TypeError, ValueError):
+        pass
+    return {"code": code, "title": first.get("title") or first.get("message") or ""}
+
+
+class CloudApiAdapter:
+    """Speaks the Meta Cloud API: verifies and normalizes webhooks, sends, downloads media."""
+
+    name = "cloud_api"
+
+    def __init__(self, app_secret: str, access_token: str = "",
+                 api_base: str = "https://graph.facebook.com/v23.0", verify_token: str = "",
+                 timeout: float = 10.0, session: requests.Session | None = None):
+        self.app_secret = app_secret
+        self.access_token = access_token
+        self.api_base = api_base.rstrip("/")
+        self.verify_token = verify_token
+        self.timeout = timeout
+        self.session = session or requests.Session()
+
+    # ---- webhooks in -------------------------------------------------------
+
+    def verify(self, headers: Mapping[str, str], raw_body: bytes) -> None:
+        """Return only if `X-Hub-Signature-256` is the app-secret HMAC of `raw_body`."""
+        match = _SIGNATURE.fullmatch((header_value(headers, "X-Hub-Signature-256") or "").strip())
+        if not self.app_secret or not match:
+            # An empty secret would make every signature forgeable, so it never passes.
+            raise WebhookRejected(401, "invalid_signature", "missing or malformed X-Hub-Signature-256")
+        expected = hmac.new(self.app_secret.encode(), raw_body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected.encode(), match.group(1).lower().encode()):
+            raise WebhookRejected(401, "invalid_signature", "X-Hub-Signature-256 does not match the body")
+
+    def check_handshake(self, mode: str | None, token: str | None, challenge: str | None) -> bool:
+        """True when the GET subscription handshake carries our verify token."""
+        if mode != "subscribe" or not self.verify_token or token is None:
+            return False
+        return hmac.compare_digest(token.encode(), self.verify_token.encode())
+
+    def parse(self, raw_body: bytes) -> ParsedWebhook:
+        """Normalize every entry and change; 400 only when the envelope itself is wrong."""
+        try:
+            payload = orjson.loads(raw_body)
+        except orjson.JSONDecodeError as exc:
+            raise WebhookRejected(400, "malformed_payload", f"body is not JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise WebhookRejected(400, "malformed_payload", "body is not a JSON object")
+        if payload.get("object") != "whatsapp_business_account":
+            raise WebhookRejected(400, "wrong_envelope", "object is not whatsapp_business_account")
+        if not isinstance(payload.get("entry"), list):
+            raise WebhookRejected(400, "wrong_envelope", "entry is not a list")
+
+        parsed = ParsedWebhook()
+        # One clock reading per body: messages with unusable timestamps in a batch share it.
+        now = datetime.now(timezone.utc)
+        for entry in payload["entry"]:
+            if not isinstance(entry, dict):
+                parsed.ignored.append(IgnoredUpdate("malformed_entry", None, {"entry": entry}))
+                continue
+            for change in _list(entry.get("changes")):
+                self._parse_change(entry, change, now, parsed)
+        return parsed
+
+    def _parse_change(self, entry: dict, change: Any, now: datetime, parsed: ParsedWebhook) -> None:
+        change = _dict(change)
+        value = change.get("value")
+        field_name = change.get("field")
+        phone_number_id = _dict(_dict(value).get("metadata")).get("phone_number_id") or entry.get("id")
+        phone_number_id = str(phone_number_id) if phone_number_id is not None else None
+        if not isinstance(value, dict) or field_name not in ("messages", "smb_message_echoes"):
+            parsed.ignored.append(IgnoredUpdate(f"field:{field_name}", phone_number_id, change))
+            return
+        contacts = [c for c in _list(value.get("contacts")) if isinstance(c, dict)]
+        if field_name == "smb_message_echoes":
+            for echo in _list(value.get("message_echoes")):
+                self._add_message(echo, phone_number_id, contacts, True, now, parsed)
+            return
+        for message in _list(value.get("messages")):
+            self._add_message(message, phone_number_id, contacts, False, now, parsed)
+        for status in _list(value.get("statuses")):
+            self._add_status(status, phone_number_id, now, parsed)
+        for error in _list(value.get("errors")):
+            parsed.ignored.append(IgnoredUpdate("errors", phone_number_id, _dict(error)))
+
+    def _add_message(self, message: Any, phone_number_id: str | None, contacts: list[dict],
+                     from_me: bool, now: datetime, parsed: ParsedWebhook) -> None:
+        if not isinstance(message, dict) or not message.get("id"):
+            parsed.ignored.append(IgnoredUpdate("message_without_id", phone_number_id, _dict(message)))
+            return
+        if from_me:
+            customer = message.get("to") or message.get("to_user_id")
+        else:
+            customer = message.get("from") or message.get("from_user_id")
+        contact = _matching_contact(contacts, customer)
+        if not customer and contact:
+            customer = contact.get("wa_id") or contact.get("user_id")
+        if not customer:
+            parsed.ignored.append(IgnoredUpdate("message_without_sender", phone_number_id, message))
+            return
+        kind, text, media = _content(message)
+        parsed.messages.append(InboundMessage(
+            provider_message_id=str(message["id"]),
+            phone_number_id=phone_number_id or "",
+            wa_id=str(customer),
+            type=kind,
+            sent_at=unix_time(message.get("timestamp"), now),
+            text=text,
+            contact_name=_dict(contact.get("profile")).get("name") if contact else None,
+            media=media,
+            from_me=from_me,
+            raw=message,
+        ))
+
+    def _add_status(self, status: Any, phone_number_id: str | None, now: datetime,
+                    parsed: ParsedWebhook) -> None:
+        status = _dict(status)
+        normalized = _STATUSES.get(str(status.get("status", "")).lower())
+        if not status.get("id") or normalized is None:
+            # e.g. "deleted"/"warning", or a status we cannot tie to a message
+            parsed.ignored.append(IgnoredUpdate(f"status:{status.get('status')}", phone_number_id, status))
+            return
+        recipient = status.get("recipient_id") or status.get("recipient_user_id")
+        parsed.statuses.append(StatusUpdate(
+            provider_message_id=str(status["id"]),
+            phone_number_id=phone_number_id or "",
+            recipient_wa_id=str(recipient) if recipient else None,
+            status=normalized,
+            timestamp=unix_time(status.get("timestamp"), now),
+            error=_error_summary(status.get("errors")),
+        ))
+
+    # ---- sending and media -------------------------------------------------
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        """POST one message to `/{phone_number_id}/messages`; the wamid means accepted, not delivered."""
+        response = self._request("POST", f"{self.api_base}/{message.phone_number_id}/messages",
+                                 json=self._send_body(message))
+        try:
+            wamid = response.json()["messages"][0]["id"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            # Meta accepted the request, so retrying could send the message twice.
+            raise SendError("invalid_response", "2xx without messages[0].id", retryable=False) from None
+        return SendResult(provider_message_id=str(wamid))
+
+    def fetch_media(self, media: dict) -> tuple[bytes, str]:
+        """Resolve a webhook media id to a short-lived URL, then download it with the same token."""
+        media_id = media.get("provider_media_id")
+        if not media_id:
+            raise SendError("no_media_id", "media has no provider_media_id", retryable=False)
+        meta = self._request("GET", f"{self.api_base}/{media_id}")
+        try:
+            info = meta.json()
+            url = info["url"]
+        except (ValueError, KeyError, TypeError):
+            raise SendError("invalid_response", "media lookup without url", retryable=False) from None
+        # The URL lives five minutes; a 404 here means "look the id up again", so retry.
+        download = self._request("GET", url, not_found_retryable=True)
+        mime_type = (info.get("mime_type") or media.get("mime_type")
+                     or download.headers.get("Content-Type", "application/octet-stream"))
+        return download.content, mime_type
+
+    def _send_body(self, message: OutboundMessage) -> dict:
+        body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual",
+                                "to": message.to}
+        if message.template:
+            template = dict(message.template)
+            if isinstance(template.get("language"), str):
+                template["language"] = {"code": template["language"]}
+            body.update(type="template", template=template)
+        elif message.media:
+            kind = message.media.get("type")
+            if kind not in MEDIA_TYPES:
+                raise SendError("invalid_message", f"unsupported media type {kind!r}", retryable=False)
+            media = {k: message.media[k] for k in ("link", "id", "caption") if message.media.get(k)}
+            if kind == "document" and message.media.get("filename"):
+                media["filename"] = message.media["filename"]
+            body.update(type=kind, **{kind: media})
+        elif message.text is not None:
+            body.update(type="text", text={"preview_url": False, "body": message.text})
+        else:
+            raise SendError("invalid_message", "nothing to send: no text, template or media", retryable=False)
+        if message.reply_to:
+            body["context"] = {"message_id": message.reply_to}
+        return body
+
+    def _request(self, method: str, url: str, json: dict | None = None,
+                 not_found_retryable: bool = False) -> requests.Response:
+        try:
+            response = self.session.request(
+                method, url, json=json, timeout=self.timeout,
+                headers={"Authorization": f"Bearer {self.access_token}"})
+        except requests.RequestException as exc:
+            raise SendError("network", f"{type(exc).__name__}: {exc}", retryable=True) from None
+        if response.status_code >= 400:
+            raise graph_error(response, not_found_retryable)
+        return response
+
+
+def graph_error(response: requests.Response, not_found_retryable: bool = False) -> SendError:
+    """Map a Graph API error response to a SendError, deciding whether a retry may work."""
+    try:
+        error = _dict(_dict(response.json()).get("error"))
+    except ValueError:
+        error = {}
+    code = error.get("code", response.status_code)
+    retryable = (response.status_code == 429 or response.status_code >= 500
+                 or (isinstance(code, int) and code in RETRYABLE_CODES)
+                 or (not_found_retryable and response.status_code == 404))
+    title = error.get("message") or response.reason or f"HTTP {response.status_code}"
+    return SendError(code, title, retryable=retryable,
+                     retry_after=_retry_after(response.headers.get("Retry-After")))
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None  # an HTTP-date; callers fall back to their own backoff
+
+
+def _matching_contact(contacts: list[dict], customer: Any) -> dict | None:
+    for contact in contacts:
+        if customer and customer in (contact.get("wa_id"), contact.get("user_id")):
+            return contact
+    # Meta sends one contact per change in practice; with one, it is the sender.
+    return contacts[0] if len(contacts) == 1 else None
+
+
+def _content(message: dict) -> tuple[str, str | None, dict | None]:
+    """Return (type, text, media) for one message; unknown types become "unsupported"."""
+    kind = message.get("type")
+    body = _dict(message.get(kind)) if isinstance(kind, str) else {}
+    if kind == "text":
+        return "text", body.get("body"), None
+    if kind in MEDIA_TYPES:
+        media = {name: body[key] for name, key in (("provider_media_id", "id"), ("mime_type", "mime_type"),
+                 ("sha256", "sha256"), ("filename", "filename"), ("url", "url")) if body.get(key)}
+        return kind, body.get("caption"), media or None
+    if kind == "location":
+        return kind, ", ".join(str(body[k]) for k in ("name", "address") if body.get(k)) or None, None
+    if kind == "contacts":
+        names = [_dict(c.get("name")).get("formatted_name") for c in _list(message.get("contacts"))
+                 if isinstance(c, dict)]
+        return kind, ", ".join(n for n in names if n) or None, None
+    if kind == "interactive":
+        reply_type = body.get("type")
+        reply = _dict(body.get(reply_type)) if isinstance(reply_type, str) else {}
+        if reply_type in ("button_reply", "list_reply"):
+            return kind, reply.get("title"), None
+        if reply_type == "nfm_reply":
+            return kind, reply.get("body") or None, None
+        return kind, None, None
+    if kind == "button":
+        return kind, body.get("text"), None
+    if kind == "reaction":
+        return kind, body.get("emoji") or None, None  # empty or absent emoji = reaction removed
+    if kind in ("order", "system"):
+        return kind, body.get("text" if kind == "order" else "body") or None, None
+    return "unsupported", None, None

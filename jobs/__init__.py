@@ -1,0 +1,1 @@
+"""RQ entry points. Each takes ids, logs its job id and lets failures raise."""

@@ -1,0 +1,58 @@
+"""deliver_event(delivery_id): one attempt to hand an event to n8n, with retries."""
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import requests
+
+from integrations.n8n import DeliveryFailed, post_event
+from models import Delivery, utcnow
+from models.delivery import DELIVERED, FAILED, PENDING
+
+from .context import job_logger, runtime
+from .retry import backoff_seconds
+
+log = job_logger(__name__)
+_session = requests.Session()
+
+
+def deliver_event(delivery_id: str) -> str:
+    rt = runtime()
+    delivery = Delivery.get_or_none(Delivery.id == delivery_id)
+    if delivery is None or delivery.status != PENDING:
+        return "skipped"
+    if delivery.next_attempt_at and delivery.next_attempt_at > utcnow():
+        rt.lanes.schedule_at("events", delivery.id, time.time() + 1)
+        return "not_due"
+    attempt = delivery.attempts + 1
+    try:
+        post_event(_session, delivery.url, delivery.body.encode(), event_type=delivery.event_type,
+                   delivery_id=delivery.id, secret=rt.settings.BATON_EVENT_SECRET,
+                   timeout=rt.settings.EVENT_TIMEOUT)
+    except DeliveryFailed as exc:
+        if attempt >= rt.settings.EVENT_MAX_ATTEMPTS:
+            (Delivery.update(status=FAILED, attempts=attempt, last_error=str(exc)[:500], next_attempt_at=None)
+             .where(Delivery.id == delivery.id).execute())
+            log.warning("delivery %s (%s) failed for good after %d attempts: %s",
+                        delivery.id, delivery.event_type, attempt, exc)
+            return "failed"
+        delay = backoff_seconds(attempt)
+        (Delivery.update(attempts=attempt, last_error=str(exc)[:500],
+                         next_attempt_at=utcnow() + timedelta(seconds=delay))
+         .where(Delivery.id == delivery.id).execute())
+        rt.lanes.schedule_at("events", delivery.id, time.time() + delay)
+        log.info("delivery %s attempt %d failed (%s); retry in %.1f s", delivery.id, attempt, exc, delay)
+        return "retrying"
+    (Delivery.update(status=DELIVERED, attempts=attempt, delivered_at=utcnow(), next_attempt_at=None)
+     .where(Delivery.id == delivery.id).execute())
+    return "delivered"
+
+
+def replay_delivery(delivery_id: str, rt) -> Delivery:
+    """Put a delivery back in line with a fresh retry budget (not a job: the
+    admin API and CLI call it)."""
+    (Delivery.update(status=PENDING, attempts=0, next_attempt_at=None)
+     .where(Delivery.id == delivery_id).execute())
+    rt.schedule("events", delivery_id)
+    return Delivery.get_by_id(delivery_id)

@@ -1,0 +1,48 @@
+"""pump(lane, token): work through a lane's ready keys for a bounded time."""
+from __future__ import annotations
+
+import time
+
+from routing.lanes import PumpClaim
+
+from .context import job_logger, runtime
+from .deliver import deliver_event
+from .drain import drain
+from .send import send_pending
+
+log = job_logger(__name__)
+HANDLERS = {"inbound": drain, "outbound": send_pending, "events": deliver_event}
+RETRY_FAILED_KEY_AFTER = 5.0
+
+
+def pump(lane: str, token: str) -> int:
+    """Run the lane's handler on ready keys until none is left or the budget
+    is spent (then hand over to a fresh job so other queues get a turn)."""
+    rt = runtime()
+    claim = PumpClaim(lane, token)
+    handler = HANDLERS[lane]
+    deadline = time.monotonic() + rt.settings.PUMP_BUDGET_SECONDS
+    done = 0
+    log.debug("pump %s started", lane)
+    while True:
+        rt.lanes.promote_due(lane)
+        key = rt.lanes.pop(lane)
+        if key is None:
+            if rt.lanes.finish(claim):
+                continue
+            log.debug("pump %s finished after %d keys", lane, done)
+            return done
+        try:
+            handler(key)
+        except Exception:
+            log.exception("pump %s: %s failed; retrying it in %.0f s", lane, key, RETRY_FAILED_KEY_AFTER)
+            rt.lanes.schedule_at(lane, key, time.time() + RETRY_FAILED_KEY_AFTER)
+            if rt.lanes.finish(claim):
+                rt.start_pump(claim)
+            raise
+        done += 1
+        rt.lanes.renew(claim)
+        if time.monotonic() > deadline:
+            if rt.lanes.finish(claim):
+                rt.start_pump(claim)
+            return done

@@ -1,0 +1,286 @@
+"""Apply routing decisions to the database under compare-and-set.
+
+Each public function runs one transaction, re-reads the conversation, asks a
+pure function in `routing.decide` what to do, and writes the state change,
+the audit event and the side-effect rows together. A concurrent writer makes
+the version check fail; the whole step is then retried from a fresh read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from config import Settings
+from models import (AGENT_CONTROLLED, BOT_CONTROLLED, PENDING_AGENT, BotTurn, Channel, Contact,
+                    Conversation, Event, Message, utcnow, write_transaction)
+
+from .decide import (ConversationView, Decision, InboundView, Policy, bot_may_speak, decide,
+                     decide_escalation)
+from .effects import Effects, queue_event, queue_outbound
+
+MAX_CAS_ATTEMPTS = 8
+
+
+class VersionConflict(Exception):
+    """Someone else changed the conversation since we read it."""
+
+
+class NotFound(Exception):
+    def __init__(self, what: str):
+        super().__init__(what)
+        self.what = what
+
+
+class StaleTurn(Exception):
+    """Control changed after the bot turn was issued."""
+
+
+def load_conversation(conversation_id: str) -> Conversation | None:
+    """A conversation with its channel and contact, in one query."""
+    return (Conversation.select(Conversation, Channel, Contact)
+            .join(Channel, on=(Conversation.channel == Channel.id))
+            .switch(Conversation)
+            .join(Contact, on=(Conversation.contact == Contact.id))
+            .where(Conversation.id == conversation_id)
+            .get_or_none())
+
+
+def _view(conv: Conversation) -> ConversationView:
+    return ConversationView(state=conv.state, cooldown_remaining=conv.cooldown_remaining,
+                            last_pending_notice_at=conv.last_pending_notice_at, group=conv.group)
+
+
+def _cas(conv: Conversation, changes: dict) -> None:
+    """Write `changes` only if nobody moved the conversation; mirror them on `conv`."""
+    now = utcnow()
+    changes = {**changes, "updated_at": now}
+    updated = (Conversation.update({**{getattr(Conversation, k): v for k, v in changes.items()},
+                                    Conversation.version: Conversation.version + 1})
+               .where((Conversation.id == conv.id) & (Conversation.version == conv.version))
+               .execute())
+    if updated != 1:
+        raise VersionConflict(conv.id)
+    for key, value in changes.items():
+        setattr(conv, key, value)
+    conv.version += 1
+
+
+def _audit(conv: Conversation, actor: str, from_state: str | None, to_state: str, reason: str,
+           details: dict | None = None) -> None:
+    Event.create(conversation=conv.id, actor=actor, from_state=from_state, to_state=to_state,
+                 reason=reason, details=details)
+
+
+def _with_retries(step):
+    for attempt in range(MAX_CAS_ATTEMPTS):
+        try:
+            with write_transaction():
+                return step()
+        except VersionConflict:
+            if attempt == MAX_CAS_ATTEMPTS - 1:
+                raise
+
+
+# -- inbound ---------------------------------------------------------------------
+
+def route_message(settings: Settings, policy: Policy, conversation_id: str, message_id: str) -> Effects:
+    """Route one recorded inbound message exactly once (a routed message is skipped)."""
+    return _with_retries(lambda: _route(settings, policy, conversation_id, message_id)) or Effects()
+
+
+def _route(settings: Settings, policy: Policy, conversation_id: str, message_id: str) -> Effects:
+    effects = Effects()
+    message = Message.get_or_none(Message.id == message_id)
+    if message is None or message.routed_to is not None:
+        return effects
+    conv = load_conversation(conversation_id)
+    now = utcnow()
+    from_me = message.direction == "out"
+    decision = decide(_view(conv), InboundView(message.type, message.text, from_me), policy, now)
+    before = conv.state
+    changes: dict = {"cooldown_remaining": decision.cooldown_remaining}
+    if not from_me and (conv.last_inbound_at is None or message.sent_at > conv.last_inbound_at):
+        changes["last_inbound_at"] = message.sent_at
+    if decision.new_state != before:
+        changes.update(state=decision.new_state, control_epoch=conv.control_epoch + 1)
+    if decision.new_state == BOT_CONTROLLED and decision.reopened:
+        changes.update(_cleared_handoff())
+    if decision.escalation is not None and decision.new_state == PENDING_AGENT:
+        changes.update(_escalation_fields(decision.escalation.reason, decision.escalation.urgency,
+                                          decision.escalation.group, now))
+    if decision.reason == "agent_takeover":
+        changes.update(pending_since=None, offered_agent_id=None, escalation_reason="agent_takeover",
+                       escalation_requested_at=now, group=decision.escalation.group)
+    if decision.send_pending_notice:
+        changes["last_pending_notice_at"] = now
+    _cas(conv, changes)
+    Message.update(routed_to=decision.routed_to).where(Message.id == message.id).execute()
+    message.routed_to = decision.routed_to
+
+    if decision.reopened:
+        _audit(conv, "system", "CLOSED", BOT_CONTROLLED, "reopened", {"message_id": message.id})
+    if conv.state != (BOT_CONTROLLED if decision.reopened else before):
+        _audit(conv, "system", BOT_CONTROLLED if decision.reopened else before, conv.state,
+               decision.reason, {"message_id": message.id})
+    _effects_of(settings, conv, message, decision, effects)
+    return effects
+
+
+def _effects_of(settings: Settings, conv: Conversation, message: Message, decision: Decision,
+                effects: Effects) -> None:
+    if decision.send_handoff_notice:
+        queue_outbound(conv, effects, sender="system", text=settings.HANDOFF_NOTICE)
+    if decision.send_pending_notice:
+        queue_outbound(conv, effects, sender="system", text=settings.PENDING_NOTICE)
+    for event_type in decision.notify:
+        _notify(settings, conv, event_type, effects, message=message, reason=conv.escalation_reason)
+    if decision.bot_turn:
+        _issue_bot_turn(settings, conv, message, effects)
+
+
+def _notify(settings: Settings, conv: Conversation, event_type: str, effects: Effects, *,
+            message: Message | None = None, reason: str | None = None, by: str | None = None) -> None:
+    fields: dict = {"conversation": conv.to_dict()}
+    if event_type == "message.for_agent":
+        fields.update(message=message.to_dict(), agent=None)
+    elif event_type.startswith("handoff."):
+        fields.update(agent=None, reason=reason,
+                      console_url=f"{settings.PUBLIC_BASE_URL}/console/conversations/{conv.id}")
+    else:
+        fields["by"] = by
+    queue_event(settings.N8N_NOTIFY_URL, fields, event_type, effects, conv.id)
+
+
+def _issue_bot_turn(settings: Settings, conv: Conversation, message: Message, effects: Effects) -> None:
+    mode = (conv.metadata or {}).get("mode", "normal")
+    turn = BotTurn.create(conversation=conv.id, message_id=message.id, control_epoch=conv.control_epoch,
+                          mode=mode)
+    body = {"conversation": conv.to_dict(), "message": message.to_dict(), "turn_id": turn.id,
+            "history": history(conv.id, settings.BOT_HISTORY), "mode": mode,
+            "reply_url": f"{settings.PUBLIC_BASE_URL}/api/v1/bot/replies"}
+    if settings.N8N_BOT_URL:
+        queue_event(settings.N8N_BOT_URL, body, "bot.turn", effects, conv.id)
+    else:
+        effects.builtin_turns.append({"event": "bot.turn", **body})
+
+
+def history(conversation_id: str, limit: int) -> list[dict]:
+    rows = (Message.select()
+            .where(Message.conversation == conversation_id)
+            .order_by(Message.sent_at.desc(), Message.id.desc())
+            .limit(limit))
+    return [m.to_dict() for m in reversed(list(rows))]
+
+
+def _cleared_handoff() -> dict:
+    return {"assigned_agent_id": None, "offered_agent_id": None, "pending_since": None,
+            "escalation_reason": None, "escalation_urgency": None, "escalation_requested_at": None,
+            "bot_failures": 0}
+
+
+def _escalation_fields(reason: str, urgency: float | None, group: str | None, now: datetime) -> dict:
+    return {"escalation_reason": reason, "escalation_urgency": urgency, "escalation_requested_at": now,
+            "group": group, "pending_since": now, "last_pending_notice_at": now,
+            "assigned_agent_id": None, "offered_agent_id": None}
+
+
+# -- escalation through the API or the bot ------------------------------------------
+
+@dataclass
+class EscalationResult:
+    conversation: Conversation
+    changed: bool
+    effects: Effects
+
+
+def escalate(settings: Settings, conversation_id: str, *, reason: str, actor: str,
+             urgency: float | None = None, group: str | None = None, note: str | None = None,
+             automatic: bool = False, notice_text: str | None = None) -> EscalationResult:
+    """Move a conversation to PENDING_AGENT unless it already is (or has) a human."""
+    def step():
+        conv = load_conversation(conversation_id)
+        if conv is None:
+            raise NotFound("conversation")
+        effects = Effects()
+        changed = _escalate_in_tx(settings, conv, effects, reason=reason, actor=actor, urgency=urgency,
+                                  group=group, note=note, automatic=automatic, notice_text=notice_text)
+        return EscalationResult(conv, changed, effects)
+    return _with_retries(step)
+
+
+def _escalate_in_tx(settings: Settings, conv: Conversation, effects: Effects, *, reason: str, actor: str,
+                    urgency: float | None, group: str | None, note: str | None, automatic: bool,
+                    notice_text: str | None) -> bool:
+    verdict = decide_escalation(_view(conv), automatic=automatic)
+    if not verdict.changed:
+        return False
+    before = conv.state
+    now = utcnow()
+    changes = {"state": PENDING_AGENT, "control_epoch": conv.control_epoch + 1,
+               **_escalation_fields(reason, urgency, group or settings.DEFAULT_GROUP, now)}
+    if before != BOT_CONTROLLED:      # escalating a CLOSED conversation reopens its handoff fields
+        changes["cooldown_remaining"] = 0
+    _cas(conv, changes)
+    _audit(conv, actor, before, PENDING_AGENT, reason,
+           {"urgency": urgency, "group": conv.group, "note": note})
+    queue_outbound(conv, effects, sender="bot" if notice_text else "system",
+                   text=notice_text or settings.HANDOFF_NOTICE)
+    _notify(settings, conv, "handoff.requested", effects, reason=reason)
+    return True
+
+
+# -- bot replies ------------------------------------------------------------------------
+
+@dataclass
+class BotReplyResult:
+    status: str                      # queued | escalated | noted
+    conversation: Conversation
+    message: Message | None
+    effects: Effects
+
+
+def accept_bot_reply(settings: Settings, reply: dict, actor: str = "bot") -> BotReplyResult:
+    """Apply a bot's answer to a turn, refusing it (StaleTurn) when control changed."""
+    return _with_retries(lambda: _accept_bot_reply(settings, reply, actor))
+
+
+def _accept_bot_reply(settings: Settings, reply: dict, actor: str) -> BotReplyResult:
+    conv = load_conversation(reply["conversation_id"])
+    if conv is None:
+        raise NotFound("conversation")
+    turn = BotTurn.get_or_none((BotTurn.id == reply["turn_id"]) & (BotTurn.conversation == conv.id))
+    if turn is None:
+        raise NotFound("turn")
+    if not bot_may_speak(conv.state, conv.control_epoch, turn.control_epoch):
+        raise StaleTurn(turn.id)
+    effects = Effects()
+    metadata = dict(conv.metadata or {})
+    metadata.update(reply.get("metadata") or {})
+    if reply.get("intent"):
+        metadata["last_intent"] = reply["intent"]
+    if reply.get("language"):
+        metadata["preferred_language"] = reply["language"]
+    if metadata != (conv.metadata or {}):
+        _cas(conv, {"metadata": metadata})
+    BotTurn.update(answered_at=utcnow()).where(BotTurn.id == turn.id).execute()
+    if reply.get("escalate"):
+        if _escalate_in_tx(settings, conv, effects, reason=reply.get("reason") or "bot", actor=actor,
+                           urgency=reply.get("urgency"), group=reply.get("group"), note=None,
+                           automatic=True, notice_text=reply.get("text")):
+            return BotReplyResult("escalated", conv, None, effects)
+    if not reply.get("text"):
+        return BotReplyResult("noted", conv, None, effects)
+    message = queue_outbound(conv, effects, sender="bot", text=reply["text"], turn_id=turn.id,
+                             control_epoch=turn.control_epoch)
+    return BotReplyResult("queued", conv, message, effects)
+
+
+def outbound_allowed(message: Message, conv: Conversation) -> bool:
+    """At send time: a bot reply goes out only while its turn's control still holds."""
+    if message.sender != "bot" or message.control_epoch is None:
+        return True
+    return bot_may_speak(conv.state, conv.control_epoch, message.control_epoch)
+
+
+__all__ = ["route_message", "escalate", "accept_bot_reply", "outbound_allowed", "load_conversation",
+           "history", "NotFound", "StaleTurn", "VersionConflict", "AGENT_CONTROLLED"]

@@ -1,0 +1,172 @@
+"""Record a parsed webhook in ONE transaction; routing happens later.
+
+The hot path: contact and conversation ids come from a per-process cache after
+the first message of a customer, so a typical webhook costs one INSERT (plus
+one forward-only UPDATE per status). Upserts are race-safe: INSERT … ON
+CONFLICT DO NOTHING, then read the winner's row.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import peewee
+
+from integrations.whatsapp.base import InboundMessage, ParsedWebhook, StatusUpdate
+from models import Channel, Contact, Conversation, Message, UnsupportedUpdate, new_id, write_transaction
+from models.base import as_naive_utc, utcnow
+from models.message import STATUS_RANK
+
+_CACHE_LIMIT = 50_000
+_RAW_TYPES = frozenset({"location", "contacts", "interactive", "button", "order", "system", "unsupported"})
+
+
+@dataclass
+class IngestResult:
+    messages: int = 0
+    statuses: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+    # (conversation_id, message_id, payload timestamp) for each newly stored message
+    to_route: list[tuple[str, str, float]] = field(default_factory=list)
+
+    def counts(self) -> dict:
+        return {"messages": self.messages, "statuses": self.statuses,
+                "duplicates": self.duplicates, "ignored": self.ignored}
+
+
+class IngestCache:
+    """Ids that never change once created: channels, and a customer's contact + conversation."""
+
+    def __init__(self):
+        self.channels: dict[tuple[str, str], str] = {}
+        self.contacts: dict[tuple[str, str], tuple[str, str, str | None]] = {}
+
+    def clear(self) -> None:
+        self.channels.clear()
+        self.contacts.clear()
+
+
+def record_webhook(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> IngestResult:
+    """Store every message and status of a webhook; duplicates are counted, not stored."""
+    try:
+        return _record(provider, parsed, cache)
+    except peewee.IntegrityError:
+        # A cached id can point at a row that is gone (database reset under a
+        # long-lived process): forget the cache and try once more.
+        cache.clear()
+        return _record(provider, parsed, cache)
+
+
+def _record(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> IngestResult:
+    result = IngestResult()
+    with write_transaction():
+        for message in parsed.messages:
+            _record_message(provider, message, cache, result)
+        for status in parsed.statuses:
+            _record_status(provider, status, cache)
+            result.statuses += 1
+        for item in parsed.ignored:
+            UnsupportedUpdate.create(provider=provider, kind=item.kind[:80],
+                                     phone_number_id=item.phone_number_id, payload=item.raw)
+            result.ignored += 1
+    return result
+
+
+def _channel_id(provider: str, phone_number_id: str, cache: IngestCache) -> str:
+    key = (provider, phone_number_id)
+    channel_id = cache.channels.get(key)
+    if channel_id is None:
+        (Channel.insert(id=new_id("ch"), provider=provider, phone_number_id=phone_number_id, created_at=utcnow())
+         .on_conflict_ignore()
+         .execute())
+        channel_id = (Channel.select(Channel.id)
+                      .where((Channel.provider == provider) & (Channel.phone_number_id == phone_number_id))
+                      .scalar())
+        cache.channels[key] = channel_id
+    return channel_id
+
+
+def conversation_for(channel_id: str, wa_id: str, name: str | None, cache: IngestCache) -> str:
+    """The conversation id of a customer on a channel, creating contact and conversation once."""
+    key = (channel_id, wa_id)
+    cached = cache.contacts.get(key)
+    if cached is not None:
+        contact_id, conversation_id, known_name = cached
+        if name and name != known_name:
+            Contact.update(name=name).where(Contact.id == contact_id).execute()
+            cache.contacts[key] = (contact_id, conversation_id, name)
+        return conversation_id
+    now = utcnow()
+    (Contact.insert(id=new_id("ct"), channel=channel_id, wa_id=wa_id, name=name, created_at=now)
+     .on_conflict_ignore()
+     .execute())
+    contact = (Contact.select(Contact.id, Contact.name)
+               .where((Contact.channel == channel_id) & (Contact.wa_id == wa_id))
+               .get())
+    if name and contact.name != name:
+        Contact.update(name=name).where(Contact.id == contact.id).execute()
+    (Conversation.insert(id=new_id("c"), channel=channel_id, contact=contact.id, created_at=now,
+                         updated_at=now, metadata={})
+     .on_conflict_ignore()
+     .execute())
+    conversation_id = Conversation.select(Conversation.id).where(Conversation.contact == contact.id).scalar()
+    if len(cache.contacts) > _CACHE_LIMIT:
+        cache.contacts.clear()
+    cache.contacts[key] = (contact.id, conversation_id, name or contact.name)
+    return conversation_id
+
+
+def _record_message(provider: str, message: InboundMessage, cache: IngestCache, result: IngestResult) -> None:
+    channel_id = _channel_id(provider, message.phone_number_id, cache)
+    conversation_id = conversation_for(channel_id, message.wa_id,
+                                       None if message.from_me else message.contact_name, cache)
+    message_id = new_id("m")
+    sent_at = as_naive_utc(message.sent_at)
+    media = None
+    if message.media:
+        media = {**message.media, "status": "pending"}
+    inserted = (Message.insert(
+        id=message_id, conversation=conversation_id, channel=channel_id,
+        direction="out" if message.from_me else "in",
+        sender="agent" if message.from_me else "user",
+        type=message.type, text=message.text, media=media,
+        extra=message.raw if message.type in _RAW_TYPES else None,
+        provider_message_id=message.provider_message_id, sent_at=sent_at, received_at=utcnow(),
+        status="sent" if message.from_me else None)
+        .on_conflict_ignore()
+        .as_rowcount()
+        .execute())
+    if not inserted:
+        result.duplicates += 1
+        return
+    if message.type == "unsupported":
+        result.ignored += 1
+    else:
+        result.messages += 1
+    result.to_route.append((conversation_id, message_id, _timestamp(sent_at)))
+
+
+def _timestamp(moment: datetime) -> float:
+    from calendar import timegm
+
+    return timegm(moment.timetuple()) + moment.microsecond / 1e6
+
+
+def _record_status(provider: str, status: StatusUpdate, cache: IngestCache) -> None:
+    """Statuses only move forward: an older status arriving late changes nothing."""
+    channel_id = _channel_id(provider, status.phone_number_id, cache)
+    rank = STATUS_RANK.get(status.status)
+    if rank is None:
+        return
+    lower = [name for name, r in STATUS_RANK.items() if r < rank]
+    changes = {Message.status: status.status}
+    if status.error:
+        changes[Message.error_code] = status.error.get("code")
+        changes[Message.error_title] = (status.error.get("title") or "")[:400]
+    (Message.update(changes)
+     .where((Message.channel == channel_id)
+            & (Message.provider_message_id == status.provider_message_id)
+            & (Message.direction == "out")
+            & (Message.status.is_null() | Message.status.in_(lower)))
+     .execute())

@@ -1,0 +1,155 @@
+"""Work lanes: the cheap Redis hand-off between the web tier and the workers.
+
+A lane (inbound, outbound, events) holds *keys* (a conversation id, a delivery
+id) that have work waiting. Scheduling a key is one Lua call; it also claims a
+pump slot when fewer than `max_pumps` pumps run, and only then does the caller
+pay for an RQ enqueue. A pump job drains many keys, so under load the web tier
+enqueues almost nothing and the workers never fork per message.
+
+Keys (P = settings.REDIS_PREFIX):
+  P:inbox:<conversation>     ZSET message id -> payload timestamp (inbound order)
+  P:lane:<lane>:ready        LIST keys ready to work on
+  P:lane:<lane>:queued       SET  keys in `ready` (so a key is listed once)
+  P:lane:<lane>:delayed      ZSET key -> due time (retries with backoff)
+  P:lane:<lane>:pumps        ZSET pump token -> lease expiry
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from redis import Redis
+
+LANES = ("inbound", "outbound", "events")
+
+# KEYS: ready, queued, pumps, [inbox]; ARGV: key, now, lease, max_pumps, token, [member, score]
+_SCHEDULE = """
+if #KEYS == 4 then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6]) end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then redis.call('RPUSH', KEYS[1], ARGV[1]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[3]) < tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[5])
+  return 1
+end
+return 0
+"""
+
+# KEYS: ready, queued, delayed; ARGV: now, limit -> number promoted
+_PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, key in ipairs(due) do
+  redis.call('ZREM', KEYS[3], key)
+  if redis.call('SADD', KEYS[2], key) == 1 then redis.call('RPUSH', KEYS[1], key) end
+end
+return #due
+"""
+
+# KEYS: ready, queued; -> key or nil
+_POP = """
+local key = redis.call('LPOP', KEYS[1])
+if key then redis.call('SREM', KEYS[2], key) end
+return key
+"""
+
+# KEYS: pumps, ready; ARGV: token, now, lease, max_pumps -> 1 when the caller keeps/gets a slot
+_HAND_OVER = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('LLEN', KEYS[2]) == 0 then return 0 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class PumpClaim:
+    lane: str
+    token: str
+
+
+class Lanes:
+    """Scheduling and popping keys in lanes; pure Redis, no RQ."""
+
+    def __init__(self, redis: Redis, prefix: str, max_pumps: int, lease_seconds: float = 30.0):
+        self.redis = redis
+        self.prefix = prefix
+        self.max_pumps = max_pumps
+        self.lease = lease_seconds
+        self._schedule = redis.register_script(_SCHEDULE)
+        self._promote = redis.register_script(_PROMOTE)
+        self._pop = redis.register_script(_POP)
+        self._hand_over = redis.register_script(_HAND_OVER)
+
+    # -- key names -------------------------------------------------------
+    def inbox_key(self, conversation_id: str) -> str:
+        return f"{self.prefix}:inbox:{conversation_id}"
+
+    def _k(self, lane: str, part: str) -> str:
+        return f"{self.prefix}:lane:{lane}:{part}"
+
+    # -- scheduling --------------------------------------------------------
+    def schedule(self, lane: str, key: str) -> PumpClaim | None:
+        """Mark `key` ready; returns a PumpClaim when the caller must start a pump."""
+        return self._run_schedule(lane, key, ())
+
+    def schedule_inbound(self, conversation_id: str, message_id: str, score: float) -> PumpClaim | None:
+        """Add a message to its conversation's ordered inbox and mark the conversation ready."""
+        return self._run_schedule("inbound", conversation_id, (message_id, score),
+                                  inbox=self.inbox_key(conversation_id))
+
+    def _run_schedule(self, lane, key, extra, inbox=None):
+        token = uuid.uuid4().hex
+        keys = [self._k(lane, "ready"), self._k(lane, "queued"), self._k(lane, "pumps")]
+        if inbox:
+            keys.append(inbox)
+        args = [key, time.time(), self.lease, self.max_pumps, token, *extra]
+        return PumpClaim(lane, token) if self._schedule(keys=keys, args=args) else None
+
+    def schedule_at(self, lane: str, key: str, due: float) -> None:
+        """Make `key` ready at unix time `due` (promoted by a pump or the cron tick)."""
+        self.redis.zadd(self._k(lane, "delayed"), {key: due})
+
+    def promote_due(self, lane: str, limit: int = 500) -> int:
+        return int(self._promote(keys=[self._k(lane, "ready"), self._k(lane, "queued"),
+                                       self._k(lane, "delayed")], args=[time.time(), limit]))
+
+    def claim_pump(self, lane: str) -> PumpClaim | None:
+        """Claim a pump slot if the lane has work and a slot is free."""
+        if not self.redis.llen(self._k(lane, "ready")):
+            return None
+        token = uuid.uuid4().hex
+        got = self._hand_over(keys=[self._k(lane, "pumps"), self._k(lane, "ready")],
+                              args=[token, time.time(), self.lease, self.max_pumps])
+        return PumpClaim(lane, token) if got else None
+
+    # -- pumping -------------------------------------------------------------
+    def pop(self, lane: str) -> str | None:
+        key = self._pop(keys=[self._k(lane, "ready"), self._k(lane, "queued")])
+        return key.decode() if isinstance(key, bytes) else key
+
+    def renew(self, claim: PumpClaim) -> None:
+        self.redis.zadd(self._k(claim.lane, "pumps"), {claim.token: time.time() + self.lease})
+
+    def finish(self, claim: PumpClaim) -> bool:
+        """Give the pump slot back; True when work arrived meanwhile and the
+        caller keeps its slot (it should go on pumping)."""
+        return bool(self._hand_over(keys=[self._k(claim.lane, "pumps"), self._k(claim.lane, "ready")],
+                                    args=[claim.token, time.time(), self.lease, self.max_pumps]))
+
+    def depth(self, lane: str) -> int:
+        return int(self.redis.llen(self._k(lane, "ready")))
+
+    # -- inbox -------------------------------------------------------------------
+    def peek_inbox(self, conversation_id: str, count: int = 50) -> list[str]:
+        ids = self.redis.zrange(self.inbox_key(conversation_id), 0, count - 1)
+        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def remove_from_inbox(self, conversation_id: str, message_id: str) -> None:
+        self.redis.zrem(self.inbox_key(conversation_id), message_id)
+
+    def inbox_size(self, conversation_id: str) -> int:
+        return int(self.redis.zcard(self.inbox_key(conversation_id)))

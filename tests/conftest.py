@@ -1,0 +1,127 @@
+"""Fixtures: a private redis-server, a real database (SQLite by default,
+PostgreSQL with BATON_TEST_DATABASE=postgres), the app, and fakes at the
+network edge."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from tests.fakes.fixtures import graph_api, wasender_api  # noqa: F401
+from tests.support import TEST_APP_SECRET, RedisServer, run_jobs
+
+PG_ADMIN_DSN = os.environ.get("BATON_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A PostgreSQL database of our own for the whole run (dropped afterwards)."""
+    import psycopg2
+
+    name = f"baton_test_{os.getpid()}"
+    admin = psycopg2.connect(PG_ADMIN_DSN)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def _using_postgres() -> bool:
+    return os.environ.get("BATON_TEST_DATABASE", "sqlite") == "postgres"
+
+
+@pytest.fixture
+def database_url(request, tmp_path):
+    if _using_postgres():
+        return request.getfixturevalue("postgres_database")
+    return f"sqlite:///{tmp_path / 'baton.db'}"
+
+
+@pytest.fixture
+def settings_overrides(database_url, redis_server):
+    """Everything a test app needs; each test gets its own Redis key prefix."""
+    return {
+        "DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
+        "REDIS_PREFIX": f"bt{uuid.uuid4().hex[:10]}", "WHATSAPP_PROVIDER": "sandbox",
+        "WHATSAPP_APP_SECRET": TEST_APP_SECRET, "WHATSAPP_VERIFY_TOKEN": "verify-me",
+        "BATON_EVENT_SECRET": "event-secret", "PUBLIC_BASE_URL": "http://baton.test",
+        "TESTING": "true", "LOG_LEVEL": "WARNING", "REQUEUE_AFTER": "1",
+    }
+
+
+@pytest.fixture
+def app(settings_overrides):
+    from app import create_app
+    from models import ALL_MODELS, db
+    from models.schema import init_schema
+
+    application = create_app(settings_overrides)
+    db.connect(reuse_if_open=True)
+    if _using_postgres():
+        init_schema()
+        tables = ", ".join(f'"{m._meta.table_name}"' for m in ALL_MODELS)
+        db.execute_sql(f"TRUNCATE {tables} CASCADE")
+    else:
+        init_schema()
+    yield application
+    from jobs.context import set_runtime
+
+    set_runtime(None)
+    if not db.is_closed():
+        db.close()
+
+
+@pytest.fixture
+def rt(app):
+    return app.extensions["baton"]
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def work(rt):
+    """Call to run queued jobs until the lanes are quiet."""
+    return lambda: run_jobs(rt)
+
+
+@pytest.fixture
+def bot_token(app):
+    from models import ApiToken
+
+    return ApiToken.issue("n8n", "bot")[1]
+
+
+@pytest.fixture
+def admin_token(app):
+    from models import ApiToken
+
+    return ApiToken.issue("root", "admin")[1]
+
+
+@pytest.fixture
+def n8n():
+    from tests.fakes.n8n import FakeN8n
+
+    with FakeN8n("event-secret") as fake:
+        yield fake

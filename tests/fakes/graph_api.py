@@ -1,0 +1,89 @@
+"""A fake Meta Graph API speaking the WhatsApp Cloud API wire protocol over real HTTP.
+
+Routes: POST /<version>/<phone_number_id>/messages, GET /<version>/<media_id>,
+and the media download URL that lookup returns (which needs the token too).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+
+from flask import Response, jsonify, request
+
+from .server import FakeServer
+
+
+def graph_error(status: int, code: int, message: str, error_type: str = "OAuthException"):
+    """A response shaped like Graph's `{"error": {...}}` body."""
+    body = {"error": {"message": message, "type": error_type, "code": code,
+                      "error_data": {"messaging_product": "whatsapp", "details": message},
+                      "fbtrace_id": secrets.token_urlsafe(12)}}
+    return jsonify(body), status
+
+
+class FakeGraphApi(FakeServer):
+    """Graph API fake. Use `.api_base` as the adapter's api_base and `.access_token` as its token."""
+
+    def __init__(self, access_token: str = "graph-test-token", version: str = "v23.0"):
+        super().__init__("fake_graph_api")
+        self.access_token = access_token
+        self.version = version
+        self._media: dict[str, tuple[bytes, str]] = {}
+        self.app.add_url_rule("/<version>/<phone_number_id>/messages", view_func=self._messages,
+                              methods=["POST"])
+        self.app.add_url_rule("/<version>/<media_id>", view_func=self._media_lookup, methods=["GET"])
+        self.app.add_url_rule("/lookaside/<media_id>/content", view_func=self._media_download,
+                              methods=["GET"])
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.url}/{self.version}"
+
+    def add_media(self, media_id: str, content: bytes, mime: str) -> None:
+        """Make `media_id` resolvable and downloadable."""
+        with self._lock:
+            self._media[media_id] = (content, mime)
+
+    def _unauthorized(self):
+        if self.bearer_token() == self.access_token:
+            return None
+        return graph_error(401, 190, "Invalid OAuth access token - Cannot parse access token")
+
+    def _messages(self, version: str, phone_number_id: str):
+        if (denied := self._unauthorized()) is not None:
+            return denied
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
+            return graph_error(400, 100, "(#100) The parameter messaging_product is required.")
+        if body.get("status") == "read" and body.get("message_id"):
+            return jsonify({"success": True})  # mark-as-read / typing indicator
+        if not body.get("to") or not body.get("type"):
+            return graph_error(400, 100, "(#100) Invalid parameter")
+        return jsonify({"messaging_product": "whatsapp",
+                        "contacts": [{"input": body["to"], "wa_id": str(body["to"]).lstrip("+")}],
+                        "messages": [{"id": f"wamid.{secrets.token_urlsafe(24)}"}]})
+
+    def _media_lookup(self, version: str, media_id: str):
+        if (denied := self._unauthorized()) is not None:
+            return denied
+        with self._lock:
+            media = self._media.get(media_id)
+        if media is None:
+            return graph_error(400, 100, f"Unsupported get request. Object with ID '{media_id}' "
+                                         "does not exist", "GraphMethodException")
+        content, mime = media
+        return jsonify({"messaging_product": "whatsapp",
+                        "url": f"{self.url}/lookaside/{media_id}/content",
+                        "mime_type": mime,
+                        "sha256": base64.b64encode(hashlib.sha256(content).digest()).decode(),
+                        "file_size": len(content), "id": media_id})
+
+    def _media_download(self, media_id: str):
+        if self.bearer_token() != self.access_token:
+            return Response(b"", 401)  # the real lookaside host also refuses without the token
+        with self._lock:
+            media = self._media.get(media_id)
+        if media is None:
+            return Response(b"", 404)
+        return Response(media[0], 200, mimetype=media[1])
