@@ -12,7 +12,7 @@ import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from models import (ApiToken, Channel, Contact, Conversation, Delivery, Message, OutboxEntry, db)
+from models import ApiToken, Channel, Contact, Conversation, Delivery, Message, OutboxEntry, db
 from models.token import ROLES
 
 baton = AppGroup("baton", help="Baton administration.")
@@ -160,3 +160,30 @@ def deliveries(failed, replay_id, limit):
     for row in rows.order_by(Delivery.created_at.desc()).limit(limit):
         click.echo(f"{row.id}  {row.status:9}  {row.event_type:20} attempts={row.attempts} "
                    f"{row.last_error or ''}".rstrip())
+
+
+@baton.command("worker")
+@click.option("--burst", is_flag=True, help="exit when the queues are empty")
+def worker(burst):
+    """Run an RQ worker on Baton's queues (no fork per job: SimpleWorker)."""
+    from rq import SimpleWorker
+
+    from jobs.context import set_runtime
+
+    rt = _rt()
+    set_runtime(rt)
+    queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "default")]
+    SimpleWorker(queues, connection=rt.redis).work(burst=burst, logging_level=rt.settings.LOG_LEVEL)
+
+
+@baton.command("cron")
+def cron():
+    """Run RQ's cron scheduler with Baton's timers (tick every 1 s, sweep every 5 s)."""
+    from rq.cron import CronScheduler
+
+    from jobs.cron import register_timers
+
+    rt = _rt()
+    scheduler = CronScheduler(connection=rt.redis, logging_level=rt.settings.LOG_LEVEL)
+    register_timers(scheduler, rt.settings)
+    scheduler.start()

@@ -79,6 +79,8 @@ class Settings:
     PUMP_BUDGET_SECONDS: float = 2.0
     # Upper bound on pump jobs running at once per lane (≈ worker count).
     PUMP_CONCURRENCY: int = 2
+    # A pump that stops renewing its slot (worker killed) frees it after this long.
+    PUMP_LEASE: float = 30.0
 
     HANDOFF_NOTICE: str = "Thanks! I'm connecting you with a member of our team. They'll reply here shortly."
     PENDING_NOTICE: str = "You're in the queue — a member of our team will be with you soon."
@@ -132,7 +134,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
     for name in ("WHATSAPP_MPS", "PENDING_TIMEOUT", "OFFER_TIMEOUT", "AGENT_HEARTBEAT_TTL", "AGENT_TYPING_TTL",
                  "BOT_HISTORY", "MEDIA_URL_TTL", "MAX_WEBHOOK_BYTES", "EVENT_MAX_ATTEMPTS", "SEND_MAX_ATTEMPTS",
-                 "PUMP_CONCURRENCY"):
+                 "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER"):

@@ -44,7 +44,7 @@ class Runtime:
                         pending_notice_interval=timedelta(seconds=settings.PENDING_NOTICE_INTERVAL),
                         default_group=settings.DEFAULT_GROUP)
         return cls(settings=settings, redis=redis,
-                   lanes=Lanes(redis, settings.REDIS_PREFIX, settings.PUMP_CONCURRENCY),
+                   lanes=Lanes(redis, settings.REDIS_PREFIX, settings.PUMP_CONCURRENCY, settings.PUMP_LEASE),
                    queues=queues, adapter=make_adapter(settings), policy=policy)
 
     def start_pump(self, claim: PumpClaim | None) -> None:

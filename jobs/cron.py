@@ -1,11 +1,16 @@
-"""RQ cron configuration, loaded by `rq cron jobs/cron.py` (see Procfile)."""
-from rq import cron
+"""Baton's durable timers for RQ's cron scheduler (`flask baton cron`)."""
+from rq.cron import CronScheduler
 
-from config import load_settings
-from jobs.timers import sweep, tick
+from config import Settings
 from runtime import queue_name
 
-_queue = queue_name(load_settings(), "default")
+from .timers import sweep, tick
 
-cron.register(tick, queue_name=_queue, interval=1, job_timeout=60, result_ttl=0)
-cron.register(sweep, queue_name=_queue, interval=5, job_timeout=300, result_ttl=0)
+TICK_SECONDS = 1
+SWEEP_SECONDS = 5
+
+
+def register_timers(scheduler: CronScheduler, settings: Settings) -> None:
+    queue = queue_name(settings, "default")
+    scheduler.register(tick, queue_name=queue, interval=TICK_SECONDS, job_timeout=60, result_ttl=0)
+    scheduler.register(sweep, queue_name=queue, interval=SWEEP_SECONDS, job_timeout=300, result_ttl=0)
