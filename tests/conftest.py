@@ -125,3 +125,13 @@ def n8n():
 
     with FakeN8n("event-secret") as fake:
         yield fake
+
+
+@pytest.fixture
+def app_factory(settings_overrides, app):
+    """Another app on the same database and Redis prefix, with some settings changed."""
+    from app import create_app
+
+    def make(**changes):
+        return create_app({**settings_overrides, **{k: str(v) for k, v in changes.items()}})
+    return make

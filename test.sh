@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install what the tests need and run the whole suite on SQLite, then PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")"
+. scripts/lib.sh
+
+apt_install redis-server redis-server
+ensure_python_env requirements-dev.txt
+
+# PostgreSQL: use the one answering on 127.0.0.1:5432, start an installed
+# cluster, or install one. Tests create (and drop) a database of their own.
+pg_answers() { .venv/bin/python -c "import psycopg2; psycopg2.connect('${BATON_TEST_PG:-postgresql://postgres@127.0.0.1:5432/postgres}', connect_timeout=2).close()" >/dev/null 2>&1; }
+if ! pg_answers; then
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then apt_install psql postgresql; fi
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    say "starting PostgreSQL"
+    for v in $(ls /etc/postgresql); do pg_ctlcluster --skip-systemctl-redirect "$v" main start || true; done
+    for _ in $(seq 50); do pg_answers && break; sleep 0.2; done
+  fi
+  pg_answers || { say "PostgreSQL does not answer at 127.0.0.1:5432 (trust auth for user postgres is expected)"; exit 1; }
+fi
+
+say "test suite on SQLite"
+BATON_TEST_DATABASE=sqlite .venv/bin/python -m pytest -q "$@"
+say "test suite on PostgreSQL"
+BATON_TEST_DATABASE=postgres .venv/bin/python -m pytest -q "$@"

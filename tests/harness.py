@@ -1,0 +1,268 @@
+"""Run Baton as real processes for tests: gunicorn (wsgi:app), N RQ workers
+(`flask --app app baton worker`) and optionally RQ cron (`flask --app app baton cron`),
+configured through environment variables exactly like production.
+
+    with BatonProcesses(settings_overrides, log_dir=tmp_path / "logs") as baton:
+        requests.post(f"{baton.url}/webhooks/whatsapp", ...)
+        baton.kill_worker(0)           # SIGKILL, no goodbye
+        baton.start_worker()
+
+Every process writes its stdout+stderr to its own file under `log_dir`;
+`logs()` returns their tails (attach it to assertion messages), and
+`wait_until()` polls a condition against a deadline and fails with the logs.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import requests
+
+from tests.support import env_for, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def _command(tool: str) -> list[str]:
+    """The venv's console script when it exists, else `python -m tool`."""
+    script = BIN / tool
+    return [str(script)] if script.exists() else [sys.executable, "-m", tool]
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    log_file: object = field(repr=False)
+    killed: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+class ProcessesFailed(AssertionError):
+    pass
+
+
+class BatonProcesses:
+    """gunicorn + RQ workers + RQ cron, sharing the test's database, Redis and prefix."""
+
+    READY_TIMEOUT = 30.0
+    STOP_TIMEOUT = 10.0
+
+    def __init__(self, settings_overrides: dict, web_workers: int = 2, rq_workers: int = 2, cron: bool = True,
+                 *, log_dir: Path | str, init_db: bool = False, extra_env: dict | None = None,
+                 web_threads: int | None = None, start: bool = True):
+        self.settings = {k: str(v) for k, v in settings_overrides.items()}
+        self.web_workers = web_workers
+        self.rq_workers = rq_workers
+        self.cron = cron
+        self.init_db = init_db
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = env_for(self.settings)
+        self.env.update({"PYTHONUNBUFFERED": "1", "FLASK_APP": "app",
+                         "BATON_BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(web_workers),
+                         "BATON_ACCESS_LOG": "-"})
+        if web_threads is not None:
+            self.env["BATON_THREADS"] = str(web_threads)
+        self.env.update({k: str(v) for k, v in (extra_env or {}).items()})
+        self.web: Proc | None = None
+        self.cron_proc: Proc | None = None
+        self.workers: list[Proc] = []
+        self._counter = 0
+        self._stopped = False
+        if start:
+            self.start()
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> "BatonProcesses":
+        try:
+            if self.init_db:
+                self._run_once("init-db", [*_command("flask"), "--app", "app", "baton", "init-db"])
+            self.web = self._spawn("web", [*_command("gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"])
+            for _ in range(self.rq_workers):
+                self.start_worker()
+            if self.cron:
+                self.cron_proc = self._spawn("cron", [*_command("flask"), "--app", "app", "baton", "cron"])
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> "BatonProcesses":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, argv: list[str]) -> Proc:
+        self._counter += 1
+        log_path = self.log_dir / f"{self._counter:02d}-{name}.log"
+        log_file = open(log_path, "ab", buffering=0)
+        log_file.write(f"$ {' '.join(argv)}\n".encode())
+        # A session of its own: gunicorn's worker children can be signalled as a group.
+        popen = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log_file, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        return Proc(name, popen, log_path, log_file)
+
+    def _run_once(self, name: str, argv: list[str]) -> None:
+        proc = self._spawn(name, argv)
+        try:
+            code = proc.popen.wait(timeout=60)
+        finally:
+            proc.log_file.close()
+        if code != 0:
+            raise ProcessesFailed(f"{name} exited with {code}\n{self._tail(proc.log_path)}")
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Until GET /readyz answers 200 (gunicorn up, database and Redis reachable)."""
+        deadline = time.monotonic() + (timeout or self.READY_TIMEOUT)
+        last = None
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                response = requests.get(f"{self.url}/readyz", timeout=2)
+                if response.status_code == 200:
+                    return
+                last = f"{response.status_code} {response.text.strip()}"
+            except requests.RequestException as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        raise ProcessesFailed(f"{self.url}/readyz never answered 200 (last: {last})\n{self.logs()}")
+
+    def check_alive(self) -> None:
+        """Fail when a process we did not kill on purpose has exited."""
+        for proc in self.processes():
+            if not proc.killed and not proc.alive:
+                raise ProcessesFailed(f"{proc.name} exited unexpectedly with {proc.popen.returncode}\n"
+                                      f"{self.logs()}")
+
+    def processes(self) -> list[Proc]:
+        return [p for p in (self.web, *self.workers, self.cron_proc) if p is not None]
+
+    # -- RQ workers -----------------------------------------------------------------
+    def start_worker(self) -> int:
+        """Start one more `flask --app app baton worker`; returns its index."""
+        self.workers.append(self._spawn(f"worker{len(self.workers)}",
+                                        [*_command("flask"), "--app", "app", "baton", "worker"]))
+        return len(self.workers) - 1
+
+    def kill_worker(self, i: int) -> None:
+        """SIGKILL worker `i`: no cleanup, its job and leases are abandoned mid-flight."""
+        proc = self.workers[i]
+        proc.killed = True
+        if proc.alive:
+            proc.popen.send_signal(signal.SIGKILL)
+        proc.popen.wait(timeout=self.STOP_TIMEOUT)
+
+    def stop_worker(self, i: int) -> None:
+        """A polite stop (SIGTERM: RQ's warm shutdown finishes the current job)."""
+        proc = self.workers[i]
+        proc.killed = True
+        self._terminate([proc])
+
+    @property
+    def live_workers(self) -> list[int]:
+        return [i for i, p in enumerate(self.workers) if p.alive]
+
+    # -- shutdown -------------------------------------------------------------------------
+    def stop(self) -> None:
+        """SIGTERM everything, wait, SIGKILL what is still there after STOP_TIMEOUT."""
+        if self._stopped:
+            return
+        self._stopped = True
+        procs = self.processes()
+        for proc in procs:
+            proc.killed = True
+        self._terminate(procs)
+
+    def _terminate(self, procs: list[Proc]) -> None:
+        for proc in procs:
+            if proc.alive:
+                try:
+                    proc.popen.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + self.STOP_TIMEOUT
+        for proc in procs:
+            try:
+                proc.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                self._kill_group(proc)
+                proc.popen.wait(timeout=self.STOP_TIMEOUT)
+            # gunicorn workers (or anything else left in the session) go with it.
+            self._kill_group(proc)
+            if not proc.log_file.closed:
+                proc.log_file.close()
+
+    @staticmethod
+    def _kill_group(proc: Proc) -> None:
+        try:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    # -- logs and waiting --------------------------------------------------------------------
+    @staticmethod
+    def _tail(path: Path, max_chars: int = 6000) -> str:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return "(no log)"
+        text = data.decode("utf-8", "replace")
+        return text if len(text) <= max_chars else "…" + text[-max_chars:]
+
+    def logs(self, max_chars: int = 6000) -> str:
+        """The tail of every process's log, labelled, for assertion messages."""
+        parts = []
+        for path in sorted(self.log_dir.glob("*.log")):
+            parts.append(f"----- {path.name} -----\n{self._tail(path, max_chars)}")
+        return "\n".join(parts)
+
+    def wait_until(self, condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.05,
+                   what: str = "condition", describe: Callable[[], str] | None = None) -> T:
+        """Poll `condition` until it returns a truthy value (which is returned);
+        on timeout fail with `describe()` and the logs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = condition()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                state = describe() if describe else ""
+                raise ProcessesFailed(f"timed out after {timeout:.0f} s waiting for {what}. {state}\n"
+                                      f"{self.logs()}")
+            time.sleep(interval)
+
+    def settle(self, quiet: Callable[[], bool], timeout: float = 60.0, hold: float = 1.0,
+               what: str = "the system to settle", describe: Callable[[], str] | None = None) -> None:
+        """Until `quiet()` has been true continuously for `hold` seconds (so that
+        "exactly one" is asserted after work has stopped, not while it runs)."""
+        deadline = time.monotonic() + timeout
+        since = None
+        while True:
+            if quiet():
+                since = since or time.monotonic()
+                if time.monotonic() - since >= hold:
+                    return
+            else:
+                since = None
+            if time.monotonic() > deadline:
+                state = describe() if describe else ""
+                raise ProcessesFailed(f"timed out after {timeout:.0f} s waiting for {what}. {state}\n"
+                                      f"{self.logs()}")
+            time.sleep(0.05)

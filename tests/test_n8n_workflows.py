@@ -1,0 +1,384 @@
+"""The exported n8n workflows are data users import as-is: check that n8n 2.x
+(both 2.8.4 and 2.41.1) can load them and that they keep Baton's contract."""
+import json
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "n8n_workflows"
+CONTRACT = ROOT.parent / "shared" / "CONTRACT.md"
+
+AI_BRANCH = "baton_ai_branch.json"
+NOTIFY_BRANCH = "baton_notify_branch.json"
+FILES = (AI_BRANCH, NOTIFY_BRANCH)
+WEBHOOK_PATHS = {AI_BRANCH: "baton-bot", NOTIFY_BRANCH: "baton-notify"}
+
+# Highest typeVersion that both n8n 2.8.4 and 2.41.1 accept (N8N.md; crypto,
+# code, noOp and stopAndError checked in the installed 2.8.4 packages).
+MAX_TYPE_VERSIONS = {
+    "n8n-nodes-base.webhook": 2.1,
+    "n8n-nodes-base.respondToWebhook": 1.5,
+    "n8n-nodes-base.httpRequest": 4.4,
+    "n8n-nodes-base.if": 2.3,
+    "n8n-nodes-base.switch": 3.4,
+    "n8n-nodes-base.set": 3.4,
+    "n8n-nodes-base.code": 2,
+    "n8n-nodes-base.crypto": 2,
+    "n8n-nodes-base.noOp": 1,
+    "n8n-nodes-base.stopAndError": 1,
+    "n8n-nodes-base.slack": 2.4,
+    "n8n-nodes-base.emailSend": 2.1,
+    "@n8n/n8n-nodes-langchain.agent": 3.1,
+    "@n8n/n8n-nodes-langchain.lmChatOpenAi": 1.3,
+}
+
+# CONTRACT.md "Events out": everything except bot.turn goes to the notify branch.
+NOTIFY_EVENTS = (
+    "handoff.requested", "handoff.offered", "handoff.accepted", "handoff.timeout",
+    "message.for_agent", "conversation.released", "conversation.closed",
+)
+NEEDS_A_HUMAN = ("handoff.requested", "handoff.offered", "message.for_agent")
+
+
+def load(name):
+    return json.loads((WORKFLOWS / name).read_text(encoding="utf-8"))
+
+
+def nodes_of_type(workflow, node_type):
+    return [n for n in workflow["nodes"] if n["type"] == node_type]
+
+
+def only_node(workflow, node_type):
+    (found,) = nodes_of_type(workflow, node_type)
+    return found
+
+
+def targets(workflow, source, output=None, kind="main"):
+    """Names of nodes fed by `source` (one output index, or all of them)."""
+    outputs = workflow["connections"].get(source, {}).get(kind, [])
+    chosen = outputs if output is None else (outputs[output:output + 1])
+    return {link["node"] for group in chosen for link in (group or [])}
+
+
+def reachable(workflow, start):
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(targets(workflow, name))
+    return seen
+
+
+def route_event(switch, event):
+    """The output index n8n's Switch (rules mode, first match) sends `event` to."""
+    rules = switch["parameters"]["rules"]["values"]
+    for index, rule in enumerate(rules):
+        conditions = rule["conditions"]["conditions"]
+        if any(c["operator"]["operation"] == "equals" and c["rightValue"] == event
+               for c in conditions):
+            return index
+    if switch["parameters"].get("options", {}).get("fallbackOutput") == "extra":
+        return len(rules)
+    return None
+
+
+def all_parameter_text(workflow):
+    return json.dumps([n["parameters"] for n in workflow["nodes"]])
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_workflow_has_the_import_format(name):
+    workflow = load(name)
+    assert ({"name", "nodes", "connections", "settings", "pinData"} <= workflow.keys()
+            and workflow["settings"].get("executionOrder") == "v1")
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_node_names_are_unique(name):
+    names = [n["name"] for n in load(name)["nodes"]]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_node_ids_are_unique_uuids(name):
+    ids = [n["id"] for n in load(name)["nodes"]]
+    assert len(ids) == len(set(ids)) and all(str(uuid.UUID(i)) == i for i in ids)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_node_has_the_fields_n8n_needs(name):
+    required = {"id", "name", "type", "typeVersion", "position", "parameters"}
+    assert all(required <= n.keys() for n in load(name)["nodes"])
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_connections_reference_existing_nodes(name):
+    workflow = load(name)
+    names = {n["name"] for n in workflow["nodes"]}
+    referenced = set(workflow["connections"])
+    for outputs in workflow["connections"].values():
+        for groups in outputs.values():
+            referenced |= {link["node"] for group in groups for link in (group or [])}
+    assert referenced <= names
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_connection_kinds_match_their_key(name):
+    workflow = load(name)
+    assert all(link["type"] == kind
+               for outputs in workflow["connections"].values()
+               for kind, groups in outputs.items()
+               for group in groups for link in (group or []))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_node_types_are_known_to_both_n8n_versions(name):
+    unknown = {n["type"] for n in load(name)["nodes"]} - MAX_TYPE_VERSIONS.keys()
+    assert not unknown
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_type_versions_are_accepted_by_both_n8n_versions(name):
+    too_new = [(n["name"], n["typeVersion"]) for n in load(name)["nodes"]
+               if n["typeVersion"] > MAX_TYPE_VERSIONS.get(n["type"], 0)]
+    assert not too_new
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_webhook_has_webhook_id_and_documented_path(name):
+    hook = only_node(load(name), "n8n-nodes-base.webhook")
+    assert (str(uuid.UUID(hook["webhookId"])) == hook["webhookId"]
+            and hook["parameters"]["path"] == WEBHOOK_PATHS[name]
+            and hook["parameters"]["httpMethod"] == "POST")
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_webhook_ids_differ_between_workflows(name):
+    other = NOTIFY_BRANCH if name == AI_BRANCH else AI_BRANCH
+    assert (only_node(load(name), "n8n-nodes-base.webhook")["webhookId"]
+            != only_node(load(other), "n8n-nodes-base.webhook")["webhookId"])
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_node_is_reachable_from_the_webhook(name):
+    workflow = load(name)
+    hook = only_node(workflow, "n8n-nodes-base.webhook")["name"]
+    sub_nodes = {source for source, outputs in workflow["connections"].items()
+                 if "main" not in outputs}
+    assert reachable(workflow, hook) | sub_nodes == {n["name"] for n in workflow["nodes"]}
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_webhook_keeps_the_raw_body_for_the_signature(name):
+    hook = only_node(load(name), "n8n-nodes-base.webhook")
+    assert hook["parameters"]["options"].get("rawBody") is True
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_signature_is_hmac_sha256_of_the_raw_body(name):
+    crypto = only_node(load(name), "n8n-nodes-base.crypto")["parameters"]
+    assert (crypto["action"], crypto["type"], crypto["binaryData"], crypto["encoding"]) == (
+        "hmac", "SHA256", True, "hex")
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_webhook_feeds_the_signature_check_first(name):
+    workflow = load(name)
+    hook = only_node(workflow, "n8n-nodes-base.webhook")["name"]
+    crypto = only_node(workflow, "n8n-nodes-base.crypto")["name"]
+    assert targets(workflow, hook) == {crypto}
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_signature_compared_with_the_x_baton_signature_header(name):
+    workflow = load(name)
+    (check,) = nodes_of_type(workflow, "n8n-nodes-base.if")
+    (condition,) = check["parameters"]["conditions"]["conditions"]
+    assert ("x-baton-signature" in condition["leftValue"]
+            and condition["rightValue"].startswith("=sha256=")
+            and condition["operator"] == {"type": "string", "operation": "equals"})
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_bad_signature_is_answered_401_and_goes_no_further(name):
+    workflow = load(name)
+    (check,) = nodes_of_type(workflow, "n8n-nodes-base.if")
+    (rejected,) = targets(workflow, check["name"], output=1)
+    node = next(n for n in workflow["nodes"] if n["name"] == rejected)
+    assert (node["type"] == "n8n-nodes-base.respondToWebhook"
+            and node["parameters"]["options"]["responseCode"] == 401
+            and not targets(workflow, rejected))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_good_signature_is_acknowledged_before_the_work(name):
+    workflow = load(name)
+    (check,) = nodes_of_type(workflow, "n8n-nodes-base.if")
+    (accepted,) = targets(workflow, check["name"], output=0)
+    node = next(n for n in workflow["nodes"] if n["name"] == accepted)
+    assert (node["type"] == "n8n-nodes-base.respondToWebhook"
+            and 200 <= node["parameters"]["options"]["responseCode"] < 300)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_webhook_answers_through_respond_nodes(name):
+    hook = only_node(load(name), "n8n-nodes-base.webhook")
+    assert hook["parameters"]["responseMode"] == "responseNode"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_no_environment_variable_access(name):
+    # n8n 2.x blocks $env by default (N8N_BLOCK_ENV_ACCESS_IN_NODE): secrets
+    # come from credentials instead.
+    assert "$env" not in all_parameter_text(load(name))
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_credentials_are_referenced_by_name_with_placeholder_id(name):
+    refs = [ref for n in load(name)["nodes"] for ref in n.get("credentials", {}).values()]
+    assert refs and all(ref.get("id") and ref.get("name") for ref in refs)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_no_secret_is_written_into_parameters(name):
+    text = all_parameter_text(load(name))
+    assert not re.search(r"Bearer [A-Za-z0-9]|sk-[A-Za-z0-9]|xox[bp]-", text)
+
+
+def test_ai_agent_uses_an_openai_chat_model():
+    workflow = load(AI_BRANCH)
+    model = only_node(workflow, "@n8n/n8n-nodes-langchain.lmChatOpenAi")
+    agent = only_node(workflow, "@n8n/n8n-nodes-langchain.agent")
+    assert targets(workflow, model["name"], kind="ai_languageModel") == {agent["name"]}
+
+
+def test_openai_credential_is_named_openai():
+    model = only_node(load(AI_BRANCH), "@n8n/n8n-nodes-langchain.lmChatOpenAi")
+    assert model["credentials"]["openAiApi"]["name"] == "OpenAI"
+
+
+def test_system_prompt_asks_for_brief_json_with_text_escalate_intent():
+    agent = only_node(load(AI_BRANCH), "@n8n/n8n-nodes-langchain.agent")
+    prompt = agent["parameters"]["options"]["systemMessage"]
+    assert all(word in prompt for word in ('"text"', '"escalate"', '"intent"', "short", "JSON"))
+
+
+def test_agent_prompt_comes_from_the_event():
+    agent = only_node(load(AI_BRANCH), "@n8n/n8n-nodes-langchain.agent")
+    assert agent["parameters"]["promptType"] == "define" and agent["parameters"]["text"].startswith("={{")
+
+
+def test_agent_runs_only_after_baton_got_its_answer():
+    workflow = load(AI_BRANCH)
+    agent = only_node(workflow, "@n8n/n8n-nodes-langchain.agent")["name"]
+    (check,) = nodes_of_type(workflow, "n8n-nodes-base.if")
+    (accepted,) = targets(workflow, check["name"], output=0)
+    assert agent in reachable(workflow, accepted)
+
+
+def test_reply_is_posted_to_the_events_reply_url():
+    http = only_node(load(AI_BRANCH), "n8n-nodes-base.httpRequest")["parameters"]
+    assert http["method"] == "POST" and "reply_url" in http["url"] and http["url"].startswith("={{")
+
+
+def test_reply_body_quotes_conversation_and_turn_from_the_event():
+    body = only_node(load(AI_BRANCH), "n8n-nodes-base.httpRequest")["parameters"]["jsonBody"]
+    assert ("conversation_id: $('Receive bot turn').first().json.body.conversation.id" in body
+            and "turn_id: $('Receive bot turn').first().json.body.turn_id" in body)
+
+
+@pytest.mark.parametrize("field", ["text", "escalate", "intent"])
+def test_reply_body_carries_the_models_answer(field):
+    body = only_node(load(AI_BRANCH), "n8n-nodes-base.httpRequest")["parameters"]["jsonBody"]
+    assert f"{field}: $json.{field}" in body
+
+
+def test_reply_is_sent_with_the_bot_token_credential():
+    http = only_node(load(AI_BRANCH), "n8n-nodes-base.httpRequest")
+    assert (http["parameters"]["authentication"], http["parameters"]["genericAuthType"],
+            http["credentials"]["httpHeaderAuth"]["name"]) == (
+        "genericCredentialType", "httpHeaderAuth", "Baton bot token")
+
+
+def test_reply_request_never_errors_on_a_non_2xx_answer():
+    options = only_node(load(AI_BRANCH), "n8n-nodes-base.httpRequest")["parameters"]["options"]
+    assert options["response"]["response"] == {"fullResponse": True, "neverError": True}
+
+
+def test_stale_turn_409_ends_the_run_quietly():
+    workflow = load(AI_BRANCH)
+    http = only_node(workflow, "n8n-nodes-base.httpRequest")["name"]
+    (switch,) = [n for n in nodes_of_type(workflow, "n8n-nodes-base.switch")
+                 if n["name"] in targets(workflow, http)]
+    index = next(i for i, rule in enumerate(switch["parameters"]["rules"]["values"])
+                 if rule["conditions"]["conditions"][0]["rightValue"] == 409)
+    (stale,) = targets(workflow, switch["name"], output=index)
+    assert next(n for n in workflow["nodes"] if n["name"] == stale)["type"] == "n8n-nodes-base.noOp"
+
+
+def test_other_refusals_fail_the_run_visibly():
+    workflow = load(AI_BRANCH)
+    (switch,) = nodes_of_type(workflow, "n8n-nodes-base.switch")
+    fallback = len(switch["parameters"]["rules"]["values"])
+    (refused,) = targets(workflow, switch["name"], output=fallback)
+    assert next(n for n in workflow["nodes"] if n["name"] == refused)["type"] == (
+        "n8n-nodes-base.stopAndError")
+
+
+@pytest.mark.parametrize("event", NOTIFY_EVENTS)
+def test_notify_branch_routes_event_to_a_connected_output(event):
+    workflow = load(NOTIFY_BRANCH)
+    (switch,) = nodes_of_type(workflow, "n8n-nodes-base.switch")
+    index = route_event(switch, event)
+    assert index is not None and targets(workflow, switch["name"], output=index)
+
+
+@pytest.mark.parametrize("event", NOTIFY_EVENTS)
+def test_notify_branch_names_every_event_in_a_rule(event):
+    # Falling through to the "unknown event" output would hide a renamed event.
+    (switch,) = nodes_of_type(load(NOTIFY_BRANCH), "n8n-nodes-base.switch")
+    assert route_event(switch, event) < len(switch["parameters"]["rules"]["values"])
+
+
+@pytest.mark.parametrize("event", NEEDS_A_HUMAN)
+def test_events_needing_a_human_post_to_slack(event):
+    workflow = load(NOTIFY_BRANCH)
+    (switch,) = nodes_of_type(workflow, "n8n-nodes-base.switch")
+    fed = targets(workflow, switch["name"], output=route_event(switch, event))
+    assert {n["type"] for n in workflow["nodes"] if n["name"] in fed} == {"n8n-nodes-base.slack"}
+
+
+def test_notify_switch_reads_the_event_field():
+    (switch,) = nodes_of_type(load(NOTIFY_BRANCH), "n8n-nodes-base.switch")
+    lefts = {c["leftValue"] for rule in switch["parameters"]["rules"]["values"]
+             for c in rule["conditions"]["conditions"]}
+    assert lefts == {"={{ $json.body.event }}"}
+
+
+def test_unknown_events_are_ignored_not_failed():
+    workflow = load(NOTIFY_BRANCH)
+    (switch,) = nodes_of_type(workflow, "n8n-nodes-base.switch")
+    fed = targets(workflow, switch["name"], output=route_event(switch, "future.event"))
+    assert {n["type"] for n in workflow["nodes"] if n["name"] in fed} == {"n8n-nodes-base.noOp"}
+
+
+@pytest.mark.parametrize("expression", ["$json.body.conversation.contact.name",
+                                        "$json.body.reason", "$json.body.console_url"])
+def test_handoff_message_names_contact_reason_and_console_link(expression):
+    workflow = load(NOTIFY_BRANCH)
+    (switch,) = nodes_of_type(workflow, "n8n-nodes-base.switch")
+    (slack,) = targets(workflow, switch["name"], output=route_event(switch, "handoff.requested"))
+    text = next(n for n in workflow["nodes"] if n["name"] == slack)["parameters"]["text"]
+    assert text.startswith("=New WhatsApp handoff:") and expression in text
+
+
+@pytest.mark.skipif(not CONTRACT.exists(), reason="shared/CONTRACT.md is not beside the repo")
+def test_event_list_matches_contract():
+    section = CONTRACT.read_text(encoding="utf-8").split("## Events out", 1)[1].split("\n## ", 1)[0]
+    first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    events = {e for cell in first_cells for e in re.findall(r"`([a-z_]+\.[a-z_]+)`", cell)}
+    assert events - {"bot.turn"} == set(NOTIFY_EVENTS)
