@@ -62,7 +62,7 @@ class BatonProcesses:
 
     def __init__(self, settings_overrides: dict, web_workers: int = 2, rq_workers: int = 2, cron: bool = True,
                  *, log_dir: Path | str, init_db: bool = False, extra_env: dict | None = None,
-                 web_threads: int | None = None, start: bool = True):
+                 web_threads: int | None = None, access_log: bool = False, start: bool = True):
         self.settings = {k: str(v) for k, v in settings_overrides.items()}
         self.web_workers = web_workers
         self.rq_workers = rq_workers
@@ -74,8 +74,9 @@ class BatonProcesses:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env_for(self.settings)
         self.env.update({"PYTHONUNBUFFERED": "1", "FLASK_APP": "app",
-                         "BATON_BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(web_workers),
-                         "BATON_ACCESS_LOG": "-"})
+                         "BATON_BIND": f"127.0.0.1:{self.port}", "WEB_CONCURRENCY": str(web_workers)})
+        if access_log:
+            self.env["BATON_ACCESS_LOG"] = "-"
         if web_threads is not None:
             self.env["BATON_THREADS"] = str(web_threads)
         self.env.update({k: str(v) for k, v in (extra_env or {}).items()})

@@ -1,0 +1,400 @@
+"""Shared plumbing for the benchmarks in bench/ (not a test module).
+
+Everything a benchmark starts (redis-server, gunicorn, RQ workers, the cron,
+wrk) runs in its own session/process group and is registered with a `Stack`,
+which stops each group by its id, and removes its temp dirs, on normal exit,
+on an exception, on Ctrl-C and on SIGTERM. Nothing here talks to the shared
+Redis on 6379 or to instance/baton.db: every child gets an explicit
+REDIS_URL / DATABASE_URL pointing at private, temporary ones.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+VENV_BIN = ROOT / ".venv" / "bin"
+PHONE_NUMBER_ID = "sandbox-1"
+BENCH_APP_SECRET = "bench-app-secret-0123456789abcdef"
+
+
+# -- processes ------------------------------------------------------------------
+
+def tool(name: str) -> str:
+    """A console script from the project's venv (else from PATH)."""
+    candidate = VENV_BIN / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found (create the venv: python -m venv .venv && "
+                         f".venv/bin/pip install -r requirements.txt)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _raise_system_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+class Stack:
+    """Processes and temp dirs of one benchmark run, torn down in reverse order."""
+
+    def __init__(self, keep_tmp: bool = False):
+        self.keep_tmp = keep_tmp
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.dirs: list[str] = []
+        self._closed = False
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _raise_system_exit)
+        return self
+
+    def __exit__(self, *exc):
+        # Ctrl-C during teardown must not leave anything behind.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self.close()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return False
+
+    def tempdir(self, prefix: str) -> str:
+        path = tempfile.mkdtemp(prefix=prefix)
+        self.dirs.append(path)
+        return path
+
+    def spawn(self, name: str, argv: list[str], *, env: dict | None = None, cwd: str | Path = ROOT,
+              log_dir: str | None = None) -> subprocess.Popen:
+        """Start argv in a new session (its own process group: we stop it by its pgid)."""
+        if log_dir:
+            out = open(os.path.join(log_dir, f"{name}.log"), "ab")
+        else:
+            out = subprocess.DEVNULL
+        proc = subprocess.Popen(argv, env=env, cwd=str(cwd), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        if log_dir:
+            out.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+        """SIGTERM the process group we started, SIGKILL it if it lingers."""
+        if proc.poll() is None:
+            _killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        # Children of a master (gunicorn workers) share its group; make sure none survive.
+        _killpg(proc.pid, signal.SIGKILL)
+        self.procs = [(n, p) for n, p in self.procs if p is not proc]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for name, proc in reversed(list(self.procs)):
+            try:
+                self.stop(proc)
+            except Exception as exc:  # keep tearing down the rest
+                print(f"  (could not stop {name} [{proc.pid}]: {exc})", file=sys.stderr)
+        for path in reversed(self.dirs):
+            if self.keep_tmp:
+                print(f"  kept {path}", file=sys.stderr)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args[0]} exited with {proc.returncode} while starting")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} while starting")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout} s ({last})")
+
+
+def start_redis(stack: Stack) -> str:
+    """A private redis-server on a free port, nothing persisted (cf. tests/support.RedisServer)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    data = stack.tempdir("baton-bench-redis-")
+    proc = stack.spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no", "--dir", data], log_dir=data)
+    wait_port(port, proc, timeout=10)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def baton_env(tmp: str, redis_url: str, port: int, **extra) -> dict:
+    """The environment of every Baton process of a run: private DB + Redis, sandbox provider,
+    built-in bot (n8n URLs blanked even if the caller's shell sets them)."""
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": f"sqlite:///{tmp}/baton.db",
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": "benchbaton",
+        "WHATSAPP_PROVIDER": "sandbox",
+        "WHATSAPP_APP_SECRET": BENCH_APP_SECRET,
+        "WHATSAPP_VERIFY_TOKEN": "bench-verify",
+        "SANDBOX_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
+        "N8N_BOT_URL": "", "N8N_NOTIFY_URL": "",
+        "BATON_EVENT_SECRET": "bench-event-secret",
+        "SECRET_KEY": "bench-secret-key",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "MEDIA_STORAGE_URL": f"file://{tmp}/media",
+        "FLASK_APP": "app",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def init_db(env: dict, log_dir: str) -> None:
+    with open(os.path.join(log_dir, "init-db.log"), "wb") as out:
+        done = subprocess.run([tool("flask"), "--app", "app", "baton", "init-db"], env=env, cwd=str(ROOT),
+                              stdout=out, stderr=subprocess.STDOUT, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError("flask baton init-db failed:\n" + Path(log_dir, "init-db.log").read_text())
+
+
+def gunicorn_argv(app_spec: str, port: int, args, chdir: Path) -> list[str]:
+    """The same server settings for the baseline and for Baton (no config file, no access log)."""
+    argv = [tool("gunicorn"), "--chdir", str(chdir), "--bind", f"127.0.0.1:{port}",
+            "--workers", str(args.workers), "--worker-class", args.worker_class,
+            "--timeout", "30", "--graceful-timeout", "10", "--keep-alive", "5", "--log-level", "warning"]
+    if args.threads:
+        argv += ["--threads", str(args.threads)]
+    return argv + [app_spec]
+
+
+def start_gunicorn(stack: Stack, name: str, app_spec: str, chdir: Path, args, env: dict, log_dir: str,
+                   health_path: str = "/healthz") -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = stack.spawn(name, gunicorn_argv(app_spec, port, args, chdir), env=env, log_dir=log_dir)
+    wait_http(f"http://127.0.0.1:{port}{health_path}", proc)
+    # Every worker has to have imported the app before we measure anything.
+    deadline = time.time() + 30
+    while len(children(proc.pid)) < args.workers and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return proc, port
+
+
+def add_server_args(parser) -> None:
+    g = parser.add_argument_group("gunicorn (identical for the baseline and Baton)")
+    g.add_argument("--workers", type=int, default=4, help="gunicorn -w (default: 4)")
+    g.add_argument("--worker-class", default="sync", help="gunicorn -k (default: sync)")
+    g.add_argument("--threads", type=int, default=0, help="gunicorn --threads (default: gunicorn's own)")
+
+
+# -- CPU accounting through /proc ---------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def tree(pid: int) -> list[int]:
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        todo += children(p)
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])      # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / _TICK
+
+
+# -- payloads ----------------------------------------------------------------------
+
+def _app_builder():
+    """The app's own simulator (cli.signed_text_webhook), so payloads track the real shape."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from cli import signed_text_webhook  # noqa: WPS433
+        return signed_text_webhook
+    except Exception:
+        return None
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+_BUILDER = None
+
+
+def signed_webhook(wa_id: str, text: str, name: str, message_id: str, timestamp: int,
+                   secret: str = BENCH_APP_SECRET) -> tuple[bytes, str]:
+    """(raw body, X-Hub-Signature-256 value) of a Cloud API text webhook."""
+    global _BUILDER
+    if _BUILDER is None:
+        _BUILDER = _app_builder() or _local_builder
+    from types import SimpleNamespace
+
+    settings = SimpleNamespace(SANDBOX_PHONE_NUMBER_ID=PHONE_NUMBER_ID, WHATSAPP_APP_SECRET=secret)
+    raw, headers = _BUILDER(settings, wa_id, text, name, message_id=message_id, timestamp=timestamp)
+    return raw, headers["X-Hub-Signature-256"]
+
+
+def _local_builder(settings, wa_id, text, name, message_id=None, timestamp=None):
+    body = {"object": "whatsapp_business_account", "entry": [{"id": "sandbox-waba", "changes": [{
+        "field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000",
+                         "phone_number_id": settings.SANDBOX_PHONE_NUMBER_ID},
+            "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
+            "messages": [{"from": wa_id, "id": message_id, "timestamp": str(timestamp), "type": "text",
+                          "text": {"body": text}}]}}]}]}
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    signature = hmac.new(settings.WHATSAPP_APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    return raw, {"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"}
+
+
+FIRST_NAMES = ["Ana", "Bruno", "Chloé", "Dmitri", "Emeka", "Fatima", "Giulia", "Hiroshi", "Inés", "Jonas",
+               "Kwame", "Lucía", "Mateo", "Nadia", "Olga", "Pedro", "Qiu", "Rania", "Sven", "Tomás"]
+LAST_NAMES = ["Silva", "Müller", "García", "Okafor", "Rossi", "Dubois", "Nakamura", "Kowalski", "Haddad",
+              "Smith", "Santos", "Jensen"]
+
+
+def customer(i: int) -> tuple[str, str]:
+    """(wa_id, profile name) of synthetic customer i: stable across a run."""
+    return f"1555{i:07d}", f"{FIRST_NAMES[i % len(FIRST_NAMES)]} {LAST_NAMES[(i // 7) % len(LAST_NAMES)]}"
+
+
+# -- statistics and output ------------------------------------------------------------
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def median(values: list[float]) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def machine_info() -> dict:
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=str(ROOT), capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except Exception:
+            return None
+
+    return {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "git_commit": git("rev-parse", "HEAD"),
+            "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
+def write_result(kind: str, data: dict) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = RESULTS_DIR / f"{kind}-{stamp}.json"
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+def utc_ts(text: str | None) -> float | None:
+    """A naive-UTC timestamp as peewee stores it in SQLite → unix seconds."""
+    if text is None:
+        return None
+    return datetime.fromisoformat(str(text)).replace(tzinfo=timezone.utc).timestamp()

@@ -1,0 +1,325 @@
+"""Stories told against Baton running as real processes: gunicorn with two
+workers, RQ workers (`flask baton worker`) and RQ cron, sharing the test's
+database and Redis. Every outcome is read back from the database after the
+processes have settled.
+
+Run: .venv/bin/pytest tests/test_processes.py            (SQLite)
+     BATON_TEST_DATABASE=postgres .venv/bin/pytest tests/test_processes.py
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.harness import BatonProcesses
+from tests.support import text_webhook
+
+pytestmark = pytest.mark.processes
+
+PROCESS_SETTINGS = {"PUMP_LEASE": "2", "LOCK_TTL": "2", "REQUEUE_AFTER": "1"}
+LANE_NAMES = ("inbound", "outbound", "events")
+
+
+@pytest.fixture
+def settings_overrides(settings_overrides):
+    """The shared test settings plus short leases, so a dead worker's claims free up fast."""
+    return {**settings_overrides, **PROCESS_SETTINGS}
+
+
+@pytest.fixture
+def start_baton(app, settings_overrides, tmp_path, request):
+    """Factory: start_baton(web_workers=2, rq_workers=2, cron=True, **extra_settings).
+    All processes are stopped after the test; their logs are printed when it failed."""
+    started: list[BatonProcesses] = []
+    failed_before = request.session.testsfailed
+
+    def start(web_workers: int = 2, rq_workers: int = 2, cron: bool = True, **extra_settings) -> BatonProcesses:
+        procs = BatonProcesses({**settings_overrides, **extra_settings}, web_workers=web_workers,
+                               rq_workers=rq_workers, cron=cron, log_dir=tmp_path / f"processes{len(started)}")
+        started.append(procs)
+        return procs
+
+    yield start
+    for procs in started:
+        procs.stop()
+    if request.session.testsfailed > failed_before:
+        capture = request.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            for procs in started:
+                print(f"\n===== Baton process logs ({procs.log_dir}) =====\n{procs.logs()}")
+
+
+@pytest.fixture
+def processes(start_baton):
+    """gunicorn (2 workers) + 2 RQ workers + RQ cron."""
+    return start_baton()
+
+
+# -- reading the outcome ---------------------------------------------------------------
+
+def outbox_texts() -> list[str]:
+    from models import OutboxEntry
+
+    rows = OutboxEntry.select().order_by(OutboxEntry.created_at, OutboxEntry.id)
+    return [((row.payload or {}).get("text") or {}).get("body") for row in rows]
+
+
+def state_summary(rt) -> dict:
+    from models import BotTurn, Delivery, Message, OutboxEntry
+
+    return {
+        "inbound": Message.select().where(Message.direction == "in").count(),
+        "unrouted": Message.select().where((Message.direction == "in") & Message.routed_to.is_null()).count(),
+        "outbound_queued": Message.select().where(Message.status == "queued").count(),
+        "deliveries_pending": Delivery.select().where(Delivery.status == "pending").count(),
+        "bot_turns": BotTurn.select().count(),
+        "outbox": OutboxEntry.select().count(),
+        "lanes_ready": {lane: rt.lanes.depth(lane) for lane in LANE_NAMES},
+        "inboxes": sum(1 for _ in rt.redis.scan_iter(f"{rt.settings.REDIS_PREFIX}:inbox:*")),
+        "rq_queued": {lane: rt.queues[lane].count for lane in LANE_NAMES},
+    }
+
+
+def quiet(rt) -> bool:
+    """Nothing recorded waits for routing, sending or delivery, and no lane has work."""
+    s = state_summary(rt)
+    return (s["unrouted"] == 0 and s["outbound_queued"] == 0 and s["deliveries_pending"] == 0
+            and not any(s["lanes_ready"].values()) and s["inboxes"] == 0
+            and not any(s["rq_queued"].values())
+            and not any(rt.redis.zcard(f"{rt.settings.REDIS_PREFIX}:lane:{lane}:delayed")
+                        for lane in LANE_NAMES))
+
+
+def settle(procs: BatonProcesses, rt, timeout: float = 60.0, hold: float = 1.0) -> None:
+    procs.settle(lambda: quiet(rt), timeout=timeout, hold=hold,
+                 describe=lambda: f"state: {state_summary(rt)}")
+
+
+def post_all(url: str, bodies: list[tuple[bytes, dict]], threads: int = 8) -> list[requests.Response]:
+    """POST every (raw, headers) webhook over real HTTP from `threads` threads."""
+    local = threading.local()
+
+    def post(item):
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        raw, headers = item
+        return session.post(f"{url}/webhooks/whatsapp", data=raw, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(post, bodies))
+
+
+def conversation_of(wa_id: str):
+    from models import Contact, Conversation
+
+    return Conversation.select().join(Contact).where(Contact.wa_id == wa_id).get()
+
+
+def bot_token() -> str:
+    from models import ApiToken
+
+    return ApiToken.issue("n8n-processes", "bot")[1]
+
+
+# -- stories ---------------------------------------------------------------------------------
+
+def test_a_duplicate_storm_is_stored_once_and_routed_once(processes, rt):
+    """Meta retries: the same signed webhook arrives 20 times at once on two gunicorn workers."""
+    from models import BotTurn, Message
+
+    raw, headers = text_webhook("15550000001", "hi", message_id="wamid.STORM0001", timestamp=int(time.time()))
+    barrier = threading.Barrier(20)
+
+    def fire(_):
+        barrier.wait(timeout=10)
+        return requests.post(f"{processes.url}/webhooks/whatsapp", data=raw, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(fire, range(20)))
+
+    assert [r.status_code for r in responses] == [200] * 20, [r.text for r in responses]
+    answers = [r.json() for r in responses]
+    assert sum(a["messages"] for a in answers) == 1, answers
+    assert sum(a["duplicates"] for a in answers) == 19, answers
+
+    settle(processes, rt)
+    inbound = list(Message.select().where(Message.direction == "in"))
+    assert len(inbound) == 1
+    assert inbound[0].provider_message_id == "wamid.STORM0001" and inbound[0].routed_to == "bot"
+    turns = list(BotTurn.select())
+    assert [t.message_id for t in turns] == [inbound[0].id], "routed more than once"
+    bot_replies = list(Message.select().where((Message.direction == "out") & (Message.sender == "bot")))
+    assert len(bot_replies) == 1 and bot_replies[0].status == "sent"
+    assert outbox_texts() == [bot_replies[0].text]
+
+
+def test_racing_human_requests_and_bot_escalation_hand_off_exactly_once(processes, rt):
+    """Two explicit requests, two ordinary messages and the bot's own escalate call, all at
+    once, across two gunicorn workers and two RQ workers: one handoff, one notice."""
+    from models import PENDING_AGENT, Event, Message
+
+    settings = rt.settings
+    wa_id = "15550000002"
+    base = int(time.time()) - 60
+    first = post_all(processes.url, [text_webhook(wa_id, "hello", timestamp=base)])
+    assert first[0].status_code == 200, first[0].text
+    processes.wait_until(lambda: len(outbox_texts()) == 1, what="the greeting to be sent",
+                         describe=lambda: f"state: {state_summary(rt)}")
+    conv = conversation_of(wa_id)
+    token = bot_token()
+
+    bodies = [text_webhook(wa_id, "what are your opening hours", timestamp=base + 1),
+              text_webhook(wa_id, "I want to talk to a human", timestamp=base + 2),
+              text_webhook(wa_id, "agent please", timestamp=base + 3),
+              text_webhook(wa_id, "my order is late", timestamp=base + 4)]
+    barrier = threading.Barrier(len(bodies) + 1)
+
+    def webhook(item):
+        raw, headers = item
+        barrier.wait(timeout=10)
+        return requests.post(f"{processes.url}/webhooks/whatsapp", data=raw, headers=headers, timeout=30)
+
+    def escalate():
+        barrier.wait(timeout=10)
+        return requests.post(f"{processes.url}/api/v1/conversations/{conv.id}/escalate",
+                             json={"reason": "bot"}, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+    with ThreadPoolExecutor(len(bodies) + 1) as pool:
+        escalation = pool.submit(escalate)
+        answers = list(pool.map(webhook, bodies))
+        escalation = escalation.result()
+
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert sum(a.json()["messages"] for a in answers) == 4
+    assert escalation.status_code == 200, escalation.text
+
+    settle(processes, rt)
+    handoffs = list(Event.select().where((Event.conversation == conv.id) & (Event.to_state == PENDING_AGENT)))
+    assert len(handoffs) == 1, [(e.actor, e.from_state, e.reason) for e in handoffs]
+    texts = outbox_texts()
+    assert texts.count(settings.HANDOFF_NOTICE) == 1, texts
+    final = conversation_of(wa_id)
+    assert final.state == PENDING_AGENT
+    # The API call changed the state only if it won the race; it never did both.
+    assert escalation.json()["changed"] == (handoffs[0].reason == "bot"), (escalation.json(), handoffs[0].reason)
+    inbound = list(Message.select().where(Message.direction == "in"))
+    assert len(inbound) == 5 and all(m.routed_to is not None for m in inbound)
+
+
+def test_two_hundred_shuffled_messages_are_routed_in_payload_timestamp_order(start_baton, rt):
+    """Posted in random order while no RQ worker runs; two workers then route them
+    strictly by payload timestamp, each exactly once."""
+    from models import BotTurn, Message, OutboxEntry
+
+    procs = start_baton(rq_workers=0)
+    wa_id = "15550000003"
+    base = int(time.time()) - 3600
+    order = list(range(200))
+    random.Random(7).shuffle(order)
+    bodies = [text_webhook(wa_id, f"question {i} about my parcel", message_id=f"wamid.ORDER{i:04d}",
+                           timestamp=base + i) for i in order]
+    answers = post_all(procs.url, bodies)
+    assert [a.status_code for a in answers] == [200] * 200, {a.status_code for a in answers}
+    assert sum(a.json()["messages"] for a in answers) == 200
+    assert BotTurn.select().count() == 0, "something routed without an RQ worker"
+
+    procs.start_worker()
+    procs.start_worker()
+    settle(procs, rt)
+
+    sent_at = {m.id: m.sent_at for m in Message.select().where(Message.direction == "in")}
+    assert len(sent_at) == 200
+    turns = list(BotTurn.select().order_by(BotTurn.id))
+    routed = [t.message_id for t in turns]
+    assert len(routed) == len(set(routed)) == 200, "a message was routed twice or never"
+    timestamps = [sent_at[mid] for mid in routed]
+    out_of_order = [(a, b) for a, b in zip(timestamps, timestamps[1:]) if b <= a]
+    assert not out_of_order, f"{len(out_of_order)} inversions, first: {out_of_order[:3]}"
+    assert OutboxEntry.select().count() == 200
+
+
+def test_a_worker_killed_mid_drain_loses_nothing_and_routes_nothing_twice(start_baton, rt):
+    """SIGKILL the only worker while it drains; a fresh worker (and the cron sweep)
+    finish the job: every message routed once, answered once, sent once."""
+    from models import BotTurn, Message
+
+    procs = start_baton(rq_workers=0)
+    base = int(time.time()) - 3600
+    customers = [f"1555000010{c}" for c in range(3)]
+    bodies = [text_webhook(wa, f"line {i} of my complaint", message_id=f"wamid.KILL{c}{i:04d}",
+                           timestamp=base + i)
+              for i in range(100) for c, wa in enumerate(customers)]
+    total = len(bodies)
+    answers = post_all(procs.url, bodies)
+    assert [a.status_code for a in answers] == [200] * total
+
+    def routed() -> int:
+        return Message.select().where((Message.direction == "in") & Message.routed_to.is_null(False)).count()
+
+    victim = procs.start_worker()
+    procs.wait_until(lambda: routed() >= total // 5, timeout=30, interval=0.005,
+                     what="the first worker to be mid-drain", describe=lambda: f"state: {state_summary(rt)}")
+    procs.kill_worker(victim)
+    at_kill = routed()
+    print(f"killed the worker after {at_kill}/{total} messages were routed")
+    assert at_kill < total, "the worker finished before it could be killed; the story did not happen"
+
+    procs.start_worker()
+    settle(procs, rt, timeout=60)
+
+    inbound = {m.id for m in Message.select().where(Message.direction == "in")}
+    assert len(inbound) == total
+    turns = list(BotTurn.select())
+    per_message = {}
+    for t in turns:
+        per_message[t.message_id] = per_message.get(t.message_id, 0) + 1
+    assert {m for m, n in per_message.items() if n > 1} == set(), "routed twice"
+    assert set(per_message) == inbound, f"never routed: {len(inbound - set(per_message))}"
+    unanswered = [t.id for t in turns if t.answered_at is None]
+    replies = list(Message.select().where((Message.direction == "out") & (Message.sender == "bot")))
+    assert not unanswered and len(replies) == total, (
+        f"killed after {at_kill}/{total} routed: {len(unanswered)} bot turn(s) never answered "
+        f"(e.g. {unanswered[:3]}), {len(replies)} bot replies for {total} messages")
+    assert all(r.status == "sent" for r in replies)
+    texts = outbox_texts()
+    assert len(texts) == total, f"{len(texts)} messages sent to customers for {total} bot replies"
+
+
+def test_a_bot_reply_after_escalation_is_refused_and_never_sent(start_baton, rt, n8n):
+    """The n8n AI branch gets a bot.turn, the conversation is escalated meanwhile, and
+    the reply that arrives afterwards is answered 409 stale_turn and never sent."""
+    from models import PENDING_AGENT, Message
+
+    procs = start_baton(N8N_BOT_URL=n8n.url_for("bot"), N8N_NOTIFY_URL=n8n.url_for("notify"))
+    wa_id = "15550000004"
+    answer = post_all(procs.url, [text_webhook(wa_id, "where is my order?")])[0]
+    assert answer.status_code == 200, answer.text
+    turn_event = procs.wait_until(lambda: n8n.received("bot.turn"), what="a bot.turn at the fake n8n",
+                                  describe=lambda: f"state: {state_summary(rt)}")[0]
+    assert turn_event["signature_ok"]
+    turn = turn_event["json"]
+    conversation_id, turn_id = turn["conversation"]["id"], turn["turn_id"]
+    auth = {"Authorization": f"Bearer {bot_token()}"}
+
+    escalated = requests.post(f"{procs.url}/api/v1/conversations/{conversation_id}/escalate",
+                              json={"reason": "customer_angry"}, headers=auth, timeout=30)
+    assert escalated.status_code == 200, escalated.text
+    assert escalated.json()["changed"] is True
+
+    late_text = "Your order ships tomorrow (late bot reply)"
+    reply = requests.post(f"{procs.url}/api/v1/bot/replies", headers=auth, timeout=30,
+                          json={"conversation_id": conversation_id, "turn_id": turn_id, "text": late_text})
+    assert reply.status_code == 409, reply.text
+    assert reply.json()["error"] == "stale_turn"
+
+    settle(procs, rt)
+    procs.wait_until(lambda: n8n.received("handoff.requested"), what="the handoff.requested event")
+    assert outbox_texts() == [rt.settings.HANDOFF_NOTICE]
+    assert Message.select().where(Message.text == late_text).count() == 0
+    assert conversation_of(wa_id).state == PENDING_AGENT
