@@ -222,8 +222,8 @@ def gunicorn_argv(app_spec: str, port: int, args, chdir: Path) -> list[str]:
 
 
 def start_gunicorn(stack: Stack, name: str, app_spec: str, chdir: Path, args, env: dict, log_dir: str,
-                   health_path: str = "/healthz") -> tuple[subprocess.Popen, int]:
-    port = free_port()
+                   health_path: str = "/healthz", port: int | None = None) -> tuple[subprocess.Popen, int]:
+    port = port or free_port()
     proc = stack.spawn(name, gunicorn_argv(app_spec, port, args, chdir), env=env, log_dir=log_dir)
     wait_http(f"http://127.0.0.1:{port}{health_path}", proc)
     # Every worker has to have imported the app before we measure anything.
@@ -398,3 +398,56 @@ def utc_ts(text: str | None) -> float | None:
     if text is None:
         return None
     return datetime.fromisoformat(str(text)).replace(tzinfo=timezone.utc).timestamp()
+
+
+def system_busy_seconds() -> float:
+    """CPU-seconds all CPUs spent busy since boot (/proc/stat): to see what else ran meanwhile."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / _TICK
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def busy_warning(foreign_cpu_pct: float | None, threshold: float = 25.0) -> str | None:
+    if foreign_cpu_pct is not None and foreign_cpu_pct > threshold:
+        return (f"WARNING: other processes on this machine used ~{foreign_cpu_pct:.0f}% of a CPU during the "
+                f"timed runs; figures are depressed/noisy (the ratio, measured in the same run, less so).")
+    return None
+
+
+# -- optional profiling with py-spy (not a project dependency) ----------------------------
+
+def find_pyspy() -> str | None:
+    candidate = VENV_BIN / "py-spy"
+    return str(candidate) if candidate.exists() else shutil.which("py-spy")
+
+
+def start_profiles(stack: Stack, targets: dict[str, int], seconds: int, out_dir: Path, tag: str) -> list[Path]:
+    """`py-spy record` (collapsed stacks) on each pid for `seconds`; returns the output files."""
+    pyspy = find_pyspy()
+    if pyspy is None:
+        print("  --profile: py-spy not found (.venv/bin/pip install py-spy); not profiling", flush=True)
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, pid in targets.items():
+        path = out_dir / f"{tag}-{name}-{pid}.collapsed"
+        stack.spawn(f"py-spy-{name}", [pyspy, "record", "--pid", str(pid), "--duration", str(seconds),
+                                        "--rate", "100", "--nonblocking", "--format", "raw",
+                                        "--output", str(path)], log_dir=str(out_dir))
+        files.append(path)
+    return files
+
+
+def wait_profiles(stack: Stack, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    for name, proc in list(stack.procs):
+        if name.startswith("py-spy-"):
+            try:
+                proc.wait(timeout=max(1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+            stack.stop(proc)

@@ -205,6 +205,23 @@ def _collect_callback(text: str | None, say) -> tuple[str, str, dict | None]:
     return say("callback_time", when=details["when"]), "callback_details", {"callback": details}
 
 
+def _normal_turn(text: str, phrases: tuple[str, ...], say) -> tuple[str, str, bool]:
+    """Reply, intent and whether to escalate, for a readable message in normal mode."""
+    normalized = normalize(text)
+    choice = _CHOICE.match(normalized)
+    option = choice.group(1) if choice else None
+    if option == "3" or is_explicit_request(text, phrases):
+        return say("handoff"), "handoff", True
+    if option:
+        intent = "menu_hours" if option == "1" else "menu_order"
+        return say(intent), intent, False
+    if greeting_language(text):
+        return f"{say('greeting')}\n{say('menu')}", "greeting", False
+    if normalized in MENU_WORDS:
+        return say("menu"), "menu", False
+    return say("fallback"), "fallback", False
+
+
 def reply(turn: dict, phrases: tuple[str, ...] | None = None) -> dict:
     """Answer one `bot.turn` event with a `POST /api/v1/bot/replies` body.
 
@@ -212,11 +229,11 @@ def reply(turn: dict, phrases: tuple[str, ...] | None = None) -> dict:
     `escalate: True` with `reason: "bot"` when the customer picked "talk to a
     human" or asked for one (`phrases`, default: the bundled list); adds
     `language` when the greeting, the conversation or its history revealed it.
-    In mode `collect_callback` it only gathers a phone number and time.
+    In mode `collect_callback` it only gathers a phone number and time, adding
+    them as `metadata.callback`.
     """
     message = turn.get("message") or {}
     text = message.get("text") if message.get("type", "text") in TEXT_TYPES else None
-    readable = bool(text and text.strip())
     language = _known_language(turn, text)
     lang = language or DEFAULT_LANGUAGE
 
@@ -225,29 +242,18 @@ def reply(turn: dict, phrases: tuple[str, ...] | None = None) -> dict:
 
     body = {"conversation_id": (turn.get("conversation") or {}).get("id"),
             "turn_id": turn.get("turn_id")}
-    metadata = None
-    normalized = normalize(text or "")
-    choice = _CHOICE.match(normalized)
-
+    escalate, metadata = False, None
     if turn.get("mode") == "collect_callback":
         line, intent, metadata = _collect_callback(text, say)
-    elif not readable:
+    elif not (text and text.strip()):
         line, intent = say("non_text"), "fallback"
-    elif (choice and choice.group(1) == "3") or is_explicit_request(
-            text, _bundled_phrases() if phrases is None else phrases):
-        line, intent = say("handoff"), "handoff"
-        body.update(escalate=True, reason="bot")
-    elif choice:
-        intent = "menu_hours" if choice.group(1) == "1" else "menu_order"
-        line = say(intent)
-    elif greeting_language(text):
-        line, intent = f"{say('greeting')}\n{say('menu')}", "greeting"
-    elif normalized in MENU_WORDS:
-        line, intent = say("menu"), "menu"
     else:
-        line, intent = say("fallback"), "fallback"
+        line, intent, escalate = _normal_turn(
+            text, _bundled_phrases() if phrases is None else phrases, say)
 
     body.update(text=line, intent=intent)
+    if escalate:
+        body.update(escalate=True, reason="bot")
     if language:
         body["language"] = language
     if metadata:

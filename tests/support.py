@@ -60,6 +60,17 @@ def text_webhook(wa_id: str, text: str, *, message_id: str | None = None, timest
     return signed_text_webhook(settings, wa_id, text, name, message_id=message_id, timestamp=timestamp)
 
 
+class InProcessWorker(SimpleWorker):
+    """SimpleWorker without the pub/sub command channel (whose teardown waits
+    a second per burst): the same job execution, fast enough for every test."""
+
+    def subscribe(self):
+        pass
+
+    def unsubscribe(self):
+        pass
+
+
 def run_jobs(rt, rounds: int = 50) -> None:
     """Run every queued job in this process (SimpleWorker, burst) until the
     lanes are quiet: the production job code, minus the separate process."""
@@ -70,7 +81,7 @@ def run_jobs(rt, rounds: int = 50) -> None:
     queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "default")]
     for _ in range(rounds):
         timers.tick()
-        SimpleWorker(queues, connection=rt.redis).work(burst=True, logging_level="WARNING")
+        InProcessWorker(queues, connection=rt.redis).work(burst=True, logging_level="WARNING")
         busy = any(rt.lanes.depth(lane) for lane in ("inbound", "outbound", "events")) or \
             any(q.count for q in queues)
         delayed_due = any(rt.redis.zrangebyscore(f"{rt.settings.REDIS_PREFIX}:lane:{lane}:delayed",

@@ -5,8 +5,6 @@ import pytest
 from bot.rules import HANDOFF_KEYWORD, LANGUAGES, TEXTS, greeting_language, reply
 from routing.escalation import is_explicit_request, load_phrases
 
-WHATSAPP_TEXT_LIMIT = 4096
-
 
 def make_turn(text="hi", *, type="text", mode="normal", metadata=None, history=None):
     """A `bot.turn` event body as Baton sends it (only the fields the bot reads)."""
@@ -169,7 +167,7 @@ def test_advertised_handoff_word_is_an_escalation_phrase(language):
 def test_texts_are_short_enough_for_one_glance(language):
     longest = max(len(t.format(kw="x", phone="+1 555 0100", when="15:00"))
                   for t in TEXTS[language].values())
-    assert longest <= 160 < WHATSAPP_TEXT_LIMIT
+    assert longest <= 160
 
 
 def test_greeting_inside_a_sentence_does_not_reveal_language():
