@@ -77,6 +77,7 @@ def metrics():
 
 
 @bp.get("/openapi.json")
+@responds(200, description="OpenAPI 3 document")
 def openapi():
     """This API, generated from the schemas that validate it."""
     spec = current_app.extensions.get("baton_openapi")

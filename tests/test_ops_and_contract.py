@@ -1,0 +1,154 @@
+"""Ops endpoints, the OpenAPI document against CONTRACT.md, settings and the CLI."""
+import re
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, load_settings
+from models import ApiToken, OutboxEntry
+from tests.support import text_webhook
+
+CONTRACT = (Path(__file__).resolve().parents[1].parent / "shared" / "CONTRACT.md").read_text()
+
+IMPLEMENTED = {
+    ("/webhooks/whatsapp", "get"), ("/webhooks/whatsapp", "post"), ("/webhooks/wasender", "post"),
+    ("/api/v1/conversations", "get"), ("/api/v1/conversations/{conversation_id}", "get"),
+    ("/api/v1/conversations/{conversation_id}/messages", "get"),
+    ("/api/v1/conversations/{conversation_id}/escalate", "post"), ("/api/v1/bot/replies", "post"),
+    ("/healthz", "get"), ("/readyz", "get"), ("/metrics", "get"), ("/openapi.json", "get"),
+}
+
+
+def contract_object_keys(name: str) -> set[str]:
+    block = re.search(rf"{name}:\n```json\n(.*?)```", CONTRACT, re.S).group(1)
+    top = re.sub(r"\{[^{}]*\}", "{}", block[1:-2])     # drop nested objects' keys
+    return set(re.findall(r'"(\w+)":', top))
+
+
+def test_healthz(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+
+
+def test_readyz_reports_both_dependencies(client):
+    response = client.get("/readyz")
+    assert response.status_code == 200 and response.json == {"database": "ok", "redis": "ok"}
+
+
+def test_readyz_is_503_when_redis_is_down(app_factory):
+    response = app_factory(REDIS_URL="redis://127.0.0.1:1/0").test_client().get("/readyz")
+    assert response.status_code == 503 and response.json["redis"].startswith("down")
+
+
+def test_metrics_speak_prometheus(client, work):
+    raw, headers = text_webhook("15554440001", "I want to talk to a human")
+    client.post("/webhooks/whatsapp", data=raw, headers=headers)
+    work()
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'baton_conversations{state="PENDING_AGENT"} 1.0' in text
+    assert "baton_messages_unrouted 0.0" in text
+
+
+def test_metrics_can_require_a_token(app_factory):
+    client = app_factory(METRICS_TOKEN="m3tr1cs").test_client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer m3tr1cs"}).status_code == 200
+
+
+def test_openapi_lists_every_implemented_contract_route(client):
+    spec = client.get("/openapi.json").json
+    served = {(path, method) for path, ops in spec["paths"].items() for method in ops}
+    assert IMPLEMENTED <= served
+
+
+@pytest.mark.parametrize("path, method", sorted(IMPLEMENTED))
+def test_every_implemented_route_is_in_the_contract(path, method):
+    contract_path = path.replace("/api/v1", "").replace("{conversation_id}", "{id}")
+    assert f"`{method.upper()} {contract_path}" in CONTRACT or f"`{contract_path}" in CONTRACT or \
+        f"{method.upper()} {contract_path}" in CONTRACT
+
+
+@pytest.mark.parametrize("schema, contract_name", [("ConversationSchema", "Conversation"), ("MessageSchema", "Message")])
+def test_openapi_objects_carry_every_field_the_contract_names(client, schema, contract_name):
+    spec = client.get("/openapi.json").json
+    properties = set(spec["components"]["schemas"][schema.replace("Schema", "")]["properties"])
+    assert contract_object_keys(contract_name) <= properties
+
+
+def test_the_bot_reply_body_in_openapi_matches_the_contract(client):
+    spec = client.get("/openapi.json").json
+    properties = set(spec["components"]["schemas"]["BotReply"]["properties"])
+    assert {"conversation_id", "turn_id", "text", "escalate", "reason", "intent", "urgency", "language",
+            "metadata"} <= properties
+
+
+def test_unknown_routes_answer_json_404(client):
+    response = client.get("/api/v1/nothing-here")
+    assert response.status_code == 404 and response.json["error"] == "not_found"
+
+
+def test_a_wrong_method_answers_json_405(client):
+    response = client.delete("/webhooks/whatsapp")
+    assert response.status_code == 405 and response.json["error"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize("variable, value", [("OFFER_TIMEOUT", "soon"), ("WHATSAPP_PROVIDER", "telegram"),
+                                             ("PENDING_TIMEOUT_POLICY", "panic"), ("DATABASE_URL", "mysql://x"),
+                                             ("BOT_HISTORY", "0"), ("TESTING", "maybe")])
+def test_a_bad_setting_stops_start_up_naming_the_variable(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        load_settings(environ={"WHATSAPP_APP_SECRET": "s", variable: value})
+
+
+def test_cloud_api_without_its_secrets_names_the_missing_one():
+    with pytest.raises(ConfigError, match="WHATSAPP_ACCESS_TOKEN"):
+        load_settings(environ={"WHATSAPP_PROVIDER": "cloud_api", "WHATSAPP_APP_SECRET": "s",
+                               "WHATSAPP_VERIFY_TOKEN": "v"})
+
+
+def test_init_db_is_safe_to_rerun(runner):
+    first = runner.invoke(args=["baton", "init-db"])
+    again = runner.invoke(args=["baton", "init-db"])
+    assert first.exit_code == again.exit_code == 0
+    assert "schema is up to date" in again.output
+
+
+def test_init_db_adds_a_column_a_newer_baton_needs(runner, app):
+    from models import db
+    db.execute_sql('ALTER TABLE "delivery" DROP COLUMN "last_error"')
+    result = runner.invoke(args=["baton", "init-db"])
+    assert "added column delivery.last_error" in result.output
+    assert "last_error" in {c.name for c in db.get_columns("delivery")}
+
+
+def test_token_add_prints_the_secret_alone_on_the_last_line_and_stores_only_its_hash(runner):
+    result = runner.invoke(args=["baton", "token", "add", "--role", "bot", "--name", "n8n"])
+    assert result.exit_code == 0
+    secret = result.output.strip().splitlines()[-1]
+    assert secret.startswith("bt_") and " " not in secret
+    row = ApiToken.get(ApiToken.name == "n8n")
+    assert row.role == "bot" and secret not in row.token_hash
+
+
+def test_token_add_refuses_an_unknown_role(runner):
+    result = runner.invoke(args=["baton", "token", "add", "--role", "god", "--name", "x"])
+    assert result.exit_code != 0 and ApiToken.select().count() == 0
+
+
+def test_outbox_shows_what_the_sandbox_sent(runner, client, work):
+    raw, headers = text_webhook("15554440002", "hi")
+    client.post("/webhooks/whatsapp", data=raw, headers=headers)
+    work()
+    result = runner.invoke(args=["baton", "outbox"])
+    assert "to 15554440002" in result.output and "How can I help" in result.output
+
+
+def test_the_admin_outbox_endpoint_lists_the_same(client, work, admin_token):
+    raw, headers = text_webhook("15554440003", "hi")
+    client.post("/webhooks/whatsapp", data=raw, headers=headers)
+    work()
+    items = client.get("/api/v1/admin/outbox", headers={"Authorization": f"Bearer {admin_token}"}).json["items"]
+    assert [i["to"] for i in items] == ["15554440003"] == [e.to for e in OutboxEntry.select()]
+
+
+def test_the_outbox_is_for_admins_only(client, bot_token):
+    assert client.get("/api/v1/admin/outbox", headers={"Authorization": f"Bearer {bot_token}"}).status_code == 403
