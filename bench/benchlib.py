@@ -407,6 +407,30 @@ def system_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / _TICK
 
 
+def wait_quiet(max_wait: float, threshold_pct: float = 30.0, sample: float = 3.0) -> float | None:
+    """Wait (at most max_wait s) until the machine's CPU use, before we start anything, is below
+    threshold_pct of one core. Returns the last sample (percent)."""
+    if max_wait <= 0:
+        return None
+    deadline = time.time() + max_wait
+    while True:
+        before = system_busy_seconds()
+        time.sleep(sample)
+        busy = 100 * (system_busy_seconds() - before) / sample
+        if busy < threshold_pct or time.time() > deadline:
+            print(f"machine CPU use before starting: {busy:.0f}% of a core"
+                  f"{'' if busy < threshold_pct else ' (still busy; going ahead)'}", flush=True)
+            return busy
+        print(f"  waiting for a quieter machine: other processes use {busy:.0f}% of a core …", flush=True)
+
+
+def add_common_args(parser) -> None:
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="S",
+                        help="first wait up to S s until other processes use < 30%% of a core (default: 0)")
+    parser.add_argument("--profile-idle", action="store_true",
+                        help="with --profile: sample idle threads too (wall-clock view: lock and I/O waits)")
+
+
 def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -425,7 +449,8 @@ def find_pyspy() -> str | None:
     return str(candidate) if candidate.exists() else shutil.which("py-spy")
 
 
-def start_profiles(stack: Stack, targets: dict[str, int], seconds: int, out_dir: Path, tag: str) -> list[Path]:
+def start_profiles(stack: Stack, targets: dict[str, int], seconds: int, out_dir: Path, tag: str,
+                   idle: bool = False) -> list[Path]:
     """`py-spy record` (collapsed stacks) on each pid for `seconds`; returns the output files."""
     pyspy = find_pyspy()
     if pyspy is None:
@@ -437,7 +462,8 @@ def start_profiles(stack: Stack, targets: dict[str, int], seconds: int, out_dir:
         path = out_dir / f"{tag}-{name}-{pid}.collapsed"
         stack.spawn(f"py-spy-{name}", [pyspy, "record", "--pid", str(pid), "--duration", str(seconds),
                                         "--rate", "100", "--nonblocking", "--format", "raw",
-                                        "--output", str(path)], log_dir=str(out_dir))
+                                        "--output", str(path), *(["--idle"] if idle else [])],
+                    log_dir=str(out_dir))
         files.append(path)
     return files
 

@@ -230,7 +230,8 @@ def run_baton(stack, args, tmp) -> tuple[dict, dict]:
         targets = {f"web{n}": pid for n, pid in enumerate(bl.children(baton["web"].pid))}
         targets.update({f"rq{n}": w.pid for n, w in enumerate(baton["workers"])})
         profile_files = bl.start_profiles(stack, targets, int(args.warmup + args.duration),
-                                          bl.RESULTS_DIR / "profiles", f"e2e-{time.strftime('%Y%m%dT%H%M%S')}")
+                                          bl.RESULTS_DIR / "profiles", f"e2e-{time.strftime('%Y%m%dT%H%M%S')}",
+                                          idle=args.profile_idle)
     open_loop(baton["port"], plan, args.sender_threads)
     last_post = max(m.get("t_post", 0) for m in plan)
     wall = args.warmup + args.duration
@@ -318,6 +319,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="py-spy record the web and RQ workers for the whole send window "
                          "(collapsed stacks under bench/results/profiles/; needs py-spy)")
+    bl.add_common_args(ap)
     ap.add_argument("--hold", type=int, default=0, help="keep Baton up N s after the run")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (database, logs)")
     args = ap.parse_args(argv)
@@ -325,6 +327,7 @@ def main(argv=None) -> int:
     print(f"e2e benchmark: {args.rate:g} msg/s for {args.duration} s (+{args.warmup} s warm-up), "
           f"{args.customers} customers (min gap {args.min_gap:g} s), gunicorn -w {args.workers} "
           f"-k {args.worker_class}, {args.rq_workers} RQ workers", flush=True)
+    quiet = bl.wait_quiet(args.wait_quiet)
     with bl.Stack(keep_tmp=args.keep_tmp) as stack:
         tmp = stack.tempdir("baton-bench-e2e-")
         hello = baseline(stack, args, tmp)
@@ -377,6 +380,7 @@ def main(argv=None) -> int:
     path = bl.write_result("e2e", {
         "benchmark": "e2e", "machine": bl.machine_info(), "config": vars(args), "baseline": hello,
         "baton": baton, "baton_info": info, "ratio_p50": r50, "ratio_p99": r99, "busy_warning": warning,
+        "cpu_before_start_pct": quiet,
         "goals": {"p99_ms": args.p99_goal_ms, "p99_met": goal_p99, "all_answered": goal_answered,
                   "rate_held": rate_ok, "met": goal},
     })

@@ -297,7 +297,8 @@ def measure(stack, args, wrk, port, bodies, duration, tmp, label, server_proc, e
     profiles = []
     if profile_tag:
         workers = {f"web{n}": pid for n, pid in enumerate(bl.children(server_proc.pid))}
-        profiles = bl.start_profiles(stack, workers, duration, bl.RESULTS_DIR / "profiles", profile_tag)
+        profiles = bl.start_profiles(stack, workers, duration, bl.RESULTS_DIR / "profiles", profile_tag,
+                                     idle=args.profile_idle)
     cpu0 = gunicorn_cpu(server_proc)
     extra0 = bl.cpu_seconds(list(extra_pids))
     sys0, load0 = bl.system_busy_seconds(), bl.loadavg()
@@ -421,6 +422,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="py-spy record every Baton web worker during the first timed run "
                          "(collapsed stacks under bench/results/profiles/; needs py-spy)")
+    bl.add_common_args(ap)
     ap.add_argument("--hold", type=int, default=0, help="keep Baton up N s after the runs (for profiling)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (database, logs)")
     args = ap.parse_args(argv)
@@ -428,6 +430,7 @@ def main(argv=None) -> int:
         args.wrk_threads = args.connections
 
     wrk = ensure_wrk(args.generator, not args.no_install)
+    quiet = bl.wait_quiet(args.wait_quiet)
     generator = "wrk+lua" if wrk else "python"
     print(f"ingest benchmark: gunicorn -w {args.workers} -k {args.worker_class}"
           f"{f' --threads {args.threads}' if args.threads else ''}, {args.connections} connections, "
@@ -484,7 +487,7 @@ def main(argv=None) -> int:
         "config": {k: v for k, v in vars(args).items()},
         "hello": {"median": hello, "runs": hello_runs},
         "baton": {"median": baton, "runs": baton_runs, "info": baton_info},
-        "busy_warning": warning, "ratio": ratio, "generator_capacity_rps": gen_capacity, "generator_ok": gen_ok,
+        "busy_warning": warning, "cpu_before_start_pct": quiet, "ratio": ratio, "generator_capacity_rps": gen_capacity, "generator_ok": gen_ok,
         "goals": {"ratio": args.ratio_goal, "p99_ms": args.p99_goal_ms, "ratio_met": goal_ratio,
                   "p99_met": goal_p99, "nothing_acked_lost": rows_ok, "met": goal},
     })

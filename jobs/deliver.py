@@ -23,7 +23,8 @@ def deliver_event(delivery_id: str) -> str:
     if delivery is None or delivery.status != PENDING:
         return "skipped"
     if delivery.next_attempt_at and delivery.next_attempt_at > utcnow():
-        rt.lanes.schedule_at("events", delivery.id, time.time() + 1)
+        wait = (delivery.next_attempt_at - utcnow()).total_seconds()
+        rt.lanes.schedule_at("events", delivery.id, time.time() + wait)
         return "not_due"
     attempt = delivery.attempts + 1
     try:

@@ -155,13 +155,18 @@ def _issue_bot_turn(settings: Settings, conv: Conversation, message: Message, ef
     mode = (conv.metadata or {}).get("mode", "normal")
     turn = BotTurn.create(conversation=conv.id, message_id=message.id, control_epoch=conv.control_epoch,
                           mode=mode)
-    body = {"conversation": conv.to_dict(), "message": message.to_dict(), "turn_id": turn.id,
-            "history": history(conv.id, settings.BOT_HISTORY), "mode": mode,
-            "reply_url": f"{settings.PUBLIC_BASE_URL}/api/v1/bot/replies"}
+    body = turn_body(settings, conv, message, turn)
     if settings.N8N_BOT_URL:
         queue_event(settings.N8N_BOT_URL, body, "bot.turn", effects, conv.id)
     else:
         effects.builtin_turns.append({"event": "bot.turn", **body})
+
+
+def turn_body(settings: Settings, conv: Conversation, message: Message, turn: BotTurn) -> dict:
+    """The `bot.turn` event body (without event/delivery_id/occurred_at)."""
+    return {"conversation": conv.to_dict(), "message": message.to_dict(), "turn_id": turn.id,
+            "history": history(conv.id, settings.BOT_HISTORY), "mode": turn.mode,
+            "reply_url": f"{settings.PUBLIC_BASE_URL}/api/v1/bot/replies"}
 
 
 def history(conversation_id: str, limit: int) -> list[dict]:
@@ -260,8 +265,9 @@ def _accept_bot_reply(settings: Settings, reply: dict, actor: str) -> BotReplyRe
         metadata["last_intent"] = reply["intent"]
     if reply.get("language"):
         metadata["preferred_language"] = reply["language"]
-    if metadata != (conv.metadata or {}):
-        _cas(conv, {"metadata": metadata})
+    # Always compare-and-set, even with nothing to change: a handoff committed
+    # after we read the conversation then makes this reply a clean 409.
+    _cas(conv, {"metadata": metadata})
     BotTurn.update(answered_at=utcnow()).where(BotTurn.id == turn.id).execute()
     if reply.get("escalate"):
         if _escalate_in_tx(settings, conv, effects, reason=reply.get("reason") or "bot", actor=actor,

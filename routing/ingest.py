@@ -8,7 +8,7 @@ CONFLICT DO NOTHING, then read the winner's row.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import peewee
 
@@ -18,6 +18,7 @@ from models.base import as_naive_utc, utcnow
 from models.message import STATUS_RANK
 
 _CACHE_LIMIT = 50_000
+ECHO_WINDOW = timedelta(minutes=10)
 _RAW_TYPES = frozenset({"location", "contacts", "interactive", "button", "order", "system", "unsupported"})
 
 
@@ -121,6 +122,9 @@ def _record_message(provider: str, message: InboundMessage, cache: IngestCache, 
     channel_id = _channel_id(provider, message.phone_number_id, cache)
     conversation_id = conversation_for(channel_id, message.wa_id,
                                        None if message.from_me else message.contact_name, cache)
+    if message.from_me and _is_our_own_echo(conversation_id, message):
+        result.duplicates += 1
+        return
     message_id = new_id("m")
     sent_at = as_naive_utc(message.sent_at)
     media = None
@@ -145,6 +149,19 @@ def _record_message(provider: str, message: InboundMessage, cache: IngestCache, 
     else:
         result.messages += 1
     result.to_route.append((conversation_id, message_id, _timestamp(sent_at)))
+
+
+def _is_our_own_echo(conversation_id: str, message: InboundMessage) -> bool:
+    """WASender echoes Baton's own sends back as `fromMe` with an id that does
+    not match the one its send API returned; recognise them by conversation
+    and text so they are not taken for a human replying from the phone."""
+    if not message.text:
+        return False
+    return (Message.select(Message.id)
+            .where((Message.conversation == conversation_id) & (Message.direction == "out")
+                   & (Message.sender != "agent") & (Message.text == message.text)
+                   & (Message.received_at >= utcnow() - ECHO_WINDOW))
+            .exists())
 
 
 def _timestamp(moment: datetime) -> float:

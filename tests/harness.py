@@ -93,7 +93,10 @@ class BatonProcesses:
         try:
             if self.init_db:
                 self._run_once("init-db", [*_command("flask"), "--app", "app", "baton", "init-db"])
-            self.web = self._spawn("web", [*_command("gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"])
+            # No control socket: its default path (~/.gunicorn/gunicorn.ctl) is shared by every
+            # gunicorn of the user, so parallel test runs (or a dev server) would fight over it.
+            self.web = self._spawn("web", [*_command("gunicorn"), "-c", "gunicorn.conf.py",
+                                           "--no-control-socket", "wsgi:app"])
             for _ in range(self.rq_workers):
                 self.start_worker()
             if self.cron:

@@ -16,8 +16,8 @@ NOTIFY_BRANCH = "baton_notify_branch.json"
 FILES = (AI_BRANCH, NOTIFY_BRANCH)
 WEBHOOK_PATHS = {AI_BRANCH: "baton-bot", NOTIFY_BRANCH: "baton-notify"}
 
-# Highest typeVersion that both n8n 2.8.4 and 2.41.1 accept (N8N.md; crypto,
-# code, noOp and stopAndError checked in the installed 2.8.4 packages).
+# Highest typeVersion that both n8n 2.8.4 and 2.41.1 accept (N8N.md, and the node
+# packages of both versions for crypto, code, noOp and stopAndError).
 MAX_TYPE_VERSIONS = {
     "n8n-nodes-base.webhook": 2.1,
     "n8n-nodes-base.respondToWebhook": 1.5,
