@@ -20,6 +20,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(SECRET_KEY=settings.SECRET_KEY or None, TESTING=settings.TESTING,
                       MAX_CONTENT_LENGTH=settings.MAX_WEBHOOK_BYTES, JSON_SORT_KEYS=False)
     app.json.sort_keys = False
+    app.json.mimetype = "application/json; charset=utf-8"   # as CONTRACT.md's conventions say
     runtime = Runtime.build(settings)
     app.extensions["baton"] = runtime
 

@@ -179,10 +179,17 @@ def start_redis(stack: Stack) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+def server_env() -> dict:
+    """The caller's environment minus what would silently change gunicorn's settings."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("GUNICORN_CMD_ARGS", "WEB_CONCURRENCY", "BATON_BIND", "BATON_WORKER_CLASS",
+                         "BATON_THREADS", "BATON_ACCESS_LOG")}
+
+
 def baton_env(tmp: str, redis_url: str, port: int, **extra) -> dict:
     """The environment of every Baton process of a run: private DB + Redis, sandbox provider,
     built-in bot (n8n URLs blanked even if the caller's shell sets them)."""
-    env = dict(os.environ)
+    env = server_env()
     env.update({
         "DATABASE_URL": f"sqlite:///{tmp}/baton.db",
         "REDIS_URL": redis_url,
@@ -213,12 +220,11 @@ def init_db(env: dict, log_dir: str) -> None:
 
 def gunicorn_argv(app_spec: str, port: int, args, chdir: Path) -> list[str]:
     """The same server settings for the baseline and for Baton (no config file, no access log)."""
-    argv = [tool("gunicorn"), "--chdir", str(chdir), "--bind", f"127.0.0.1:{port}",
-            "--workers", str(args.workers), "--worker-class", args.worker_class,
-            "--timeout", "30", "--graceful-timeout", "10", "--keep-alive", "5", "--log-level", "warning"]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    return argv + [app_spec]
+    # Note: gunicorn turns `-k sync` into gthread when threads > 1.
+    return [tool("gunicorn"), "--config", str(BENCH_DIR / "gunicorn_bench.conf.py"), "--chdir", str(chdir),
+            "--bind", f"127.0.0.1:{port}", "--workers", str(args.workers), "--worker-class", args.worker_class,
+            "--threads", str(args.threads), "--timeout", "30", "--graceful-timeout", "10", "--keep-alive", "5",
+            "--log-level", "warning", app_spec]
 
 
 def start_gunicorn(stack: Stack, name: str, app_spec: str, chdir: Path, args, env: dict, log_dir: str,
@@ -234,11 +240,17 @@ def start_gunicorn(stack: Stack, name: str, app_spec: str, chdir: Path, args, en
     return proc, port
 
 
+def server_desc(args) -> str:
+    kind = "gthread" if args.worker_class == "sync" and args.threads > 1 else args.worker_class
+    return f"gunicorn -w {args.workers} -k {kind}" + (f" --threads {args.threads}" if args.threads > 1 else "")
+
+
 def add_server_args(parser) -> None:
     g = parser.add_argument_group("gunicorn (identical for the baseline and Baton)")
     g.add_argument("--workers", type=int, default=4, help="gunicorn -w (default: 4)")
     g.add_argument("--worker-class", default="sync", help="gunicorn -k (default: sync)")
-    g.add_argument("--threads", type=int, default=0, help="gunicorn --threads (default: gunicorn's own)")
+    g.add_argument("--threads", type=int, default=1,
+                   help="gunicorn --threads (default: 1; > 1 makes gunicorn use gthread)")
 
 
 # -- CPU accounting through /proc ---------------------------------------------------
@@ -357,7 +369,7 @@ def fmt(value, digits: int = 1) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:,.{digits}f}"
+        return "never" if value == float("inf") else f"{value:,.{digits}f}"
     return str(value)
 
 
@@ -385,11 +397,22 @@ def machine_info() -> dict:
             "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
+def _finite(value):
+    """Strict JSON: an infinite latency (never answered) is written as the string "never"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "never"
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_result(kind: str, data: dict) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS_DIR / f"{kind}-{stamp}.json"
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n")
     return path
 
 
@@ -461,7 +484,7 @@ def start_profiles(stack: Stack, targets: dict[str, int], seconds: int, out_dir:
     for name, pid in targets.items():
         path = out_dir / f"{tag}-{name}-{pid}.collapsed"
         stack.spawn(f"py-spy-{name}", [pyspy, "record", "--pid", str(pid), "--duration", str(seconds),
-                                        "--rate", "100", "--nonblocking", "--format", "raw",
+                                        "--rate", "100", "--nonblocking", "--full-filenames", "--format", "raw",
                                         "--output", str(path), *(["--idle"] if idle else [])],
                     log_dir=str(out_dir))
         files.append(path)

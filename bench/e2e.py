@@ -30,6 +30,7 @@ import http.client
 import os
 import queue
 import random
+import resource
 import sqlite3
 import sys
 import threading
@@ -73,15 +74,22 @@ def make_plan(args, start_wall: float, tag: str) -> list[dict]:
     return plan
 
 
-def open_loop(port: int, plan: list[dict], threads: int, lead: float = 1.0) -> float:
-    """Send plan[i] at start + offset regardless of earlier answers; fills t_post/t_ack/status.
-    Returns the wall-clock start."""
+def open_loop(port: int, plan: list[dict], threads: int, lead: float = 1.0, max_threads: int = 2000) -> float:
+    """Send plan[i] at start + offset whatever earlier answers do (open loop): when every sender
+    thread is waiting on a slow answer, another thread is started (up to max_threads), so a slow
+    server cannot slow the offered rate down. Fills t_sched/t_post/t_ack/status; returns the start."""
     jobs: queue.SimpleQueue = queue.SimpleQueue()
+    lock = threading.Lock()
+    idle = [0]
 
     def worker():
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         while True:
+            with lock:
+                idle[0] += 1
             item = jobs.get()
+            with lock:
+                idle[0] -= 1
             if item is None:
                 conn.close()
                 return
@@ -97,9 +105,15 @@ def open_loop(port: int, plan: list[dict], threads: int, lead: float = 1.0) -> f
                 conn.close()
             item["t_post"], item["t_ack"], item["status"] = t_post, time.time(), status
 
-    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
-    for t in pool:
+    pool: list[threading.Thread] = []
+
+    def grow():
+        t = threading.Thread(target=worker, daemon=True)
         t.start()
+        pool.append(t)
+
+    for _ in range(threads):
+        grow()
     start_mono = time.monotonic() + lead
     start_wall = time.time() + lead
     try:
@@ -108,14 +122,22 @@ def open_loop(port: int, plan: list[dict], threads: int, lead: float = 1.0) -> f
             delay = target - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            with lock:
+                busy = idle[0] == 0
+            if busy and len(pool) < max_threads:
+                grow()
             item["t_sched"] = start_wall + item["offset"]
             jobs.put(item)
     finally:
         for _ in pool:
             jobs.put(None)
         for t in pool:
-            t.join(timeout=30)
+            t.join(timeout=60)
+    plan_threads[0] = max(plan_threads[0], len(pool))
     return start_wall
+
+
+plan_threads = [0]      # the most sender threads one open_loop() needed (reported)
 
 
 def pct_table(values_ms: list[float]) -> dict:
@@ -140,17 +162,25 @@ def sender_stats(plan: list[dict]) -> dict:
 # -- phases -----------------------------------------------------------------------------
 
 def baseline(stack, args, tmp) -> dict:
-    proc, port = bl.start_gunicorn(stack, "hello", "hello_app:app", bl.BENCH_DIR, args, dict(os.environ), tmp)
+    proc, port = bl.start_gunicorn(stack, "hello", "hello_app:app", bl.BENCH_DIR, args, bl.server_env(), tmp)
     plan = make_plan(args, time.time() + 1, "HELLO")
     print(f"baseline: hello_app on :{port}, {len(plan)} POSTs at {args.rate:g}/s", flush=True)
-    sys0, cpu0 = bl.system_busy_seconds(), bl.cpu_seconds(bl.tree(proc.pid))
+    sys0, cpu0, wall0 = bl.system_busy_seconds(), bl.cpu_seconds(bl.tree(proc.pid)), time.monotonic()
+    self0 = own_cpu()
     open_loop(port, plan, args.sender_threads)
     stats = sender_stats(plan)
-    wall = args.warmup + args.duration
+    wall = time.monotonic() - wall0
     stats["server_cpu_pct"] = 100 * (bl.cpu_seconds(bl.tree(proc.pid)) - cpu0) / wall
+    stats["sender_cpu_pct"] = 100 * (own_cpu() - self0) / wall
     stats["system_cpu_pct"] = 100 * (bl.system_busy_seconds() - sys0) / wall
+    stats["foreign_cpu_pct"] = max(0.0, stats["system_cpu_pct"] - stats["server_cpu_pct"] - stats["sender_cpu_pct"])
     stack.stop(proc)
     return stats
+
+
+def own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def count(db_path: str, sql: str) -> int:
@@ -216,7 +246,7 @@ def probe(baton, args) -> None:
 
 def run_baton(stack, args, tmp) -> tuple[dict, dict]:
     baton = start_baton(stack, args, tmp)
-    print(f"Baton: web :{baton['port']} (gunicorn -w {args.workers} -k {args.worker_class}), "
+    print(f"Baton: web :{baton['port']} ({bl.server_desc(args)}), "
           f"{args.rq_workers} RQ workers, cron, redis {baton['redis_url']}, db {baton['db']}", flush=True)
     probe(baton, args)
     plan = make_plan(args, time.time() + 1, os.urandom(2).hex().upper())
@@ -225,7 +255,7 @@ def run_baton(stack, args, tmp) -> tuple[dict, dict]:
     procs = {"web": baton["web"], "redis": baton["redis"], "cron": baton["cron"],
              **{f"rq{n}": w for n, w in enumerate(baton["workers"])}}
     cpu0 = {name: bl.cpu_seconds(bl.tree(p.pid)) for name, p in procs.items()}
-    sys0 = bl.system_busy_seconds()
+    sys0, wall0, self0 = bl.system_busy_seconds(), time.monotonic(), own_cpu()
     if args.profile:
         targets = {f"web{n}": pid for n, pid in enumerate(bl.children(baton["web"].pid))}
         targets.update({f"rq{n}": w.pid for n, w in enumerate(baton["workers"])})
@@ -234,8 +264,9 @@ def run_baton(stack, args, tmp) -> tuple[dict, dict]:
                                           idle=args.profile_idle)
     open_loop(baton["port"], plan, args.sender_threads)
     last_post = max(m.get("t_post", 0) for m in plan)
-    wall = args.warmup + args.duration
+    wall = time.monotonic() - wall0           # the sends and their answers (not the reply wait)
     cpu = {name: 100 * (bl.cpu_seconds(bl.tree(p.pid)) - cpu0[name]) / wall for name, p in procs.items()}
+    cpu["sender"] = 100 * (own_cpu() - self0) / wall
     system_pct = 100 * (bl.system_busy_seconds() - sys0) / wall
     acked = sum(1 for m in plan if m.get("status") == 200)
     expected = acked + 10                                      # + the probes
@@ -272,17 +303,18 @@ def run_baton(stack, args, tmp) -> tuple[dict, dict]:
         if m.get("status") != 200:
             continue
         received, routed_to, turn_at, reply_at, reply_status, outbox_at = rows.get(m["id"], (None,) * 6)
+        for key, at in (("recorded", received), ("routed", turn_at), ("reply_queued", reply_at),
+                        ("sent", outbox_at)):
+            if at is not None:
+                stages[key].append((at - m["t_post"]) * 1000)
         if outbox_at is None:
             unanswered += 1
+            e2e.append(float("inf"))             # counts in the percentiles as "never"
             continue
         latency = outbox_at - m["t_post"]
         if latency > args.answer_timeout:
             late += 1
         e2e.append(latency * 1000)
-        for key, at in (("recorded", received), ("routed", turn_at), ("reply_queued", reply_at),
-                        ("sent", outbox_at)):
-            if at is not None:
-                stages[key].append((at - m["t_post"]) * 1000)
     stats = sender_stats(plan)
     stats.update({
         "e2e_ms": pct_table(e2e), "stages_ms": {k: pct_table(v) for k, v in stages.items()},
@@ -308,7 +340,8 @@ def main(argv=None) -> int:
                     help="a customer writes at most once per min-gap..2*min-gap s (default: 8)")
     ap.add_argument("--rq-workers", type=int, default=2, help="`flask baton worker` processes (default: 2)")
     bl.add_server_args(ap)
-    ap.add_argument("--sender-threads", type=int, default=32, help="sender threads (default: 32)")
+    ap.add_argument("--sender-threads", type=int, default=16,
+                    help="sender threads to start with; more are added while all wait on answers (default: 16)")
     ap.add_argument("--answer-timeout", type=float, default=10.0,
                     help="a reply later than this counts as never answered (default: 10 s)")
     ap.add_argument("--mps", type=int, default=0,
@@ -325,8 +358,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     print(f"e2e benchmark: {args.rate:g} msg/s for {args.duration} s (+{args.warmup} s warm-up), "
-          f"{args.customers} customers (min gap {args.min_gap:g} s), gunicorn -w {args.workers} "
-          f"-k {args.worker_class}, {args.rq_workers} RQ workers", flush=True)
+          f"{args.customers} customers (min gap {args.min_gap:g} s), {bl.server_desc(args)}, "
+          f"{args.rq_workers} RQ workers", flush=True)
     quiet = bl.wait_quiet(args.wait_quiet)
     with bl.Stack(keep_tmp=args.keep_tmp) as stack:
         tmp = stack.tempdir("baton-bench-e2e-")
@@ -340,9 +373,12 @@ def main(argv=None) -> int:
     def ratio(a, b):
         return a / b if a is not None and b else None
 
+    def fmt_x(value):
+        return "never" if value == float("inf") else f"{bl.fmt(value, 1)}x"
+
     print()
-    print(f"End to end — {args.rate:g} msg/s open loop, {args.duration} s measured, gunicorn -w {args.workers} "
-          f"-k {args.worker_class}, {args.rq_workers} RQ workers, {os.cpu_count()} CPUs")
+    print(f"End to end — {args.rate:g} msg/s open loop, {args.duration} s measured, {bl.server_desc(args)}, "
+          f"{args.rq_workers} RQ workers, {os.cpu_count()} CPUs")
     print(bl.table(["latency (ms)", "n", "p50", "p90", "p95", "p99", "max"],
                    [["hello POST round trip (baseline)", hp["n"], hp["p50"], hp["p90"], hp["p95"], hp["p99"], hp["max"]],
                     ["Baton webhook POST (ack)", post["n"], post["p50"], post["p90"], post["p95"], post["p99"],
@@ -358,14 +394,17 @@ def main(argv=None) -> int:
                     ["sent (measured window)", hello["sent"], baton["sent"]],
                     ["non-200 / errors", hello["errors"], baton["errors"]],
                     ["sender lag p99 ms", hello["sender_lag_ms"]["p99"], baton["sender_lag_ms"]["p99"]]]))
+    print(f"(sender threads needed to keep the rate open-loop: up to {plan_threads[0]})")
     print()
     cpu = ", ".join(f"{k} {v:.0f}%" for k, v in baton["cpu_pct"].items())
+    print(f"baseline CPU (% of one core): server {hello['server_cpu_pct']:.0f}%, sender {hello['sender_cpu_pct']:.0f}%;"
+          f" other processes {hello['foreign_cpu_pct']:.0f}%")
     print(f"Baton CPU (% of one core): {cpu}; other processes {baton['foreign_cpu_pct']:.0f}%")
     print(f"never answered within {args.answer_timeout:g} s: {baton['not_answered_within_timeout']} "
           f"(no reply {baton['unanswered']}, late {baton['answered_late']});  leftovers {baton['leftovers']};  "
           f"tracebacks in logs {sum(baton['tracebacks_in_logs'].values())}")
     r50, r99 = ratio(e["p50"], hp["p50"]), ratio(e["p99"], hp["p99"])
-    print(f"ratio e2e / baseline POST: p50 {bl.fmt(r50, 1)}x, p99 {bl.fmt(r99, 1)}x")
+    print(f"ratio e2e / baseline POST: p50 {fmt_x(r50)}, p99 {fmt_x(r99)}")
     goal_p99 = e["p99"] is not None and e["p99"] < args.p99_goal_ms
     goal_answered = baton["not_answered_within_timeout"] == 0 and baton["errors"] == 0
     rate_ok = baton["achieved_rate"] is not None and baton["achieved_rate"] >= 0.95 * args.rate
@@ -373,7 +412,7 @@ def main(argv=None) -> int:
     print(f"e2e p99 {bl.fmt(e['p99'], 1)} ms (goal < {args.p99_goal_ms:g} ms at {args.rate:g} msg/s): "
           f"{'MET' if goal_p99 else 'MISSED'};  all answered: {'yes' if goal_answered else 'NO'};  "
           f"rate held: {'yes' if rate_ok else 'NO'}")
-    warning = bl.busy_warning(baton["foreign_cpu_pct"])
+    warning = bl.busy_warning(max(baton["foreign_cpu_pct"], hello["foreign_cpu_pct"]))
     if warning:
         print(warning)
     print(f"GOAL {'MET' if goal else 'MISSED'}")

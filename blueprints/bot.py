@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
 
-from routing.apply import NotFound, StaleTurn, accept_bot_reply
+from routing.apply import CooldownActive, NotFound, StaleTurn, accept_bot_reply
 from routing.dispatch import dispatch
 
 from .api import body, errors, responds
@@ -32,6 +32,10 @@ def post_reply(data):
     except StaleTurn:
         raise ApiError(409, "stale_turn", "Control of the conversation changed after this turn was "
                        "issued; the reply was not sent.", {"turn_id": data["turn_id"]}) from None
+    except CooldownActive as cooldown:
+        raise ApiError(409, "cooldown_active", "An agent just released this conversation; escalation "
+                       "triggers are paused for a few customer messages. Nothing was sent.",
+                       {"cooldown_remaining": cooldown.remaining}) from None
     dispatch(rt, result.effects)
     payload = {"status": result.status,
                "message": result.message.to_dict() if result.message else None}

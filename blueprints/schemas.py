@@ -161,7 +161,7 @@ class MessageListSchema(Schema):
 
 
 class BotReplyResultSchema(Schema):
-    status = fields.String(validate=validate.OneOf(("queued", "escalated", "noted")))
+    status = fields.String(validate=validate.OneOf(("queued", "escalated")))
     message = fields.Nested(MessageSchema, allow_none=True)
 
 

@@ -54,6 +54,7 @@ TEXTS = {
         "menu_order": "Track your order with the link in your confirmation email. "
                       "Need more help? Reply 3.",
         "handoff": "Connecting you to a person now. One moment, please 🙏",
+        "cooldown": "A colleague has just helped you, so I'll try first. If you still need a person, ask again in a moment.",
         "fallback": "Sorry, I didn't get that. Reply 1, 2 or 3, or type '{kw}' to talk to a person.",
         "non_text": "Sorry, I can only read text. Type '{kw}' to talk to a person.",
         "callback_request": "Our team is busy right now. Send us a phone number and a good "
@@ -69,6 +70,7 @@ TEXTS = {
         "menu_order": "Sigue tu pedido con el enlace de tu correo de confirmación. "
                       "¿Necesitas más ayuda? Responde 3.",
         "handoff": "Te comunico con una persona ahora. Un momento, por favor 🙏",
+        "cooldown": "Un compañero acaba de atenderte, así que lo intento yo primero. Si aún necesitas a una persona, pídelo de nuevo en un momento.",
         "fallback": "Perdona, no te entendí. Responde 1, 2 o 3, o escribe '{kw}' "
                     "para hablar con una persona.",
         "non_text": "Perdona, solo puedo leer texto. Escribe '{kw}' para hablar con una persona.",
@@ -85,6 +87,7 @@ TEXTS = {
         "menu_order": "Acompanhe seu pedido pelo link do e-mail de confirmação. "
                       "Precisa de mais ajuda? Responda 3.",
         "handoff": "Estou transferindo você para um atendente. Aguarde um momento 🙏",
+        "cooldown": "Um colega acabou de atender você, então vou tentar primeiro. Se ainda precisar de um atendente, peça de novo daqui a pouco.",
         "fallback": "Desculpe, não entendi. Responda 1, 2 ou 3, ou digite '{kw}' "
                     "para falar com uma pessoa.",
         "non_text": "Desculpe, só consigo ler texto. Digite '{kw}' para falar com uma pessoa.",
@@ -101,6 +104,7 @@ TEXTS = {
         "menu_order": "Suivez votre commande avec le lien de votre e-mail de confirmation. "
                       "Besoin d'aide ? Répondez 3.",
         "handoff": "Je vous mets en relation avec un conseiller. Un instant, s'il vous plaît 🙏",
+        "cooldown": "Un collègue vient de vous aider, je vais donc essayer d'abord. Si vous avez encore besoin d'un conseiller, redemandez dans un instant.",
         "fallback": "Désolé, je n'ai pas compris. Répondez 1, 2 ou 3, ou tapez « {kw} » "
                     "pour parler à une personne.",
         "non_text": "Désolé, je ne lis que le texte. Tapez « {kw} » pour parler à une personne.",
@@ -117,6 +121,7 @@ TEXTS = {
         "menu_order": "Verfolgen Sie Ihre Bestellung über den Link in der Bestätigungs-E-Mail. "
                       "Mehr Hilfe? Antworten Sie 3.",
         "handoff": "Ich verbinde Sie mit einem Mitarbeiter. Einen Moment bitte 🙏",
+        "cooldown": "Ein Kollege hat Ihnen gerade geholfen, daher versuche ich es zuerst. Wenn Sie noch einen Mitarbeiter brauchen, fragen Sie gleich noch einmal.",
         "fallback": "Entschuldigung, das habe ich nicht verstanden. Antworten Sie 1, 2 oder 3 "
                     "oder schreiben Sie „{kw}“ für einen Menschen.",
         "non_text": "Entschuldigung, ich kann nur Text lesen. "
@@ -134,6 +139,7 @@ TEXTS = {
         "menu_order": "Segui il tuo ordine con il link nell'email di conferma. "
                       "Serve altro? Rispondi 3.",
         "handoff": "Ti metto in contatto con un operatore. Un attimo, per favore 🙏",
+        "cooldown": "Un collega ti ha appena aiutato, quindi provo prima io. Se hai ancora bisogno di un operatore, chiedilo di nuovo tra poco.",
         "fallback": "Scusa, non ho capito. Rispondi 1, 2 o 3, oppure scrivi '{kw}' "
                     "per parlare con una persona.",
         "non_text": "Scusa, leggo solo testo. Scrivi '{kw}' per parlare con una persona.",
@@ -251,6 +257,10 @@ def reply(turn: dict, phrases: tuple[str, ...] | None = None) -> dict:
         line, intent, escalate = _normal_turn(
             text, _bundled_phrases() if phrases is None else phrases, say)
 
+    if escalate and (turn.get("conversation") or {}).get("cooldown_remaining", 0) > 0:
+        # Just released by an agent: Baton refuses a bot escalation during the
+        # cooldown (loop prevention), so don't promise a person now.
+        line, intent, escalate = say("cooldown"), "handoff_cooldown", False
     body.update(text=line, intent=intent)
     if escalate:
         body.update(escalate=True, reason="bot")

@@ -35,6 +35,14 @@ class StaleTurn(Exception):
     """Control changed after the bot turn was issued."""
 
 
+class CooldownActive(Exception):
+    """The bot asked to escalate right after an agent released the conversation."""
+
+    def __init__(self, remaining: int):
+        super().__init__(remaining)
+        self.remaining = remaining
+
+
 def load_conversation(conversation_id: str) -> Conversation | None:
     """A conversation with its channel and contact, in one query."""
     return (Conversation.select(Conversation, Channel, Contact)
@@ -238,7 +246,7 @@ def _escalate_in_tx(settings: Settings, conv: Conversation, effects: Effects, *,
 
 @dataclass
 class BotReplyResult:
-    status: str                      # queued | escalated | noted
+    status: str                      # queued | escalated
     conversation: Conversation
     message: Message | None
     effects: Effects
@@ -258,6 +266,8 @@ def _accept_bot_reply(settings: Settings, reply: dict, actor: str) -> BotReplyRe
         raise NotFound("turn")
     if not bot_may_speak(conv.state, conv.control_epoch, turn.control_epoch):
         raise StaleTurn(turn.id)
+    if reply.get("escalate") and not decide_escalation(_view(conv), automatic=True).changed:
+        raise CooldownActive(conv.cooldown_remaining)   # the turn guard passed: the bot holds it
     effects = Effects()
     metadata = dict(conv.metadata or {})
     metadata.update(reply.get("metadata") or {})
@@ -270,12 +280,10 @@ def _accept_bot_reply(settings: Settings, reply: dict, actor: str) -> BotReplyRe
     _cas(conv, {"metadata": metadata})
     BotTurn.update(answered_at=utcnow()).where(BotTurn.id == turn.id).execute()
     if reply.get("escalate"):
-        if _escalate_in_tx(settings, conv, effects, reason=reply.get("reason") or "bot", actor=actor,
-                           urgency=reply.get("urgency"), group=reply.get("group"), note=None,
-                           automatic=True, notice_text=reply.get("text")):
-            return BotReplyResult("escalated", conv, None, effects)
-    if not reply.get("text"):
-        return BotReplyResult("noted", conv, None, effects)
+        _escalate_in_tx(settings, conv, effects, reason=reply.get("reason") or "bot", actor=actor,
+                        urgency=reply.get("urgency"), group=reply.get("group"), note=None,
+                        automatic=True, notice_text=reply.get("text"))
+        return BotReplyResult("escalated", conv, None, effects)
     message = queue_outbound(conv, effects, sender="bot", text=reply["text"], turn_id=turn.id,
                              control_epoch=turn.control_epoch)
     return BotReplyResult("queued", conv, message, effects)
@@ -289,4 +297,4 @@ def outbound_allowed(message: Message, conv: Conversation) -> bool:
 
 
 __all__ = ["route_message", "escalate", "accept_bot_reply", "outbound_allowed", "load_conversation",
-           "history", "NotFound", "StaleTurn", "VersionConflict", "AGENT_CONTROLLED"]
+           "history", "NotFound", "StaleTurn", "CooldownActive", "VersionConflict", "AGENT_CONTROLLED"]

@@ -15,6 +15,8 @@ from .escalation import is_explicit_request
 
 # Messages the bot cannot act on: routed nowhere while the bot is in control.
 NOT_FOR_BOT = frozenset({"reaction", "system", "unsupported"})
+# Messages whose text the customer typed or chose (a button or list title).
+READABLE = frozenset({"text", "button", "interactive"})
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,7 @@ def decide(conv: ConversationView, msg: InboundView, policy: Policy, now: dateti
     cooldown = 0 if reopened else conv.cooldown_remaining
     in_cooldown = cooldown > 0
     remaining = max(cooldown - 1, 0)
-    if not in_cooldown and msg.type == "text" and is_explicit_request(msg.text, policy.phrases):
+    if not in_cooldown and msg.type in READABLE and is_explicit_request(msg.text, policy.phrases):
         return Decision(PENDING_AGENT, "queued_for_agent", "explicit_request", reopened=reopened,
                         escalation=Escalation("explicit_request", group=policy.default_group),
                         send_handoff_notice=True, notify=("handoff.requested",))

@@ -173,6 +173,15 @@ class BatonProcesses:
             proc.popen.send_signal(signal.SIGKILL)
         proc.popen.wait(timeout=self.STOP_TIMEOUT)
 
+    def pause_worker(self, i: int) -> None:
+        """SIGSTOP worker `i`: frozen wherever it is (a long GC pause, a VM steal), leases
+        and locks running out while it sleeps."""
+        self.workers[i].popen.send_signal(signal.SIGSTOP)
+
+    def resume_worker(self, i: int) -> None:
+        """SIGCONT worker `i`: it carries on from exactly where it was frozen."""
+        self.workers[i].popen.send_signal(signal.SIGCONT)
+
     def stop_worker(self, i: int) -> None:
         """A polite stop (SIGTERM: RQ's warm shutdown finishes the current job)."""
         proc = self.workers[i]
@@ -199,6 +208,7 @@ class BatonProcesses:
             if proc.alive:
                 try:
                     proc.popen.send_signal(signal.SIGTERM)
+                    proc.popen.send_signal(signal.SIGCONT)   # a paused process acts on it only when woken
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + self.STOP_TIMEOUT

@@ -1,8 +1,13 @@
 """The AI branch answers turns through POST /api/v1/bot/replies, behind the turn guard."""
+import hashlib
+import hmac
+import time
+
+import orjson
 import pytest
 
 from models import BotTurn, Conversation, Event, Message, OutboxEntry
-from tests.support import text_webhook
+from tests.support import TEST_APP_SECRET, text_webhook
 
 
 @pytest.fixture
@@ -183,3 +188,35 @@ def test_an_admin_token_cannot_speak_as_the_bot(client, admin_token):
     response = client.post("/api/v1/bot/replies", headers=bearer(admin_token),
                            json={"conversation_id": "c", "turn_id": "t", "text": "x"})
     assert response.status_code == 403 and response.json["error"] == "forbidden"
+
+
+def test_a_bot_escalation_during_the_cooldown_after_a_release_is_refused_and_nothing_sent(
+        n8n_client, n8n_work, n8n, bot_token):
+    customer_says(n8n_client, "hello")
+    n8n_work()
+    turn = latest_turn(n8n)
+    # An agent released the conversation a moment ago (the release endpoint comes with agents).
+    Conversation.update(cooldown_remaining=2).where(Conversation.id == turn["conversation"]["id"]).execute()
+    before = (Message.select().count(), Event.select().count())
+    response = n8n_client.post("/api/v1/bot/replies", headers=bearer(bot_token), json={
+        "conversation_id": turn["conversation"]["id"], "turn_id": turn["turn_id"], "escalate": True,
+        "text": "Connecting you"})
+    assert response.status_code == 409 and response.json["error"] == "cooldown_active"
+    assert response.json["details"] == {"cooldown_remaining": 2}
+    assert (Message.select().count(), Event.select().count()) == before
+    assert Conversation.get_by_id(turn["conversation"]["id"]).state == "BOT_CONTROLLED"
+
+
+def test_a_customer_tapping_a_talk_to_a_human_button_is_handed_off(client, work):
+    body = orjson.dumps({"object": "whatsapp_business_account", "entry": [{"id": "w", "changes": [{
+        "field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"phone_number_id": "sandbox-1"},
+            "contacts": [{"profile": {"name": "Bo"}, "wa_id": "15557771234"}],
+            "messages": [{"from": "15557771234", "id": "wamid.BTN1", "timestamp": str(int(time.time())),
+                          "type": "interactive", "interactive": {"type": "button_reply", "button_reply": {
+                              "id": "human", "title": "Talk to a human"}}}]}}]}]})
+    signature = hmac.new(TEST_APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    client.post("/webhooks/whatsapp", data=body, headers={"Content-Type": "application/json",
+                                                          "X-Hub-Signature-256": f"sha256={signature}"})
+    work()
+    assert Conversation.get().state == "PENDING_AGENT"

@@ -98,6 +98,15 @@ def test_workflow_has_the_import_format(name):
 
 
 @pytest.mark.parametrize("name", FILES)
+def test_workflow_has_its_own_id(name):
+    # n8n 2.41's `import:workflow --input=<file>` fails with a NOT NULL error on
+    # a workflow without an id; a fixed id also makes re-importing an update.
+    other = NOTIFY_BRANCH if name == AI_BRANCH else AI_BRANCH
+    workflow_id = load(name)["id"]
+    assert re.fullmatch(r"[A-Za-z0-9]{16}", workflow_id) and workflow_id != load(other)["id"]
+
+
+@pytest.mark.parametrize("name", FILES)
 def test_node_names_are_unique(name):
     names = [n["name"] for n in load(name)["nodes"]]
     assert len(names) == len(set(names))

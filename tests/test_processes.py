@@ -9,9 +9,12 @@ Run: .venv/bin/pytest tests/test_processes.py            (SQLite)
 from __future__ import annotations
 
 import random
+import sqlite3
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 import requests
@@ -254,7 +257,7 @@ def test_a_worker_killed_mid_drain_loses_nothing_and_routes_nothing_twice(start_
     customers = [f"1555000010{c}" for c in range(3)]
     bodies = [text_webhook(wa, f"line {i} of my complaint", message_id=f"wamid.KILL{c}{i:04d}",
                            timestamp=base + i)
-              for i in range(100) for c, wa in enumerate(customers)]
+              for i in range(50) for c, wa in enumerate(customers)]
     total = len(bodies)
     answers = post_all(procs.url, bodies)
     assert [a.status_code for a in answers] == [200] * total
@@ -293,6 +296,123 @@ def test_a_worker_killed_mid_drain_loses_nothing_and_routes_nothing_twice(start_
     assert all(r.status == "sent" for r in replies)
     texts = outbox_texts()
     assert len(texts) == total, f"{len(texts)} messages sent to customers for {total} bot replies"
+
+
+class DatabaseHold:
+    """A second database connection that can stop workers from starting their next
+    transaction, so a test can look at the database between two of their transactions.
+
+    SQLite: the write lock (every Baton write transaction begins IMMEDIATE, so it waits).
+    PostgreSQL: `contact` locked exclusively (routing, answering a bot turn and sending all
+    begin by reading the conversation joined with its contact, so they wait; a transaction
+    already past that read holds a share lock, so taking the hold waits for its commit)."""
+
+    def __init__(self, database_url: str):
+        self.sqlite = database_url.startswith("sqlite:///")
+        if self.sqlite:
+            self.conn = sqlite3.connect(database_url[len("sqlite:///"):], timeout=5, isolation_level=None)
+        else:
+            import psycopg2
+
+            self.conn = psycopg2.connect(database_url)
+            with self.conn.cursor() as cur:
+                cur.execute("SET lock_timeout = '5s'")
+            self.conn.commit()
+
+    @contextmanager
+    def held(self):
+        if self.sqlite:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                self.conn.execute("ROLLBACK")
+            return
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("LOCK TABLE contact IN ACCESS EXCLUSIVE MODE")
+            yield
+        finally:
+            self.conn.rollback()
+
+    def oldest_unanswered_turn(self) -> str | None:
+        sql = "SELECT id FROM bot_turn WHERE answered_at IS NULL ORDER BY id LIMIT 1"
+        if self.sqlite:
+            row = self.conn.execute(sql).fetchone()
+        else:
+            with self.conn.cursor() as cur:
+                cur.execute(sql)
+                row = cur.fetchone()
+        return row[0] if row else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def freeze_between_routing_and_answer(procs: BatonProcesses, worker: int, database_url: str,
+                                      timeout: float = 30.0) -> str:
+    """SIGSTOP `worker` after it committed a message's routing (the bot turn row exists)
+    and before it began answering that turn; returns the turn id.
+
+    Under the hold the worker is between two transactions; when the last one it committed
+    was a routing, an unanswered turn is visible and the worker is frozen right there."""
+    hold = DatabaseHold(database_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            procs.check_alive()
+            try:
+                with hold.held():
+                    turn_id = hold.oldest_unanswered_turn()
+                    if turn_id is not None:
+                        procs.pause_worker(worker)
+                        return turn_id
+            except Exception as exc:   # the hold timed out behind a long transaction: try again
+                if "lock" not in str(exc).lower():
+                    raise
+            time.sleep(0.003)          # let the worker commit its next transaction
+    finally:
+        hold.close()
+    raise AssertionError(f"could not catch the worker between routing and answering\n{procs.logs()}")
+
+
+def test_a_worker_frozen_between_routing_and_answering_answers_nothing_twice(start_baton, rt):
+    """A worker freezes (GC pause, VM steal) right after routing a message to the built-in
+    bot; its lock and lease run out, another worker and the cron sweep carry on (and answer
+    the orphaned turn). When the frozen worker wakes up, the customer still gets exactly one
+    answer per message."""
+    from models import BotTurn, Message
+
+    procs = start_baton(rq_workers=0)
+    wa_id = "15550000005"
+    base = int(time.time()) - 3600
+    total = 60
+    bodies = [text_webhook(wa_id, f"detail {i} of my question", message_id=f"wamid.FREEZE{i:04d}",
+                           timestamp=base + i) for i in range(total)]
+    assert [a.status_code for a in post_all(procs.url, bodies)] == [200] * total
+
+    frozen = procs.start_worker()
+    turn_id = freeze_between_routing_and_answer(procs, frozen, rt.settings.DATABASE_URL)
+    procs.start_worker()
+    procs.wait_until(lambda: BotTurn.get_by_id(turn_id).answered_at is not None, timeout=30,
+                     what="the sweep to answer the frozen worker's bot turn",
+                     describe=lambda: f"state: {state_summary(rt)}")
+    procs.wait_until(lambda: not Message.select().where((Message.direction == "in")
+                                                        & Message.routed_to.is_null()).exists(),
+                     timeout=30, what="the other worker to route the rest",
+                     describe=lambda: f"state: {state_summary(rt)}")
+    procs.resume_worker(frozen)
+    settle(procs, rt)
+
+    turns = list(BotTurn.select())
+    assert len(turns) == total and len({t.message_id for t in turns}) == total, "routed twice or never"
+    replies = Counter(m.turn_id for m in Message.select().where((Message.direction == "out")
+                                                                & (Message.sender == "bot")))
+    twice = {t: n for t, n in replies.items() if n > 1}
+    assert not twice, (f"bot turns answered more than once: {twice} (the frozen worker's turn was {turn_id}); "
+                       f"{sum(replies.values())} bot replies for {total} messages")
+    assert set(replies) == {t.id for t in turns}, "a bot turn was never answered"
+    assert len(outbox_texts()) == total
 
 
 def test_a_bot_reply_after_escalation_is_refused_and_never_sent(start_baton, rt, n8n):

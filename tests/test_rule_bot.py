@@ -172,3 +172,11 @@ def test_texts_are_short_enough_for_one_glance(language):
 
 def test_greeting_inside_a_sentence_does_not_reveal_language():
     assert greeting_language("I said hi to her") is None
+
+
+def test_during_the_cooldown_after_a_release_the_bot_does_not_promise_a_person():
+    turn = make_turn("agent")
+    turn["conversation"]["cooldown_remaining"] = 2
+    body = reply(turn)
+    assert "escalate" not in body and body["intent"] == "handoff_cooldown"
+    assert "ask again" in body["text"]

@@ -1,14 +1,36 @@
+"""The README's first story: a customer says hi, then asks for a human."""
+from models import Conversation, Event, Message, OutboxEntry
 from tests.support import text_webhook
 
 
-def test_customer_says_hi_and_the_builtin_bot_answers(client, rt, work):
-    raw, headers = text_webhook("15551234567", "hi")
+def customer_says(client, text):
+    raw, headers = text_webhook("15551234567", text)
     response = client.post("/webhooks/whatsapp", data=raw, headers=headers)
-    assert response.status_code == 200, response.json
-    assert response.json == {"messages": 1, "statuses": 0, "duplicates": 0, "ignored": 0}
+    assert response.status_code == 200
+    return response.json
+
+
+def test_customer_says_hi_and_the_builtin_bot_answers_with_its_menu(client, work):
+    assert customer_says(client, "hi") == {"messages": 1, "statuses": 0, "duplicates": 0, "ignored": 0}
     work()
-    from models import OutboxEntry, Message
-    rows = list(OutboxEntry.select())
-    assert len(rows) == 1
-    print(rows[0].payload)
-    print([ (m.direction, m.sender, m.routed_to, m.status, m.text) for m in Message.select()])
+    [sent] = OutboxEntry.select()
+    assert sent.to == "15551234567" and "Talk to a human" in sent.payload["text"]["body"]
+    inbound = Message.get(Message.direction == "in")
+    assert inbound.routed_to == "bot"
+
+
+def test_then_asking_for_a_human_hands_off_with_one_notice(client, work):
+    customer_says(client, "hi")
+    work()
+    customer_says(client, "I want to talk to a human")
+    work()
+    conv = Conversation.get()
+    assert (conv.state, conv.escalation_reason) == ("PENDING_AGENT", "explicit_request")
+    texts = [e.payload["text"]["body"] for e in OutboxEntry.select().order_by(OutboxEntry.created_at)]
+    assert len(texts) == 2 and "connecting you" in texts[1]
+    [handoff] = Event.select().where(Event.to_state == "PENDING_AGENT")
+    assert (handoff.from_state, handoff.reason, handoff.actor) == ("BOT_CONTROLLED", "explicit_request", "system")
+
+
+def test_json_answers_say_utf8(client):
+    assert client.get("/healthz").headers["Content-Type"] == "application/json; charset=utf-8"
