@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import peewee
 
 from integrations.whatsapp.base import InboundMessage, ParsedWebhook, StatusUpdate
-from models import Channel, Contact, Conversation, Message, UnsupportedUpdate, new_id, write_transaction
+from models import Channel, Contact, Conversation, Message, UnsupportedUpdate, db, new_id, write_transaction
 from models.base import as_naive_utc, utcnow
 from models.message import STATUS_RANK
 
@@ -130,17 +130,14 @@ def _record_message(provider: str, message: InboundMessage, cache: IngestCache, 
     media = None
     if message.media:
         media = {**message.media, "status": "pending"}
-    inserted = (Message.insert(
-        id=message_id, conversation=conversation_id, channel=channel_id,
-        direction="out" if message.from_me else "in",
-        sender="agent" if message.from_me else "user",
-        type=message.type, text=message.text, media=media,
-        extra=message.raw if message.type in _RAW_TYPES else None,
-        provider_message_id=message.provider_message_id, sent_at=sent_at, received_at=utcnow(),
-        status="sent" if message.from_me else None)
-        .on_conflict_ignore()
-        .as_rowcount()
-        .execute())
+    inserted = _insert_message({
+        "id": message_id, "conversation": conversation_id, "channel": channel_id,
+        "direction": "out" if message.from_me else "in",
+        "sender": "agent" if message.from_me else "user",
+        "type": message.type, "text": message.text, "media": media,
+        "extra": message.raw if message.type in _RAW_TYPES else None,
+        "provider_message_id": message.provider_message_id, "sent_at": sent_at, "received_at": utcnow(),
+        "status": "sent" if message.from_me else None, "attempts": 0})
     if not inserted:
         result.duplicates += 1
         return
@@ -149,6 +146,27 @@ def _record_message(provider: str, message: InboundMessage, cache: IngestCache, 
     else:
         result.messages += 1
     result.to_route.append((conversation_id, message_id, _timestamp(sent_at)))
+
+
+_INSERT_FIELDS = ("id", "conversation", "channel", "direction", "sender", "type", "text", "media", "extra",
+                  "provider_message_id", "sent_at", "received_at", "status", "attempts")
+_insert_sql: dict[int, str] = {}
+
+
+def _insert_message(values: dict) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING with SQL built once per database: peewee's
+    query builder costs more than the insert itself on this path. True when
+    the row is new."""
+    database = db.obj
+    sql = _insert_sql.get(id(database))
+    if sql is None:
+        fields = [Message._meta.fields[name] for name in _INSERT_FIELDS]
+        columns = ", ".join(f'"{f.column_name}"' for f in fields)
+        params = ", ".join([database.param] * len(fields))
+        sql = _insert_sql[id(database)] = (f'INSERT INTO "{Message._meta.table_name}" ({columns}) '
+                                           f"VALUES ({params}) ON CONFLICT DO NOTHING")
+    params = [Message._meta.fields[name].db_value(values[name]) for name in _INSERT_FIELDS]
+    return database.execute_sql(sql, params).rowcount == 1
 
 
 def _is_our_own_echo(conversation_id: str, message: InboundMessage) -> bool:
