@@ -35,6 +35,10 @@ class StaleTurn(Exception):
     """Control changed after the bot turn was issued."""
 
 
+class TurnAnswered(Exception):
+    """The built-in bot already answered this turn."""
+
+
 class CooldownActive(Exception):
     """The bot asked to escalate right after an agent released the conversation."""
 
@@ -252,12 +256,17 @@ class BotReplyResult:
     effects: Effects
 
 
-def accept_bot_reply(settings: Settings, reply: dict, actor: str = "bot") -> BotReplyResult:
-    """Apply a bot's answer to a turn, refusing it (StaleTurn) when control changed."""
-    return _with_retries(lambda: _accept_bot_reply(settings, reply, actor))
+def accept_bot_reply(settings: Settings, reply: dict, actor: str = "bot", *,
+                     single_answer: bool = False) -> BotReplyResult:
+    """Apply a bot's answer to a turn, refusing it (StaleTurn) when control changed.
+
+    An n8n bot may answer a turn with several messages; the built-in bot
+    answers once (`single_answer`): a second answer to the same turn, say from
+    a worker that stalled while the sweep answered for it, raises TurnAnswered."""
+    return _with_retries(lambda: _accept_bot_reply(settings, reply, actor, single_answer))
 
 
-def _accept_bot_reply(settings: Settings, reply: dict, actor: str) -> BotReplyResult:
+def _accept_bot_reply(settings: Settings, reply: dict, actor: str, single_answer: bool) -> BotReplyResult:
     conv = load_conversation(reply["conversation_id"])
     if conv is None:
         raise NotFound("conversation")
@@ -278,7 +287,11 @@ def _accept_bot_reply(settings: Settings, reply: dict, actor: str) -> BotReplyRe
     # Always compare-and-set, even with nothing to change: a handoff committed
     # after we read the conversation then makes this reply a clean 409.
     _cas(conv, {"metadata": metadata})
-    BotTurn.update(answered_at=utcnow()).where(BotTurn.id == turn.id).execute()
+    answered = BotTurn.update(answered_at=utcnow()).where(BotTurn.id == turn.id)
+    if single_answer:
+        answered = answered.where(BotTurn.answered_at.is_null())
+    if not answered.execute():
+        raise TurnAnswered(turn.id)
     if reply.get("escalate"):
         _escalate_in_tx(settings, conv, effects, reason=reply.get("reason") or "bot", actor=actor,
                         urgency=reply.get("urgency"), group=reply.get("group"), note=None,
@@ -297,4 +310,4 @@ def outbound_allowed(message: Message, conv: Conversation) -> bool:
 
 
 __all__ = ["route_message", "escalate", "accept_bot_reply", "outbound_allowed", "load_conversation",
-           "history", "NotFound", "StaleTurn", "CooldownActive", "VersionConflict", "AGENT_CONTROLLED"]
+           "history", "NotFound", "StaleTurn", "TurnAnswered", "CooldownActive", "VersionConflict", "AGENT_CONTROLLED"]

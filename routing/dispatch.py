@@ -8,7 +8,7 @@ from bot.rules import reply as rule_bot_reply
 
 from models import BotTurn, Message, utcnow
 
-from .apply import CooldownActive, StaleTurn, accept_bot_reply, load_conversation, turn_body
+from .apply import CooldownActive, StaleTurn, TurnAnswered, accept_bot_reply, load_conversation, turn_body
 from .effects import Effects
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,10 @@ def dispatch(rt, effects: Effects) -> None:
     for turn in effects.builtin_turns:
         reply = rule_bot_reply(turn, rt.policy.phrases)
         try:
-            result = accept_bot_reply(rt.settings, reply, actor="builtin-bot")
+            result = accept_bot_reply(rt.settings, reply, actor="builtin-bot", single_answer=True)
+        except TurnAnswered:
+            log.info("built-in bot turn %s was already answered", turn["turn_id"])
+            continue
         except (StaleTurn, CooldownActive):
             log.info("built-in bot turn %s went stale before it answered", turn["turn_id"])
             BotTurn.update(answered_at=utcnow()).where(BotTurn.id == turn["turn_id"]).execute()

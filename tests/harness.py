@@ -2,14 +2,18 @@
 (`flask --app app baton worker`) and optionally RQ cron (`flask --app app baton cron`),
 configured through environment variables exactly like production.
 
-    with BatonProcesses(settings_overrides, log_dir=tmp_path / "logs") as baton:
+    with BatonProcesses(settings_overrides, web_workers=2, rq_workers=2, cron=True,
+                        log_dir=tmp_path / "logs") as baton:      # returns once /readyz is 200
         requests.post(f"{baton.url}/webhooks/whatsapp", ...)
         baton.kill_worker(0)           # SIGKILL, no goodbye
-        baton.start_worker()
+        baton.start_worker()           # -> index of the new worker
+        baton.pause_worker(1); baton.resume_worker(1)   # SIGSTOP / SIGCONT
 
-Every process writes its stdout+stderr to its own file under `log_dir`;
-`logs()` returns their tails (attach it to assertion messages), and
-`wait_until()` polls a condition against a deadline and fails with the logs.
+`init_db=True` runs `flask --app app baton init-db` first (tests using the `app`
+fixture already have the schema). Every process writes its stdout+stderr to its own
+file under `log_dir`; `logs()` returns their tails (attach it to assertion messages);
+`wait_until()` / `settle()` poll against a deadline and fail with the logs; `stop()`
+sends SIGTERM, waits, and SIGKILLs whatever is left.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,14 +66,15 @@ class BatonProcesses:
     STOP_TIMEOUT = 10.0
 
     def __init__(self, settings_overrides: dict, web_workers: int = 2, rq_workers: int = 2, cron: bool = True,
-                 *, log_dir: Path | str, init_db: bool = False, extra_env: dict | None = None,
+                 *, log_dir: Path | str | None = None, init_db: bool = False, extra_env: dict | None = None,
                  web_threads: int | None = None, access_log: bool = False, start: bool = True):
         self.settings = {k: str(v) for k, v in settings_overrides.items()}
         self.web_workers = web_workers
         self.rq_workers = rq_workers
         self.cron = cron
         self.init_db = init_db
-        self.log_dir = Path(log_dir)
+        # Tests pass their tmp_path; elsewhere a fresh temporary directory.
+        self.log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="baton-processes-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -253,6 +259,7 @@ class BatonProcesses:
         on timeout fail with `describe()` and the logs."""
         deadline = time.monotonic() + timeout
         while True:
+            self.check_alive()
             value = condition()
             if value:
                 return value
@@ -269,6 +276,7 @@ class BatonProcesses:
         deadline = time.monotonic() + timeout
         since = None
         while True:
+            self.check_alive()
             if quiet():
                 since = since or time.monotonic()
                 if time.monotonic() - since >= hold:

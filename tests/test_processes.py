@@ -194,9 +194,9 @@ def test_racing_human_requests_and_bot_escalation_hand_off_exactly_once(processe
                              json={"reason": "bot"}, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
     with ThreadPoolExecutor(len(bodies) + 1) as pool:
-        escalation = pool.submit(escalate)
+        escalating = pool.submit(escalate)
         answers = list(pool.map(webhook, bodies))
-        escalation = escalation.result()
+        escalation = escalating.result()
 
     assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
     assert sum(a.json()["messages"] for a in answers) == 4
@@ -283,9 +283,7 @@ def test_a_worker_killed_mid_drain_loses_nothing_and_routes_nothing_twice(start_
     inbound = {m.id for m in Message.select().where(Message.direction == "in")}
     assert len(inbound) == total
     turns = list(BotTurn.select())
-    per_message = {}
-    for t in turns:
-        per_message[t.message_id] = per_message.get(t.message_id, 0) + 1
+    per_message = Counter(t.message_id for t in turns)
     assert {m for m, n in per_message.items() if n > 1} == set(), "routed twice"
     assert set(per_message) == inbound, f"never routed: {len(inbound - set(per_message))}"
     unanswered = [t.id for t in turns if t.answered_at is None]
@@ -315,35 +313,29 @@ class DatabaseHold:
             import psycopg2
 
             self.conn = psycopg2.connect(database_url)
-            with self.conn.cursor() as cur:
-                cur.execute("SET lock_timeout = '5s'")
-            self.conn.commit()
+            self.conn.autocommit = True
+            self._execute("SET lock_timeout = '5s'")
+
+    def _execute(self, sql: str):
+        if self.sqlite:
+            return self.conn.execute(sql).fetchall()
+        with self.conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall() if cur.description else None
 
     @contextmanager
     def held(self):
-        if self.sqlite:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            finally:
-                self.conn.execute("ROLLBACK")
-            return
+        self._execute("BEGIN IMMEDIATE" if self.sqlite else "BEGIN")
         try:
-            with self.conn.cursor() as cur:
-                cur.execute("LOCK TABLE contact IN ACCESS EXCLUSIVE MODE")
+            if not self.sqlite:
+                self._execute("LOCK TABLE contact IN ACCESS EXCLUSIVE MODE")
             yield
         finally:
-            self.conn.rollback()
+            self._execute("ROLLBACK")
 
     def oldest_unanswered_turn(self) -> str | None:
-        sql = "SELECT id FROM bot_turn WHERE answered_at IS NULL ORDER BY id LIMIT 1"
-        if self.sqlite:
-            row = self.conn.execute(sql).fetchone()
-        else:
-            with self.conn.cursor() as cur:
-                cur.execute(sql)
-                row = cur.fetchone()
-        return row[0] if row else None
+        rows = self._execute("SELECT id FROM bot_turn WHERE answered_at IS NULL ORDER BY id LIMIT 1")
+        return rows[0][0] if rows else None
 
     def close(self) -> None:
         self.conn.close()
@@ -355,13 +347,20 @@ def freeze_between_routing_and_answer(procs: BatonProcesses, worker: int, databa
     and before it began answering that turn; returns the turn id.
 
     Under the hold the worker is between two transactions; when the last one it committed
-    was a routing, an unanswered turn is visible and the worker is frozen right there."""
+    was a routing, an unanswered turn is visible and the worker is frozen right there.
+    Between holds we watch for a routing to commit and take the hold at once (PostgreSQL
+    queues the hold ahead of the worker's next transaction; SQLite has no such queue, so
+    there the watching is what catches it)."""
+    from models import BotTurn
+
     hold = DatabaseHold(database_url)
     deadline = time.monotonic() + timeout
+    holds = timeouts = 0
     try:
         while time.monotonic() < deadline:
             procs.check_alive()
             try:
+                holds += 1
                 with hold.held():
                     turn_id = hold.oldest_unanswered_turn()
                     if turn_id is not None:
@@ -370,10 +369,14 @@ def freeze_between_routing_and_answer(procs: BatonProcesses, worker: int, databa
             except Exception as exc:   # the hold timed out behind a long transaction: try again
                 if "lock" not in str(exc).lower():
                     raise
-            time.sleep(0.003)          # let the worker commit its next transaction
+                timeouts += 1
+            watch_until = time.monotonic() + 0.02
+            while time.monotonic() < watch_until and hold.oldest_unanswered_turn() is None:
+                pass
     finally:
         hold.close()
-    raise AssertionError(f"could not catch the worker between routing and answering\n{procs.logs()}")
+    raise AssertionError(f"could not catch the worker between routing and answering in {holds} holds "
+                         f"({timeouts} timed out); {BotTurn.select().count()} turns issued\n{procs.logs()}")
 
 
 def test_a_worker_frozen_between_routing_and_answering_answers_nothing_twice(start_baton, rt):

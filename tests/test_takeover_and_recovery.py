@@ -110,3 +110,23 @@ def test_a_stale_builtin_turn_is_closed_by_the_sweep_without_speaking(client, rt
     run_jobs(rt)
     assert BotTurn.get().answered_at is not None
     assert [e.payload["text"]["body"][:6] for e in OutboxEntry.select()] == ["Thanks"]
+
+
+def test_a_builtin_bot_turn_is_answered_once_even_when_two_workers_answer_it(client, rt, monkeypatch):
+    from routing.apply import load_conversation, turn_body
+    from routing.dispatch import dispatch
+    from routing.effects import Effects
+
+    monkeypatch.setattr("routing.dispatch.rule_bot_reply", crash)
+    raw, headers = text_webhook("15553330003", "hello")
+    client.post("/webhooks/whatsapp", data=raw, headers=headers)
+    run_jobs(rt)                          # routed, turn issued, answer lost
+    monkeypatch.undo()
+    turn = BotTurn.get()
+    body = {"event": "bot.turn", **turn_body(rt.settings, load_conversation(turn.conversation_id),
+                                             Message.get_by_id(turn.message_id), turn)}
+    dispatch(rt, Effects(builtin_turns=[body]))      # the stalled worker wakes up…
+    dispatch(rt, Effects(builtin_turns=[body]))      # …and the sweep answers too
+    run_jobs(rt)
+    assert Message.select().where(Message.direction == "out").count() == 1
+    assert OutboxEntry.select().count() == 1
