@@ -69,6 +69,8 @@ class Stack:
         self._closed = False
 
     def __enter__(self):
+        # Explicitly: a shell starts background jobs with SIGINT ignored, and Python keeps that.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _raise_system_exit)
         return self
@@ -114,15 +116,27 @@ class Stack:
         _killpg(proc.pid, signal.SIGKILL)
         self.procs = [(n, p) for n, p in self.procs if p is not proc]
 
-    def close(self) -> None:
+    def close(self, timeout: float = 15.0) -> None:
+        """SIGTERM every process group at once, wait for all (≤ timeout), SIGKILL the rest."""
         if self._closed:
             return
         self._closed = True
-        for name, proc in reversed(list(self.procs)):
+        procs = list(reversed(self.procs))
+        for _, proc in procs:
+            if proc.poll() is None:
+                _killpg(proc.pid, signal.SIGTERM)
+        deadline = time.time() + timeout
+        for name, proc in procs:
             try:
-                self.stop(proc)
-            except Exception as exc:  # keep tearing down the rest
-                print(f"  (could not stop {name} [{proc.pid}]: {exc})", file=sys.stderr)
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                print(f"  ({name} [{proc.pid}] ignored SIGTERM; killing it)", file=sys.stderr)
+            _killpg(proc.pid, signal.SIGKILL)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                print(f"  (could not stop {name} [{proc.pid}])", file=sys.stderr)
+        self.procs = []
         for path in reversed(self.dirs):
             if self.keep_tmp:
                 print(f"  kept {path}", file=sys.stderr)

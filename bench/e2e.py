@@ -116,23 +116,22 @@ def open_loop(port: int, plan: list[dict], threads: int, lead: float = 1.0, max_
         grow()
     start_mono = time.monotonic() + lead
     start_wall = time.time() + lead
-    try:
-        for item in plan:
-            target = start_mono + item["offset"]
-            delay = target - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            with lock:
-                busy = idle[0] == 0
-            if busy and len(pool) < max_threads:
-                grow()
-            item["t_sched"] = start_wall + item["offset"]
-            jobs.put(item)
-    finally:
-        for _ in pool:
-            jobs.put(None)
-        for t in pool:
-            t.join(timeout=60)
+    for item in plan:          # on Ctrl-C the daemon threads are simply abandoned
+        target = start_mono + item["offset"]
+        delay = target - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        with lock:
+            busy = idle[0] == 0
+        if busy and len(pool) < max_threads:
+            grow()
+        item["t_sched"] = start_wall + item["offset"]
+        jobs.put(item)
+    for _ in pool:
+        jobs.put(None)
+    deadline = time.monotonic() + 120            # the slowest answer (the HTTP timeout is 30 s)
+    for t in pool:
+        t.join(timeout=max(0.1, deadline - time.monotonic()))
     plan_threads[0] = max(plan_threads[0], len(pool))
     return start_wall
 

@@ -37,6 +37,9 @@ def drain_conversation(settings: Settings, policy: Policy, lanes: Lanes, convers
                 if not ids:
                     break
                 for message_id in ids:
+                    # Renew (or find we lost) the lease before each message, not
+                    # after: a worker that stalled past its lease stops here.
+                    lock.extend()
                     effects = route_message(settings, policy, conversation_id, message_id)
                     # Effects are dispatched before the message leaves the inbox:
                     # a crash in between re-routes nothing (the row is marked
@@ -44,7 +47,6 @@ def drain_conversation(settings: Settings, policy: Policy, lanes: Lanes, convers
                     after_commit(effects)
                     lanes.remove_from_inbox(conversation_id, message_id)
                     routed += 1
-                    lock.extend()
         finally:
             lock.release()
         # A message may have landed between our last peek and the release.
