@@ -6,7 +6,7 @@ import time
 from datetime import timedelta
 
 from integrations.whatsapp.base import OutboundMessage, SendError
-from models import Message, utcnow
+from models import Message, execute_write, utcnow
 from routing.apply import load_conversation, outbound_allowed
 from routing.locks import ConversationLock
 
@@ -44,8 +44,8 @@ def _next_queued(conversation_id: str) -> Message | None:
 
 
 def _fail(message: Message, code, title: str) -> None:
-    (Message.update(status="failed", error_code=code, error_title=title[:400], next_attempt_at=None)
-     .where((Message.id == message.id) & (Message.status == "queued")).execute())
+    execute_write(Message.update(status="failed", error_code=code, error_title=title[:400], next_attempt_at=None)
+                  .where((Message.id == message.id) & (Message.status == "queued")))
 
 
 def _send_in_order(rt, conversation_id: str, lock) -> tuple[bool, int]:
@@ -74,18 +74,18 @@ def _send_in_order(rt, conversation_id: str, lock) -> tuple[bool, int]:
         except SendError as exc:
             if exc.retryable and attempt < rt.settings.SEND_MAX_ATTEMPTS:
                 delay = backoff_seconds(attempt, exc.retry_after)
-                (Message.update(attempts=attempt, next_attempt_at=utcnow() + timedelta(seconds=delay),
-                                error_code=_int_or_none(exc.code), error_title=exc.title[:400])
-                 .where(Message.id == message.id).execute())
+                execute_write(Message.update(attempts=attempt, next_attempt_at=utcnow() + timedelta(seconds=delay),
+                                             error_code=_int_or_none(exc.code), error_title=exc.title[:400])
+                              .where(Message.id == message.id))
                 rt.lanes.schedule_at("outbound", conversation_id, time.time() + delay)
                 log.info("send %s attempt %d refused (%s); retry in %.1f s", message.id, attempt, exc, delay)
                 return True, sent
             _fail(message, _int_or_none(exc.code), exc.title)
             log.warning("send %s failed for good: %s", message.id, exc)
             continue
-        (Message.update(status="sent", provider_message_id=result.provider_message_id, attempts=attempt,
-                        next_attempt_at=None, error_code=None, error_title=None)
-         .where((Message.id == message.id) & (Message.status == "queued")).execute())
+        execute_write(Message.update(status="sent", provider_message_id=result.provider_message_id,
+                                     attempts=attempt, next_attempt_at=None, error_code=None, error_title=None)
+                      .where((Message.id == message.id) & (Message.status == "queued")))
         sent += 1
         lock.extend()
 

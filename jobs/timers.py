@@ -10,8 +10,7 @@ from __future__ import annotations
 from calendar import timegm
 from datetime import timedelta
 
-from models import BotTurn, Delivery, Message, utcnow
-from routing.dispatch import answer_lost_builtin_turn
+from models import Delivery, Message, utcnow
 from models.delivery import PENDING
 from routing.lanes import LANES
 
@@ -57,20 +56,7 @@ def sweep() -> dict:
     for delivery in stuck_events:
         rt.schedule("events", delivery.id)
         counts["events"] += 1
-    if not rt.settings.N8N_BOT_URL:
-        counts["builtin_turns"] = _answer_lost_builtin_turns(rt, cutoff)
     if any(counts.values()):
         log.info("sweep re-dispatched %s", counts)
     return counts
 
-
-def _answer_lost_builtin_turns(rt, cutoff) -> int:
-    lost = (BotTurn.select(BotTurn.id)
-            .where(BotTurn.answered_at.is_null() & (BotTurn.created_at < cutoff)
-                   & (BotTurn.created_at > cutoff - timedelta(hours=1)))
-            .limit(SWEEP_LIMIT))
-    count = 0
-    for turn in lost:
-        answer_lost_builtin_turn(rt, turn.id)
-        count += 1
-    return count

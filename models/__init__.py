@@ -1,5 +1,5 @@
 """Peewee models, one module per entity. `ALL_MODELS` is the schema."""
-from .base import db, bind, new_id, utcnow, isoformat, write_transaction  # noqa: F401
+from .base import db, bind, new_id, utcnow, isoformat, write_transaction, execute_write  # noqa: F401
 from .channel import Channel
 from .contact import Contact
 from .conversation import (Conversation, BOT_CONTROLLED, PENDING_AGENT, AGENT_CONTROLLED,  # noqa: F401

@@ -7,8 +7,11 @@ the version check fail; the whole step is then retried from a fresh read.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
+
+from bot.rules import reply as rule_bot_reply
 
 from config import Settings
 from models import (AGENT_CONTROLLED, BOT_CONTROLLED, PENDING_AGENT, BotTurn, Channel, Contact,
@@ -19,6 +22,7 @@ from .decide import (ConversationView, Decision, InboundView, Policy, bot_may_sp
 from .effects import Effects, queue_event, queue_outbound
 
 MAX_CAS_ATTEMPTS = 8
+log = logging.getLogger(__name__)
 
 
 class VersionConflict(Exception):
@@ -33,10 +37,6 @@ class NotFound(Exception):
 
 class StaleTurn(Exception):
     """Control changed after the bot turn was issued."""
-
-
-class TurnAnswered(Exception):
-    """The built-in bot already answered this turn."""
 
 
 class CooldownActive(Exception):
@@ -134,12 +134,12 @@ def _route(settings: Settings, policy: Policy, conversation_id: str, message_id:
     if conv.state != (BOT_CONTROLLED if decision.reopened else before):
         _audit(conv, "system", BOT_CONTROLLED if decision.reopened else before, conv.state,
                decision.reason, {"message_id": message.id})
-    _effects_of(settings, conv, message, decision, effects)
+    _effects_of(settings, policy, conv, message, decision, effects)
     return effects
 
 
-def _effects_of(settings: Settings, conv: Conversation, message: Message, decision: Decision,
-                effects: Effects) -> None:
+def _effects_of(settings: Settings, policy: Policy, conv: Conversation, message: Message,
+                decision: Decision, effects: Effects) -> None:
     if decision.send_handoff_notice:
         queue_outbound(conv, effects, sender="system", text=settings.HANDOFF_NOTICE)
     if decision.send_pending_notice:
@@ -147,7 +147,7 @@ def _effects_of(settings: Settings, conv: Conversation, message: Message, decisi
     for event_type in decision.notify:
         _notify(settings, conv, event_type, effects, message=message, reason=conv.escalation_reason)
     if decision.bot_turn:
-        _issue_bot_turn(settings, conv, message, effects)
+        _issue_bot_turn(settings, policy, conv, message, effects)
 
 
 def _notify(settings: Settings, conv: Conversation, event_type: str, effects: Effects, *,
@@ -163,15 +163,22 @@ def _notify(settings: Settings, conv: Conversation, event_type: str, effects: Ef
     queue_event(settings.N8N_NOTIFY_URL, fields, event_type, effects, conv.id)
 
 
-def _issue_bot_turn(settings: Settings, conv: Conversation, message: Message, effects: Effects) -> None:
+def _issue_bot_turn(settings: Settings, policy: Policy, conv: Conversation, message: Message,
+                    effects: Effects) -> None:
     mode = (conv.metadata or {}).get("mode", "normal")
     turn = BotTurn.create(conversation=conv.id, message_id=message.id, control_epoch=conv.control_epoch,
                           mode=mode)
     body = turn_body(settings, conv, message, turn)
     if settings.N8N_BOT_URL:
         queue_event(settings.N8N_BOT_URL, body, "bot.turn", effects, conv.id)
-    else:
-        effects.builtin_turns.append({"event": "bot.turn", **body})
+        return
+    # The built-in bot is a pure function: it answers inside the routing
+    # transaction, so a message is routed and answered together or not at all.
+    reply = rule_bot_reply({"event": "bot.turn", **body}, policy.phrases)
+    try:
+        _apply_bot_reply(settings, conv, turn, reply, "builtin-bot", effects)
+    except CooldownActive:           # refused before anything was written
+        log.info("built-in bot asked to escalate %s during its cooldown", conv.id)
 
 
 def turn_body(settings: Settings, conv: Conversation, message: Message, turn: BotTurn) -> dict:
@@ -256,28 +263,29 @@ class BotReplyResult:
     effects: Effects
 
 
-def accept_bot_reply(settings: Settings, reply: dict, actor: str = "bot", *,
-                     single_answer: bool = False) -> BotReplyResult:
-    """Apply a bot's answer to a turn, refusing it (StaleTurn) when control changed.
-
-    An n8n bot may answer a turn with several messages; the built-in bot
-    answers once (`single_answer`): a second answer to the same turn, say from
-    a worker that stalled while the sweep answered for it, raises TurnAnswered."""
-    return _with_retries(lambda: _accept_bot_reply(settings, reply, actor, single_answer))
+def accept_bot_reply(settings: Settings, reply: dict, actor: str = "bot") -> BotReplyResult:
+    """Apply a bot's answer to a turn, refusing it (StaleTurn) when control
+    changed. A bot may answer one turn with several messages."""
+    return _with_retries(lambda: _accept_bot_reply(settings, reply, actor))
 
 
-def _accept_bot_reply(settings: Settings, reply: dict, actor: str, single_answer: bool) -> BotReplyResult:
+def _accept_bot_reply(settings: Settings, reply: dict, actor: str) -> BotReplyResult:
     conv = load_conversation(reply["conversation_id"])
     if conv is None:
         raise NotFound("conversation")
     turn = BotTurn.get_or_none((BotTurn.id == reply["turn_id"]) & (BotTurn.conversation == conv.id))
     if turn is None:
         raise NotFound("turn")
+    effects = Effects()
+    return _apply_bot_reply(settings, conv, turn, reply, actor, effects)
+
+
+def _apply_bot_reply(settings: Settings, conv: Conversation, turn: BotTurn, reply: dict, actor: str,
+                     effects: Effects) -> BotReplyResult:
     if not bot_may_speak(conv.state, conv.control_epoch, turn.control_epoch):
         raise StaleTurn(turn.id)
     if reply.get("escalate") and not decide_escalation(_view(conv), automatic=True).changed:
         raise CooldownActive(conv.cooldown_remaining)   # the turn guard passed: the bot holds it
-    effects = Effects()
     metadata = dict(conv.metadata or {})
     metadata.update(reply.get("metadata") or {})
     if reply.get("intent"):
@@ -287,11 +295,7 @@ def _accept_bot_reply(settings: Settings, reply: dict, actor: str, single_answer
     # Always compare-and-set, even with nothing to change: a handoff committed
     # after we read the conversation then makes this reply a clean 409.
     _cas(conv, {"metadata": metadata})
-    answered = BotTurn.update(answered_at=utcnow()).where(BotTurn.id == turn.id)
-    if single_answer:
-        answered = answered.where(BotTurn.answered_at.is_null())
-    if not answered.execute():
-        raise TurnAnswered(turn.id)
+    BotTurn.update(answered_at=utcnow()).where(BotTurn.id == turn.id).execute()
     if reply.get("escalate"):
         _escalate_in_tx(settings, conv, effects, reason=reply.get("reason") or "bot", actor=actor,
                         urgency=reply.get("urgency"), group=reply.get("group"), note=None,
@@ -310,4 +314,4 @@ def outbound_allowed(message: Message, conv: Conversation) -> bool:
 
 
 __all__ = ["route_message", "escalate", "accept_bot_reply", "outbound_allowed", "load_conversation",
-           "history", "NotFound", "StaleTurn", "TurnAnswered", "CooldownActive", "VersionConflict", "AGENT_CONTROLLED"]
+           "history", "NotFound", "StaleTurn", "CooldownActive", "VersionConflict", "AGENT_CONTROLLED"]

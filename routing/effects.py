@@ -1,5 +1,5 @@
 """Side effects written as rows inside a state change's transaction, and
-dispatched (lanes scheduled, built-in bot run) only after it commits.
+dispatched (lanes scheduled) only after it commits.
 
 Writing the intent (an outbound message, an n8n delivery) in the same
 transaction as the state change means a crash can delay an effect but never
@@ -18,17 +18,12 @@ from models.base import isoformat
 
 @dataclass
 class Effects:
+    """The lanes a committed transaction asks to be scheduled."""
     schedules: list[tuple[str, str]] = field(default_factory=list)
-    builtin_turns: list[dict] = field(default_factory=list)   # bot.turn bodies for the rule bot
 
     def schedule(self, lane: str, key: str) -> None:
         if (lane, key) not in self.schedules:
             self.schedules.append((lane, key))
-
-    def extend(self, other: "Effects") -> None:
-        for lane, key in other.schedules:
-            self.schedule(lane, key)
-        self.builtin_turns.extend(other.builtin_turns)
 
 
 def queue_outbound(conv: Conversation, effects: Effects, *, sender: str, text: str | None = None,

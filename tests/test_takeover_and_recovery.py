@@ -73,60 +73,22 @@ def test_a_human_replying_from_the_business_phone_silences_the_bot(wasender_app,
     assert len(wasender_api.requests) == sends_before          # the bot said nothing
 
 
-def test_a_builtin_bot_answer_lost_with_a_crashed_worker_is_given_by_the_sweep(client, rt, monkeypatch):
+def test_a_crash_while_the_builtin_bot_answers_leaves_the_message_unrouted_until_it_is_retried(
+        client, rt, monkeypatch):
     from jobs import timers
     from jobs.context import set_runtime
 
-    monkeypatch.setattr("routing.dispatch.rule_bot_reply", crash)
+    monkeypatch.setattr("routing.apply.rule_bot_reply", crash)
     raw, headers = text_webhook("15553330001", "hello")
     client.post("/webhooks/whatsapp", data=raw, headers=headers)
-    run_jobs(rt)                         # the worker dies right after routing, before the bot answered
+    run_jobs(rt)                         # routing and answering are one transaction: both roll back
+    assert Message.get(Message.direction == "in").routed_to is None
+    assert BotTurn.select().count() == 0 and OutboxEntry.select().count() == 0
     monkeypatch.undo()
+    set_runtime(rt)
+    time.sleep(1.1)                      # REQUEUE_AFTER=1 in tests
+    timers.sweep()
+    run_jobs(rt)
     assert Message.get(Message.direction == "in").routed_to == "bot"
-    assert BotTurn.get().answered_at is None and OutboxEntry.select().count() == 0
-    set_runtime(rt)
-    time.sleep(1.1)
-    timers.sweep()
-    run_jobs(rt)
-    assert OutboxEntry.select().count() == 1
     assert BotTurn.get().answered_at is not None
-
-
-def test_a_stale_builtin_turn_is_closed_by_the_sweep_without_speaking(client, rt, monkeypatch, bot_token):
-    from jobs import timers
-    from jobs.context import set_runtime
-
-    monkeypatch.setattr("routing.dispatch.rule_bot_reply", crash)
-    raw, headers = text_webhook("15553330002", "hello")
-    client.post("/webhooks/whatsapp", data=raw, headers=headers)
-    run_jobs(rt)
-    monkeypatch.undo()
-    conv = Conversation.get()
-    client.post(f"/api/v1/conversations/{conv.id}/escalate", json={"reason": "bot"},
-                headers={"Authorization": f"Bearer {bot_token}"})
-    set_runtime(rt)
-    time.sleep(1.1)
-    timers.sweep()
-    run_jobs(rt)
-    assert BotTurn.get().answered_at is not None
-    assert [e.payload["text"]["body"][:6] for e in OutboxEntry.select()] == ["Thanks"]
-
-
-def test_a_builtin_bot_turn_is_answered_once_even_when_two_workers_answer_it(client, rt, monkeypatch):
-    from routing.apply import load_conversation, turn_body
-    from routing.dispatch import dispatch
-    from routing.effects import Effects
-
-    monkeypatch.setattr("routing.dispatch.rule_bot_reply", crash)
-    raw, headers = text_webhook("15553330003", "hello")
-    client.post("/webhooks/whatsapp", data=raw, headers=headers)
-    run_jobs(rt)                          # routed, turn issued, answer lost
-    monkeypatch.undo()
-    turn = BotTurn.get()
-    body = {"event": "bot.turn", **turn_body(rt.settings, load_conversation(turn.conversation_id),
-                                             Message.get_by_id(turn.message_id), turn)}
-    dispatch(rt, Effects(builtin_turns=[body]))      # the stalled worker wakes up…
-    dispatch(rt, Effects(builtin_turns=[body]))      # …and the sweep answers too
-    run_jobs(rt)
-    assert Message.select().where(Message.direction == "out").count() == 1
     assert OutboxEntry.select().count() == 1

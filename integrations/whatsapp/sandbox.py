@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from models import OutboxEntry
+from models import OutboxEntry, write_transaction
 
 from .base import OutboundMessage, SendError, SendResult
 from .cloud_api import CloudApiAdapter
@@ -16,8 +16,9 @@ class SandboxAdapter(CloudApiAdapter):
     def send(self, message: OutboundMessage) -> SendResult:
         provider_message_id = "wamid.SANDBOX" + os.urandom(12).hex().upper()
         payload = self._send_body(message)
-        OutboxEntry.create(phone_number_id=message.phone_number_id, to=message.to,
-                           provider_message_id=provider_message_id, payload=payload)
+        with write_transaction():
+            OutboxEntry.create(phone_number_id=message.phone_number_id, to=message.to,
+                               provider_message_id=provider_message_id, payload=payload)
         return SendResult(provider_message_id)
 
     def fetch_media(self, media: dict) -> tuple[bytes, str]:
