@@ -167,13 +167,17 @@ def deliveries(failed, replay_id, limit):
 def worker(burst):
     """Run an RQ worker on Baton's queues (no fork per job: SimpleWorker)."""
     from rq import SimpleWorker
+    from rq.worker import DequeueStrategy
 
     from jobs.context import set_runtime
 
     rt = _rt()
     set_runtime(rt)
     queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "default")]
-    SimpleWorker(queues, connection=rt.redis).work(burst=burst, logging_level=rt.settings.LOG_LEVEL)
+    # Round robin: a busy inbound lane hands its pump over again and again;
+    # with the default priority order the outbound lane would never get a turn.
+    SimpleWorker(queues, connection=rt.redis).work(burst=burst, logging_level=rt.settings.LOG_LEVEL,
+                                                   dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
 
 
 @baton.command("cron")

@@ -1,9 +1,10 @@
 """Apply routing decisions to the database under compare-and-set.
 
-Each public function runs one transaction, re-reads the conversation, asks a
-pure function in `routing.decide` what to do, and writes the state change,
-the audit event and the side-effect rows together. A concurrent writer makes
-the version check fail; the whole step is then retried from a fresh read.
+Each public function reads the conversation, asks a pure function in
+`routing.decide` what to do, plans the state change, the audit event and the
+side-effect rows (see `routing.effects`), and commits them in one transaction.
+A concurrent writer makes the version check fail; the whole step is then
+retried from a fresh read.
 """
 from __future__ import annotations
 
@@ -15,18 +16,14 @@ from bot.rules import reply as rule_bot_reply
 
 from config import Settings
 from models import (AGENT_CONTROLLED, BOT_CONTROLLED, PENDING_AGENT, BotTurn, Channel, Contact,
-                    Conversation, Event, Message, utcnow, write_transaction)
+                    Conversation, Event, Message, new_id, utcnow)
 
 from .decide import (ConversationView, Decision, InboundView, Policy, bot_may_speak, decide,
                      decide_escalation)
-from .effects import Effects, queue_event, queue_outbound
+from .effects import Effects, VersionConflict, queue_event, queue_outbound
 
 MAX_CAS_ATTEMPTS = 8
 log = logging.getLogger(__name__)
-
-
-class VersionConflict(Exception):
-    """Someone else changed the conversation since we read it."""
 
 
 class NotFound(Exception):
@@ -62,32 +59,32 @@ def _view(conv: Conversation) -> ConversationView:
                             last_pending_notice_at=conv.last_pending_notice_at, group=conv.group)
 
 
-def _cas(conv: Conversation, changes: dict) -> None:
-    """Write `changes` only if nobody moved the conversation; mirror them on `conv`."""
-    now = utcnow()
-    changes = {**changes, "updated_at": now}
-    updated = (Conversation.update({**{getattr(Conversation, k): v for k, v in changes.items()},
-                                    Conversation.version: Conversation.version + 1})
-               .where((Conversation.id == conv.id) & (Conversation.version == conv.version))
-               .execute())
-    if updated != 1:
-        raise VersionConflict(conv.id)
+def _cas(conv: Conversation, changes: dict, effects: Effects) -> None:
+    """Plan `changes` so they apply only if nobody moved the conversation
+    since it was read; mirror them on `conv` (and its version) at once."""
+    changes = {**changes, "updated_at": utcnow()}
+    effects.write(Conversation.update({**{getattr(Conversation, k): v for k, v in changes.items()},
+                                       Conversation.version: Conversation.version + 1})
+                  .where((Conversation.id == conv.id) & (Conversation.version == conv.version)),
+                  must_change_one=True)
     for key, value in changes.items():
         setattr(conv, key, value)
     conv.version += 1
 
 
-def _audit(conv: Conversation, actor: str, from_state: str | None, to_state: str, reason: str,
-           details: dict | None = None) -> None:
-    Event.create(conversation=conv.id, actor=actor, from_state=from_state, to_state=to_state,
-                 reason=reason, details=details)
+def _audit(conv: Conversation, effects: Effects, actor: str, from_state: str | None, to_state: str,
+           reason: str, details: dict | None = None) -> None:
+    effects.insert(Event(id=new_id("ev"), conversation=conv.id, actor=actor, from_state=from_state,
+                         to_state=to_state, reason=reason, details=details, created_at=utcnow()))
 
 
 def _with_retries(step):
+    """Plan (reads only), then commit; from a fresh read again on a conflict."""
     for attempt in range(MAX_CAS_ATTEMPTS):
+        result, effects = step()
         try:
-            with write_transaction():
-                return step()
+            effects.commit()
+            return result
         except VersionConflict:
             if attempt == MAX_CAS_ATTEMPTS - 1:
                 raise
@@ -97,14 +94,14 @@ def _with_retries(step):
 
 def route_message(settings: Settings, policy: Policy, conversation_id: str, message_id: str) -> Effects:
     """Route one recorded inbound message exactly once (a routed message is skipped)."""
-    return _with_retries(lambda: _route(settings, policy, conversation_id, message_id)) or Effects()
+    return _with_retries(lambda: _route(settings, policy, conversation_id, message_id))
 
 
-def _route(settings: Settings, policy: Policy, conversation_id: str, message_id: str) -> Effects:
+def _route(settings: Settings, policy: Policy, conversation_id: str, message_id: str) -> tuple[Effects, Effects]:
     effects = Effects()
     message = Message.get_or_none(Message.id == message_id)
     if message is None or message.routed_to is not None:
-        return effects
+        return effects, effects
     conv = load_conversation(conversation_id)
     now = utcnow()
     from_me = message.direction == "out"
@@ -125,17 +122,18 @@ def _route(settings: Settings, policy: Policy, conversation_id: str, message_id:
                        escalation_requested_at=now, group=decision.escalation.group)
     if decision.send_pending_notice:
         changes["last_pending_notice_at"] = now
-    _cas(conv, changes)
-    Message.update(routed_to=decision.routed_to).where(Message.id == message.id).execute()
+    _cas(conv, changes, effects)
+    effects.write(Message.update(routed_to=decision.routed_to)
+                  .where((Message.id == message.id) & Message.routed_to.is_null()), must_change_one=True)
     message.routed_to = decision.routed_to
 
     if decision.reopened:
-        _audit(conv, "system", "CLOSED", BOT_CONTROLLED, "reopened", {"message_id": message.id})
+        _audit(conv, effects, "system", "CLOSED", BOT_CONTROLLED, "reopened", {"message_id": message.id})
     if conv.state != (BOT_CONTROLLED if decision.reopened else before):
-        _audit(conv, "system", BOT_CONTROLLED if decision.reopened else before, conv.state,
+        _audit(conv, effects, "system", BOT_CONTROLLED if decision.reopened else before, conv.state,
                decision.reason, {"message_id": message.id})
     _effects_of(settings, policy, conv, message, decision, effects)
-    return effects
+    return effects, effects
 
 
 def _effects_of(settings: Settings, policy: Policy, conv: Conversation, message: Message,
@@ -166,14 +164,15 @@ def _notify(settings: Settings, conv: Conversation, event_type: str, effects: Ef
 def _issue_bot_turn(settings: Settings, policy: Policy, conv: Conversation, message: Message,
                     effects: Effects) -> None:
     mode = (conv.metadata or {}).get("mode", "normal")
-    turn = BotTurn.create(conversation=conv.id, message_id=message.id, control_epoch=conv.control_epoch,
-                          mode=mode)
+    turn = BotTurn(id=new_id("t"), conversation=conv.id, message_id=message.id,
+                   control_epoch=conv.control_epoch, mode=mode, created_at=utcnow())
+    effects.insert(turn)
     body = turn_body(settings, conv, message, turn)
     if settings.N8N_BOT_URL:
         queue_event(settings.N8N_BOT_URL, body, "bot.turn", effects, conv.id)
         return
-    # The built-in bot is a pure function: it answers inside the routing
-    # transaction, so a message is routed and answered together or not at all.
+    # The built-in bot is a pure function: its answer commits with the
+    # routing, so a message is routed and answered together or not at all.
     reply = rule_bot_reply({"event": "bot.turn", **body}, policy.phrases)
     try:
         _apply_bot_reply(settings, conv, turn, reply, "builtin-bot", effects)
@@ -226,13 +225,13 @@ def escalate(settings: Settings, conversation_id: str, *, reason: str, actor: st
         if conv is None:
             raise NotFound("conversation")
         effects = Effects()
-        changed = _escalate_in_tx(settings, conv, effects, reason=reason, actor=actor, urgency=urgency,
-                                  group=group, note=note, automatic=automatic, notice_text=notice_text)
-        return EscalationResult(conv, changed, effects)
+        changed = _plan_escalation(settings, conv, effects, reason=reason, actor=actor, urgency=urgency,
+                                   group=group, note=note, automatic=automatic, notice_text=notice_text)
+        return EscalationResult(conv, changed, effects), effects
     return _with_retries(step)
 
 
-def _escalate_in_tx(settings: Settings, conv: Conversation, effects: Effects, *, reason: str, actor: str,
+def _plan_escalation(settings: Settings, conv: Conversation, effects: Effects, *, reason: str, actor: str,
                     urgency: float | None, group: str | None, note: str | None, automatic: bool,
                     notice_text: str | None) -> bool:
     verdict = decide_escalation(_view(conv), automatic=automatic)
@@ -244,8 +243,8 @@ def _escalate_in_tx(settings: Settings, conv: Conversation, effects: Effects, *,
                **_escalation_fields(reason, urgency, group or settings.DEFAULT_GROUP, now)}
     if before != BOT_CONTROLLED:      # escalating a CLOSED conversation reopens its handoff fields
         changes["cooldown_remaining"] = 0
-    _cas(conv, changes)
-    _audit(conv, actor, before, PENDING_AGENT, reason,
+    _cas(conv, changes, effects)
+    _audit(conv, effects, actor, before, PENDING_AGENT, reason,
            {"urgency": urgency, "group": conv.group, "note": note})
     queue_outbound(conv, effects, sender="bot" if notice_text else "system",
                    text=notice_text or settings.HANDOFF_NOTICE)
@@ -277,7 +276,7 @@ def _accept_bot_reply(settings: Settings, reply: dict, actor: str) -> BotReplyRe
     if turn is None:
         raise NotFound("turn")
     effects = Effects()
-    return _apply_bot_reply(settings, conv, turn, reply, actor, effects)
+    return _apply_bot_reply(settings, conv, turn, reply, actor, effects), effects
 
 
 def _apply_bot_reply(settings: Settings, conv: Conversation, turn: BotTurn, reply: dict, actor: str,
@@ -294,10 +293,10 @@ def _apply_bot_reply(settings: Settings, conv: Conversation, turn: BotTurn, repl
         metadata["preferred_language"] = reply["language"]
     # Always compare-and-set, even with nothing to change: a handoff committed
     # after we read the conversation then makes this reply a clean 409.
-    _cas(conv, {"metadata": metadata})
-    BotTurn.update(answered_at=utcnow()).where(BotTurn.id == turn.id).execute()
+    _cas(conv, {"metadata": metadata}, effects)
+    effects.write(BotTurn.update(answered_at=utcnow()).where(BotTurn.id == turn.id))
     if reply.get("escalate"):
-        _escalate_in_tx(settings, conv, effects, reason=reply.get("reason") or "bot", actor=actor,
+        _plan_escalation(settings, conv, effects, reason=reply.get("reason") or "bot", actor=actor,
                         urgency=reply.get("urgency"), group=reply.get("group"), note=None,
                         automatic=True, notice_text=reply.get("text"))
         return BotReplyResult("escalated", conv, None, effects)

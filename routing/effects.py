@@ -1,5 +1,10 @@
-"""Side effects written as rows inside a state change's transaction, and
-dispatched (lanes scheduled) only after it commits.
+"""A state change planned outside the database lock, committed in one short
+transaction, and dispatched (lanes scheduled) only after it commits.
+
+Routing reads, decides and renders (event bodies, history, the built-in bot's
+answer) without holding any lock; only the prepared statements run inside the
+write transaction, the compare-and-set first. On SQLite, where writers queue
+one at a time, that keeps the queue moving.
 
 Writing the intent (an outbound message, an n8n delivery) in the same
 transaction as the state change means a crash can delay an effect but never
@@ -12,18 +17,43 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from models import Conversation, Delivery, Message, new_id, utcnow
+from models import Conversation, Delivery, Message, db, new_id, utcnow, write_transaction
 from models.base import isoformat
+
+
+class VersionConflict(Exception):
+    """Someone else changed the conversation since we read it."""
 
 
 @dataclass
 class Effects:
-    """The lanes a committed transaction asks to be scheduled."""
+    """Statements to run in one transaction, and lanes to schedule after it."""
+    writes: list[tuple[str, tuple, bool]] = field(default_factory=list)
     schedules: list[tuple[str, str]] = field(default_factory=list)
+
+    def write(self, query, *, must_change_one: bool = False) -> None:
+        """Prepare a peewee write query now (SQL built outside the lock)."""
+        sql, params = query.sql()
+        self.writes.append((sql, tuple(params), must_change_one))
+
+    def insert(self, row) -> None:
+        """Prepare the INSERT of an unsaved model instance."""
+        self.write(type(row).insert(**row.__data__))
 
     def schedule(self, lane: str, key: str) -> None:
         if (lane, key) not in self.schedules:
             self.schedules.append((lane, key))
+
+    def commit(self) -> None:
+        """Run the prepared statements in one write transaction; a
+        compare-and-set that changes no row raises VersionConflict (and rolls
+        everything back)."""
+        if not self.writes:
+            return
+        with write_transaction():
+            for sql, params, must_change_one in self.writes:
+                if db.execute_sql(sql, params).rowcount != 1 and must_change_one:
+                    raise VersionConflict(sql)
 
 
 def queue_outbound(conv: Conversation, effects: Effects, *, sender: str, text: str | None = None,
@@ -31,11 +61,12 @@ def queue_outbound(conv: Conversation, effects: Effects, *, sender: str, text: s
                    control_epoch: int | None = None, agent_id: str | None = None) -> Message:
     """Record an outbound message as `queued`; the outbound lane sends it in order."""
     now = utcnow()
-    message = Message.create(
+    message = Message(
         id=new_id("m"), conversation=conv.id, channel=conv.channel_id, direction="out", sender=sender,
         agent_id=agent_id, type="template" if template else (media or {}).get("type", "text"),
         text=text, template=template, media=media, sent_at=now, received_at=now, routed_to="none",
-        status="queued", turn_id=turn_id, control_epoch=control_epoch)
+        status="queued", turn_id=turn_id, control_epoch=control_epoch, attempts=0)
+    effects.insert(message)
     effects.schedule("outbound", conv.id)
     return message
 
@@ -47,7 +78,8 @@ def queue_event(url: str, fields: dict, event_type: str, effects: Effects,
         return None
     delivery_id = new_id("dl")
     body = {"event": event_type, "delivery_id": delivery_id, "occurred_at": isoformat(utcnow()), **fields}
-    delivery = Delivery.create(id=delivery_id, event_type=event_type, url=url,
-                               body=orjson.dumps(body).decode(), conversation_id=conversation_id)
+    delivery = Delivery(id=delivery_id, event_type=event_type, url=url, body=orjson.dumps(body).decode(),
+                        conversation_id=conversation_id, status="pending", attempts=0, created_at=utcnow())
+    effects.insert(delivery)
     effects.schedule("events", delivery_id)
     return delivery
