@@ -8,6 +8,7 @@ import requests
 
 from integrations.n8n import DeliveryFailed, post_event
 from models import Delivery, execute_write, utcnow
+from models.prepared import update_statement
 from models.delivery import DELIVERED, FAILED, PENDING
 
 from .context import job_logger, runtime
@@ -33,28 +34,27 @@ def deliver_event(delivery_id: str) -> str:
                    timeout=rt.settings.EVENT_TIMEOUT)
     except DeliveryFailed as exc:
         if attempt >= rt.settings.EVENT_MAX_ATTEMPTS:
-            execute_write(Delivery.update(status=FAILED, attempts=attempt, last_error=str(exc)[:500],
-                                          next_attempt_at=None)
-                          .where(Delivery.id == delivery.id))
+            _update(delivery.id, status=FAILED, attempts=attempt, last_error=str(exc)[:500], next_attempt_at=None)
             log.warning("delivery %s (%s) failed for good after %d attempts: %s",
                         delivery.id, delivery.event_type, attempt, exc)
             return "failed"
         delay = backoff_seconds(attempt)
-        execute_write(Delivery.update(attempts=attempt, last_error=str(exc)[:500],
-                                      next_attempt_at=utcnow() + timedelta(seconds=delay))
-                      .where(Delivery.id == delivery.id))
+        _update(delivery.id, attempts=attempt, last_error=str(exc)[:500],
+                next_attempt_at=utcnow() + timedelta(seconds=delay))
         rt.lanes.schedule_at("events", delivery.id, time.time() + delay)
         log.info("delivery %s attempt %d failed (%s); retry in %.1f s", delivery.id, attempt, exc, delay)
         return "retrying"
-    execute_write(Delivery.update(status=DELIVERED, attempts=attempt, delivered_at=utcnow(), next_attempt_at=None)
-                  .where(Delivery.id == delivery.id))
+    _update(delivery.id, status=DELIVERED, attempts=attempt, delivered_at=utcnow(), next_attempt_at=None)
     return "delivered"
+
+
+def _update(delivery_id: str, **changes) -> None:
+    execute_write(*update_statement(Delivery, changes, {"id": delivery_id}))
 
 
 def replay_delivery(delivery_id: str, rt) -> Delivery:
     """Put a delivery back in line with a fresh retry budget (not a job: the
     admin API and CLI call it)."""
-    execute_write(Delivery.update(status=PENDING, attempts=0, next_attempt_at=None)
-                  .where(Delivery.id == delivery_id))
+    _update(delivery_id, status=PENDING, attempts=0, next_attempt_at=None)
     rt.schedule("events", delivery_id)
     return Delivery.get_by_id(delivery_id)

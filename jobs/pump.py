@@ -13,6 +13,7 @@ from .send import send_pending
 log = job_logger(__name__)
 HANDLERS = {"inbound": drain, "outbound": send_pending, "events": deliver_event}
 RETRY_FAILED_KEY_AFTER = 5.0
+UPKEEP_SECONDS = 0.25
 
 
 def pump(lane: str, token: str) -> int:
@@ -21,11 +22,16 @@ def pump(lane: str, token: str) -> int:
     rt = runtime()
     claim = PumpClaim(lane, token)
     handler = HANDLERS[lane]
-    deadline = time.monotonic() + rt.settings.PUMP_BUDGET_SECONDS
+    started = time.monotonic()
+    deadline = started + rt.settings.PUMP_BUDGET_SECONDS
+    upkeep_due = started       # promote due retries and renew the lease now and then, not per key
     done = 0
     log.debug("pump %s started", lane)
     while True:
-        rt.lanes.promote_due(lane)
+        if time.monotonic() >= upkeep_due:
+            rt.lanes.promote_due(lane)
+            rt.lanes.renew(claim)
+            upkeep_due = time.monotonic() + UPKEEP_SECONDS
         key = rt.lanes.pop(lane)
         if key is None:
             if rt.lanes.finish(claim):
@@ -41,7 +47,6 @@ def pump(lane: str, token: str) -> int:
                 rt.start_pump(claim)
             raise
         done += 1
-        rt.lanes.renew(claim)
         if time.monotonic() > deadline:
             if rt.lanes.finish(claim):
                 rt.start_pump(claim)

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from integrations.whatsapp.base import OutboundMessage, SendError
 from models import Message, execute_write, utcnow
+from models.prepared import PreparedSelect, update_statement
 from routing.apply import load_conversation, outbound_allowed
 from routing.locks import ConversationLock
 
@@ -35,22 +36,32 @@ def send_pending(conversation_id: str) -> int:
             return sent
 
 
+_NEXT_QUEUED = PreparedSelect(lambda conversation_id: (
+    Message.select()
+    .where((Message.conversation == conversation_id) & (Message.direction == "out")
+           & (Message.status == "queued"))
+    .order_by(Message.id)
+    .limit(1)))
+
+
 def _next_queued(conversation_id: str) -> Message | None:
-    return (Message.select()
-            .where((Message.conversation == conversation_id) & (Message.direction == "out")
-                   & (Message.status == "queued"))
-            .order_by(Message.id)
-            .first())
+    return _NEXT_QUEUED.first(conversation_id)
+
+
+def _update_message(message_id: str, changes: dict, only_if_queued: bool = True) -> int:
+    where = {"id": message_id, "status": "queued"} if only_if_queued else {"id": message_id}
+    return execute_write(*update_statement(Message, changes, where))
 
 
 def _fail(message: Message, code, title: str) -> None:
-    execute_write(Message.update(status="failed", error_code=code, error_title=title[:400], next_attempt_at=None)
-                  .where((Message.id == message.id) & (Message.status == "queued")))
+    _update_message(message.id, {"status": "failed", "error_code": code, "error_title": title[:400],
+                                 "next_attempt_at": None})
 
 
 def _send_in_order(rt, conversation_id: str, lock) -> tuple[bool, int]:
     """Returns (blocked, sent): blocked when the head message waits for a retry."""
     sent = 0
+    renewed = time.monotonic()
     while True:
         message = _next_queued(conversation_id)
         if message is None:
@@ -74,20 +85,23 @@ def _send_in_order(rt, conversation_id: str, lock) -> tuple[bool, int]:
         except SendError as exc:
             if exc.retryable and attempt < rt.settings.SEND_MAX_ATTEMPTS:
                 delay = backoff_seconds(attempt, exc.retry_after)
-                execute_write(Message.update(attempts=attempt, next_attempt_at=utcnow() + timedelta(seconds=delay),
-                                             error_code=_int_or_none(exc.code), error_title=exc.title[:400])
-                              .where(Message.id == message.id))
+                _update_message(message.id, {"attempts": attempt,
+                                             "next_attempt_at": utcnow() + timedelta(seconds=delay),
+                                             "error_code": _int_or_none(exc.code),
+                                             "error_title": exc.title[:400]})
                 rt.lanes.schedule_at("outbound", conversation_id, time.time() + delay)
                 log.info("send %s attempt %d refused (%s); retry in %.1f s", message.id, attempt, exc, delay)
                 return True, sent
             _fail(message, _int_or_none(exc.code), exc.title)
             log.warning("send %s failed for good: %s", message.id, exc)
             continue
-        execute_write(Message.update(status="sent", provider_message_id=result.provider_message_id,
-                                     attempts=attempt, next_attempt_at=None, error_code=None, error_title=None)
-                      .where((Message.id == message.id) & (Message.status == "queued")))
+        _update_message(message.id, {"status": "sent", "provider_message_id": result.provider_message_id,
+                                     "attempts": attempt, "next_attempt_at": None, "error_code": None,
+                                     "error_title": None})
         sent += 1
-        lock.extend()
+        if time.monotonic() - renewed > rt.settings.LOCK_TTL / 3:
+            lock.extend()
+            renewed = time.monotonic()
 
 
 def _int_or_none(code):

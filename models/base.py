@@ -165,7 +165,7 @@ def write_transaction():
             yield
 
 
-def execute_write(query) -> int:
-    """Run one UPDATE/INSERT/DELETE as its own write transaction."""
+def execute_write(sql: str, params) -> int:
+    """Run one prepared UPDATE/INSERT as its own write transaction; returns the rowcount."""
     with write_transaction():
-        return query.execute()
+        return db.execute_sql(sql, params).rowcount

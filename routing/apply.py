@@ -18,6 +18,8 @@ from config import Settings
 from models import (AGENT_CONTROLLED, BOT_CONTROLLED, PENDING_AGENT, BotTurn, Channel, Contact,
                     Conversation, Event, Message, new_id, utcnow)
 
+from models.prepared import PreparedSelect
+
 from .decide import (ConversationView, Decision, InboundView, Policy, bot_may_speak, decide,
                      decide_escalation)
 from .effects import Effects, VersionConflict, queue_event, queue_outbound
@@ -44,14 +46,23 @@ class CooldownActive(Exception):
         self.remaining = remaining
 
 
+_CONVERSATION = PreparedSelect(lambda conversation_id: (
+    Conversation.select(Conversation, Channel, Contact)
+    .join(Channel, on=(Conversation.channel == Channel.id))
+    .switch(Conversation)
+    .join(Contact, on=(Conversation.contact == Contact.id))
+    .where(Conversation.id == conversation_id)))
+_MESSAGE = PreparedSelect(lambda message_id: Message.select().where(Message.id == message_id))
+_HISTORY = PreparedSelect(lambda conversation_id, limit: (
+    Message.select()
+    .where(Message.conversation == conversation_id)
+    .order_by(Message.sent_at.desc(), Message.id.desc())
+    .limit(limit)))
+
+
 def load_conversation(conversation_id: str) -> Conversation | None:
     """A conversation with its channel and contact, in one query."""
-    return (Conversation.select(Conversation, Channel, Contact)
-            .join(Channel, on=(Conversation.channel == Channel.id))
-            .switch(Conversation)
-            .join(Contact, on=(Conversation.contact == Contact.id))
-            .where(Conversation.id == conversation_id)
-            .get_or_none())
+    return _CONVERSATION.first(conversation_id)
 
 
 def _view(conv: Conversation) -> ConversationView:
@@ -63,10 +74,8 @@ def _cas(conv: Conversation, changes: dict, effects: Effects) -> None:
     """Plan `changes` so they apply only if nobody moved the conversation
     since it was read; mirror them on `conv` (and its version) at once."""
     changes = {**changes, "updated_at": utcnow()}
-    effects.write(Conversation.update({**{getattr(Conversation, k): v for k, v in changes.items()},
-                                       Conversation.version: Conversation.version + 1})
-                  .where((Conversation.id == conv.id) & (Conversation.version == conv.version)),
-                  must_change_one=True)
+    effects.update(Conversation, changes, {"id": conv.id, "version": conv.version}, increment="version",
+                   must_change_one=True)
     for key, value in changes.items():
         setattr(conv, key, value)
     conv.version += 1
@@ -99,7 +108,7 @@ def route_message(settings: Settings, policy: Policy, conversation_id: str, mess
 
 def _route(settings: Settings, policy: Policy, conversation_id: str, message_id: str) -> tuple[Effects, Effects]:
     effects = Effects()
-    message = Message.get_or_none(Message.id == message_id)
+    message = _MESSAGE.first(message_id)
     if message is None or message.routed_to is not None:
         return effects, effects
     conv = load_conversation(conversation_id)
@@ -123,8 +132,8 @@ def _route(settings: Settings, policy: Policy, conversation_id: str, message_id:
     if decision.send_pending_notice:
         changes["last_pending_notice_at"] = now
     _cas(conv, changes, effects)
-    effects.write(Message.update(routed_to=decision.routed_to)
-                  .where((Message.id == message.id) & Message.routed_to.is_null()), must_change_one=True)
+    effects.update(Message, {"routed_to": decision.routed_to}, {"id": message.id, "routed_to": None},
+                   must_change_one=True)
     message.routed_to = decision.routed_to
 
     if decision.reopened:
@@ -188,11 +197,7 @@ def turn_body(settings: Settings, conv: Conversation, message: Message, turn: Bo
 
 
 def history(conversation_id: str, limit: int) -> list[dict]:
-    rows = (Message.select()
-            .where(Message.conversation == conversation_id)
-            .order_by(Message.sent_at.desc(), Message.id.desc())
-            .limit(limit))
-    return [m.to_dict() for m in reversed(list(rows))]
+    return [m.to_dict() for m in reversed(_HISTORY.rows(conversation_id, limit))]
 
 
 def _cleared_handoff() -> dict:
@@ -294,7 +299,7 @@ def _apply_bot_reply(settings: Settings, conv: Conversation, turn: BotTurn, repl
     # Always compare-and-set, even with nothing to change: a handoff committed
     # after we read the conversation then makes this reply a clean 409.
     _cas(conv, {"metadata": metadata}, effects)
-    effects.write(BotTurn.update(answered_at=utcnow()).where(BotTurn.id == turn.id))
+    effects.update(BotTurn, {"answered_at": utcnow()}, {"id": turn.id})
     if reply.get("escalate"):
         _plan_escalation(settings, conv, effects, reason=reply.get("reason") or "bot", actor=actor,
                         urgency=reply.get("urgency"), group=reply.get("group"), note=None,

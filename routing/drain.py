@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from typing import Callable
 
 from config import Settings
@@ -16,39 +18,38 @@ log = logging.getLogger(__name__)
 BATCH = 50
 
 
-def lock_for(lanes: Lanes, conversation_id: str, ttl: float) -> ConversationLock:
-    return ConversationLock(lanes.redis, f"{lanes.prefix}:lock:{conversation_id}", ttl)
-
-
 def drain_conversation(settings: Settings, policy: Policy, lanes: Lanes, conversation_id: str,
                        after_commit: Callable[[Effects], None]) -> int:
     """Route every message waiting in the inbox; returns how many were routed.
 
-    When another worker holds the lock this returns 0 at once: the holder looks
+    When another worker holds the lock this returns at once: the holder looks
     at the inbox again after releasing, so nothing waits forever."""
-    routed = 0
+    routed_total = 0
+    ttl_ms = int(settings.LOCK_TTL * 1000)
     while True:
-        lock = lock_for(lanes, conversation_id, settings.LOCK_TTL)
-        if not lock.acquire():
-            return routed
+        token = uuid.uuid4().hex
+        ids = lanes.open_inbox(conversation_id, token, ttl_ms, BATCH)
+        if ids is None:
+            return routed_total
+        lease = ConversationLock(lanes.redis, lanes.lock_key(conversation_id), settings.LOCK_TTL, token=token)
+        renewed = time.monotonic()
+        routed: list[str] = []
         try:
-            while True:
-                ids = lanes.peek_inbox(conversation_id, BATCH)
-                if not ids:
-                    break
-                for message_id in ids:
-                    # Renew (or find we lost) the lease before each message, not
-                    # after: a worker that stalled past its lease stops here.
-                    lock.extend()
-                    effects = route_message(settings, policy, conversation_id, message_id)
-                    # Effects are dispatched before the message leaves the inbox:
-                    # a crash in between re-routes nothing (the row is marked
-                    # routed) and loses nothing (the sweep re-dispatches rows).
-                    after_commit(effects)
-                    lanes.remove_from_inbox(conversation_id, message_id)
-                    routed += 1
+            for message_id in ids:
+                # Renew the lease well before it runs out; a worker that
+                # stalled past it finds out here (LockLost) and stops routing.
+                if time.monotonic() - renewed > settings.LOCK_TTL / 3:
+                    lease.extend()
+                    renewed = time.monotonic()
+                effects = route_message(settings, policy, conversation_id, message_id)
+                # Effects are dispatched before the message leaves the inbox: a
+                # crash in between re-routes nothing (the row is marked routed)
+                # and loses nothing (the sweep re-dispatches rows).
+                after_commit(effects)
+                routed.append(message_id)
         finally:
-            lock.release()
-        # A message may have landed between our last peek and the release.
-        if not lanes.inbox_size(conversation_id):
-            return routed
+            waiting = lanes.close_inbox(conversation_id, token, routed)
+        routed_total += len(routed)
+        # Messages may have landed meanwhile: go on while there are some.
+        if not waiting:
+            return routed_total

@@ -19,6 +19,7 @@ import orjson
 
 from models import Conversation, Delivery, Message, db, new_id, utcnow, write_transaction
 from models.base import isoformat
+from models.prepared import insert_statement, update_statement
 
 
 class VersionConflict(Exception):
@@ -31,14 +32,16 @@ class Effects:
     writes: list[tuple[str, tuple, bool]] = field(default_factory=list)
     schedules: list[tuple[str, str]] = field(default_factory=list)
 
-    def write(self, query, *, must_change_one: bool = False) -> None:
-        """Prepare a peewee write query now (SQL built outside the lock)."""
-        sql, params = query.sql()
-        self.writes.append((sql, tuple(params), must_change_one))
-
     def insert(self, row) -> None:
         """Prepare the INSERT of an unsaved model instance."""
-        self.write(type(row).insert(**row.__data__))
+        sql, params = insert_statement(row)
+        self.writes.append((sql, tuple(params), False))
+
+    def update(self, model, changes: dict, where: dict, *, increment: str | None = None,
+               must_change_one: bool = False) -> None:
+        """Prepare an UPDATE (see models.prepared.update_statement)."""
+        sql, params = update_statement(model, changes, where, increment)
+        self.writes.append((sql, tuple(params), must_change_one))
 
     def schedule(self, lane: str, key: str) -> None:
         if (lane, key) not in self.schedules:

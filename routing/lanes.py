@@ -65,6 +65,20 @@ return 0
 """
 
 
+# KEYS: lock, inbox; ARGV: token, ttl_ms, count -> message ids, or false when the lock is taken
+_OPEN_INBOX = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+return redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+"""
+
+# KEYS: lock, inbox; ARGV: token, routed ids... -> messages still waiting
+_CLOSE_INBOX = """
+if #ARGV > 1 then redis.call('ZREM', KEYS[2], unpack(ARGV, 2)) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return redis.call('ZCARD', KEYS[2])
+"""
+
+
 @dataclass(frozen=True)
 class PumpClaim:
     lane: str
@@ -83,6 +97,8 @@ class Lanes:
         self._promote = redis.register_script(_PROMOTE)
         self._pop = redis.register_script(_POP)
         self._hand_over = redis.register_script(_HAND_OVER)
+        self._open_inbox = redis.register_script(_OPEN_INBOX)
+        self._close_inbox = redis.register_script(_CLOSE_INBOX)
 
     # -- key names -------------------------------------------------------
     def inbox_key(self, conversation_id: str) -> str:
@@ -143,13 +159,24 @@ class Lanes:
     def depth(self, lane: str) -> int:
         return int(self.redis.llen(self._k(lane, "ready")))
 
-    # -- inbox -------------------------------------------------------------------
-    def peek_inbox(self, conversation_id: str, count: int = 50) -> list[str]:
-        ids = self.redis.zrange(self.inbox_key(conversation_id), 0, count - 1)
+    # -- inbox (one round trip to open, one to close) -------------------------------
+    def lock_key(self, conversation_id: str) -> str:
+        return f"{self.prefix}:lock:{conversation_id}"
+
+    def open_inbox(self, conversation_id: str, token: str, ttl_ms: int, count: int) -> list[str] | None:
+        """Take the conversation lock and read the oldest `count` waiting
+        message ids; None when another worker holds the lock."""
+        ids = self._open_inbox(keys=[self.lock_key(conversation_id), self.inbox_key(conversation_id)],
+                               args=[token, ttl_ms, count])
+        if ids is None:
+            return None
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
-    def remove_from_inbox(self, conversation_id: str, message_id: str) -> None:
-        self.redis.zrem(self.inbox_key(conversation_id), message_id)
+    def close_inbox(self, conversation_id: str, token: str, routed: list[str]) -> int:
+        """Drop routed ids from the inbox, release the lock (if still ours);
+        returns how many messages wait now."""
+        return int(self._close_inbox(keys=[self.lock_key(conversation_id), self.inbox_key(conversation_id)],
+                                     args=[token, *routed]))
 
     def inbox_size(self, conversation_id: str) -> int:
         return int(self.redis.zcard(self.inbox_key(conversation_id)))

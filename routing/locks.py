@@ -26,14 +26,15 @@ class LockLost(Exception):
 
 
 class ConversationLock:
-    def __init__(self, redis: Redis, key: str, ttl_seconds: float):
+    def __init__(self, redis: Redis, key: str, ttl_seconds: float, token: str | None = None):
+        """`token`: the lease of a lock already taken (by a Lua script) under that token."""
         self.redis = redis
         self.key = key
         self.ttl_ms = int(ttl_seconds * 1000)
-        self.token = uuid.uuid4().hex
+        self.token = token or uuid.uuid4().hex
         self._release = redis.register_script(_RELEASE)
         self._extend = redis.register_script(_EXTEND)
-        self.held = False
+        self.held = token is not None
 
     def acquire(self, wait_seconds: float = 0.0) -> bool:
         deadline = time.monotonic() + wait_seconds

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from models import OutboxEntry, write_transaction
+from models import OutboxEntry, execute_write, new_id, utcnow
+from models.prepared import insert_statement
 
 from .base import OutboundMessage, SendError, SendResult
 from .cloud_api import CloudApiAdapter
@@ -16,9 +17,9 @@ class SandboxAdapter(CloudApiAdapter):
     def send(self, message: OutboundMessage) -> SendResult:
         provider_message_id = "wamid.SANDBOX" + os.urandom(12).hex().upper()
         payload = self._send_body(message)
-        with write_transaction():
-            OutboxEntry.create(phone_number_id=message.phone_number_id, to=message.to,
-                               provider_message_id=provider_message_id, payload=payload)
+        entry = OutboxEntry(id=new_id("ob"), phone_number_id=message.phone_number_id, to=message.to,
+                            provider_message_id=provider_message_id, payload=payload, created_at=utcnow())
+        execute_write(*insert_statement(entry))
         return SendResult(provider_message_id)
 
     def fetch_media(self, media: dict) -> tuple[bytes, str]:
