@@ -77,8 +77,13 @@ class Settings:
     REQUEUE_AFTER: int = 10
     # How long one pump job keeps draining before handing over to a fresh job.
     PUMP_BUDGET_SECONDS: float = 2.0
-    # Upper bound on pump jobs running at once per lane (≈ worker count).
-    PUMP_CONCURRENCY: int = 2
+    # Pump jobs running at once per lane. With the Procfile's two workers, one
+    # per lane keeps inbound and outbound flowing side by side; raise it when
+    # you run more workers than lanes.
+    PUMP_CONCURRENCY: int = 1
+    # An idle pump waits this long for more work before its job ends, so under
+    # steady traffic one job serves many messages.
+    PUMP_LINGER: float = 0.1
     # A pump that stops renewing its slot (worker killed) frees it after this long.
     PUMP_LEASE: float = 30.0
 
@@ -137,7 +142,8 @@ def _validate(s: Settings) -> None:
                  "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
-    for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER"):
+    for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",
+                 "PUMP_LINGER"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(s, name)}")
     if s.ESCALATION_PHRASES_FILE and not Path(s.ESCALATION_PHRASES_FILE).is_file():

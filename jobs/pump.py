@@ -32,7 +32,7 @@ def pump(lane: str, token: str) -> int:
             rt.lanes.promote_due(lane)
             rt.lanes.renew(claim)
             upkeep_due = time.monotonic() + UPKEEP_SECONDS
-        key = rt.lanes.pop(lane)
+        key = rt.lanes.pop(lane, wait=rt.settings.PUMP_LINGER)
         if key is None:
             if rt.lanes.finish(claim):
                 continue

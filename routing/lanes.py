@@ -143,8 +143,18 @@ class Lanes:
         return PumpClaim(lane, token) if got else None
 
     # -- pumping -------------------------------------------------------------
-    def pop(self, lane: str) -> str | None:
-        key = self._pop(keys=[self._k(lane, "ready"), self._k(lane, "queued")])
+    def pop(self, lane: str, wait: float = 0.0) -> str | None:
+        """The next ready key, waiting up to `wait` seconds for one to arrive."""
+        if wait <= 0:
+            key = self._pop(keys=[self._k(lane, "ready"), self._k(lane, "queued")])
+        else:
+            popped = self.redis.blpop([self._k(lane, "ready")], timeout=wait)
+            key = popped[1] if popped else None
+            if key is not None:
+                # Between BLPOP and SREM a new message for this key finds it
+                # still listed and does not list it again: harmless, because
+                # the caller reads the key's work only after this SREM.
+                self.redis.srem(self._k(lane, "queued"), key)
         return key.decode() if isinstance(key, bytes) else key
 
     def renew(self, claim: PumpClaim) -> None:

@@ -59,6 +59,9 @@ def settings_overrides(database_url, redis_server):
         "WHATSAPP_APP_SECRET": TEST_APP_SECRET, "WHATSAPP_VERIFY_TOKEN": "verify-me",
         "BATON_EVENT_SECRET": "event-secret", "PUBLIC_BASE_URL": "http://baton.test",
         "TESTING": "true", "LOG_LEVEL": "WARNING", "REQUEUE_AFTER": "1",
+        # In-process tests run pumps to completion; the real processes in
+        # test_processes.py keep the default linger.
+        "PUMP_LINGER": "0",
     }
 
 
