@@ -6,6 +6,10 @@ queues, lanes and provider adapter once per process: the Flask app hangs it on
 """
 from __future__ import annotations
 
+import logging
+import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -19,6 +23,58 @@ from routing.escalation import load_phrases
 from routing.lanes import LANES, Lanes, PumpClaim
 
 PUMP_JOB_TIMEOUT = 600
+log = logging.getLogger(__name__)
+
+
+class InboxFeeder:
+    """Hands recorded messages to the inbound lane from a background thread.
+
+    The webhook answers once the database holds the message; putting it in
+    its conversation's inbox (a Redis round trip, plus an RQ enqueue when no
+    pump runs) happens here, batched under load. If this process dies before
+    the hand-off, the cron sweep routes the message (it is durable already)."""
+
+    def __init__(self, runtime: "Runtime"):
+        self.runtime = runtime
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._pid = None
+
+    def submit(self, items: list[tuple[str, str, float]]) -> None:
+        if not items:
+            return
+        with self._cond:
+            if self._pid != os.getpid():     # first use in this (possibly forked) process
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="inbox-feeder", daemon=True).start()
+            self._pending += len(items)
+        for item in items:
+            self._queue.put(item)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything submitted has been handed to Redis (tests, shutdown)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending == 0, timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 500:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                for claim in self.runtime.lanes.schedule_inbound_many(batch):
+                    self.runtime.start_pump(claim)
+            except Exception:                # Redis down: the sweep routes these later
+                log.warning("could not queue %d recorded message(s); the sweep will route them",
+                            len(batch), exc_info=True)
+            finally:
+                with self._cond:
+                    self._pending -= len(batch)
+                    self._cond.notify_all()
 
 
 @dataclass
@@ -30,6 +86,10 @@ class Runtime:
     adapter: object
     policy: Policy
     caches: dict = field(default_factory=dict)
+    feeder: InboxFeeder | None = None
+
+    def __post_init__(self):
+        self.feeder = InboxFeeder(self)
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":

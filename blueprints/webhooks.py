@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from redis.exceptions import RedisError
 
 from integrations.whatsapp.base import WebhookRejected
 from routing.ingest import IngestCache, record_webhook
@@ -78,10 +77,7 @@ def _receive(path_provider: str):
         raise ApiError(rejected.status, rejected.code, rejected.message) from None
     cache = rt.caches.setdefault("ingest", IngestCache())
     result = record_webhook(adapter.name, parsed, cache)
-    # Durable from here on: if Redis is down the sweep re-queues the rows later.
-    try:
-        for conversation_id, message_id, score in result.to_route:
-            rt.start_pump(rt.lanes.schedule_inbound(conversation_id, message_id, score))
-    except RedisError as exc:
-        log.warning("recorded but not queued (Redis: %s); the sweep will route it", exc)
+    # Durable from here on; the hand-off to the inbound lane happens in the
+    # background (and, should it fail, through the cron sweep).
+    rt.feeder.submit(result.to_route)
     return jsonify(result.counts())

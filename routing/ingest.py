@@ -16,6 +16,7 @@ from integrations.whatsapp.base import InboundMessage, ParsedWebhook, StatusUpda
 from models import Channel, Contact, Conversation, Message, UnsupportedUpdate, db, new_id, write_transaction
 from models.base import as_naive_utc, utcnow
 from models.message import STATUS_RANK
+from models.prepared import PreparedSelect
 
 _CACHE_LIMIT = 50_000
 ECHO_WINDOW = timedelta(minutes=10)
@@ -98,6 +99,12 @@ def conversation_for(channel_id: str, wa_id: str, name: str | None, cache: Inges
             Contact.update(name=name).where(Contact.id == contact_id).execute()
             cache.contacts[key] = (contact_id, conversation_id, name)
         return conversation_id
+    known = _KNOWN_CUSTOMER.first(channel_id, wa_id)
+    if known is not None:            # seen before, by another process: one read, no writes
+        if name and name != known.name:
+            Contact.update(name=name).where(Contact.id == known.id).execute()
+        _remember(cache, key, (known.id, known.conversation.id, name or known.name))
+        return known.conversation.id
     now = utcnow()
     (Contact.insert(id=new_id("ct"), channel=channel_id, wa_id=wa_id, name=name, created_at=now)
      .on_conflict_ignore()
@@ -112,10 +119,20 @@ def conversation_for(channel_id: str, wa_id: str, name: str | None, cache: Inges
      .on_conflict_ignore()
      .execute())
     conversation_id = Conversation.select(Conversation.id).where(Conversation.contact == contact.id).scalar()
+    _remember(cache, key, (contact.id, conversation_id, name or contact.name))
+    return conversation_id
+
+
+def _remember(cache: IngestCache, key: tuple, value: tuple) -> None:
     if len(cache.contacts) > _CACHE_LIMIT:
         cache.contacts.clear()
-    cache.contacts[key] = (contact.id, conversation_id, name or contact.name)
-    return conversation_id
+    cache.contacts[key] = value
+
+
+_KNOWN_CUSTOMER = PreparedSelect(lambda channel_id, wa_id: (
+    Contact.select(Contact.id, Contact.name, Conversation.id)
+    .join(Conversation, on=(Conversation.contact == Contact.id), attr="conversation")
+    .where((Contact.channel == channel_id) & (Contact.wa_id == wa_id))))
 
 
 def _record_message(provider: str, message: InboundMessage, cache: IngestCache, result: IngestResult) -> None:

@@ -117,6 +117,19 @@ class Lanes:
         return self._run_schedule("inbound", conversation_id, (message_id, score),
                                   inbox=self.inbox_key(conversation_id))
 
+    def schedule_inbound_many(self, items: list[tuple[str, str, float]]) -> list[PumpClaim]:
+        """`schedule_inbound` for many (conversation, message, score) in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        tokens = []
+        for conversation_id, message_id, score in items:
+            token = uuid.uuid4().hex
+            tokens.append(token)
+            self._schedule(keys=[self._k("inbound", "ready"), self._k("inbound", "queued"),
+                                 self._k("inbound", "pumps"), self.inbox_key(conversation_id)],
+                           args=[conversation_id, time.time(), self.lease, self.max_pumps, token,
+                                 message_id, score], client=pipe)
+        return [PumpClaim("inbound", token) for token, granted in zip(tokens, pipe.execute()) if granted]
+
     def _run_schedule(self, lane, key, extra, inbox=None):
         token = uuid.uuid4().hex
         keys = [self._k(lane, "ready"), self._k(lane, "queued"), self._k(lane, "pumps")]

@@ -78,6 +78,7 @@ def run_jobs(rt, rounds: int = 50) -> None:
     from jobs.context import set_runtime
 
     set_runtime(rt)
+    rt.feeder.flush()
     queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "default")]
     for _ in range(rounds):
         timers.tick()

@@ -1,5 +1,6 @@
 """Webhooks in: what gets recorded, what is refused, and that refusals change nothing."""
 import hashlib
+import time
 from datetime import datetime
 import hmac
 from pathlib import Path
@@ -198,19 +199,31 @@ def test_when_redis_is_down_the_message_is_still_recorded_and_acknowledged(app_f
 def test_a_message_recorded_while_redis_was_down_is_routed_by_the_sweep(client, rt, work, monkeypatch):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
+    from jobs import timers
+    from jobs.context import set_runtime
+
     def down(*args, **kwargs):
         raise RedisConnectionError("down")
 
-    monkeypatch.setattr(rt.lanes, "schedule_inbound", down)
+    monkeypatch.setattr(rt.lanes, "schedule_inbound_many", down)
     raw, headers = text_webhook("15551230004", "hello")
     assert client.post("/webhooks/whatsapp", data=raw, headers=headers).status_code == 200
+    rt.feeder.flush()
     monkeypatch.undo()
-    import time
-
-    from jobs import timers
-    from jobs.context import set_runtime
+    work()
+    assert Message.get(Message.direction == "in").routed_to is None      # nothing reached the lane
     set_runtime(rt)
     time.sleep(1.1)                              # REQUEUE_AFTER=1 in tests
     timers.sweep()
     work()
     assert Message.get(Message.direction == "in").routed_to == "bot"
+
+
+def test_a_returning_customer_seen_by_another_web_process_maps_to_the_same_conversation(client, rt):
+    raw, headers = text_webhook("15551230009", "hello", name="Ana")
+    client.post("/webhooks/whatsapp", data=raw, headers=headers)
+    rt.caches["ingest"].clear()                  # as if another gunicorn worker took the next one
+    raw, headers = text_webhook("15551230009", "again", name="Ana B.")
+    assert client.post("/webhooks/whatsapp", data=raw, headers=headers).json["messages"] == 1
+    assert Conversation.select().count() == 1 and Contact.get().name == "Ana B."
+    assert len({m.conversation_id for m in Message.select()}) == 1
