@@ -342,6 +342,9 @@ class DatabaseHold:
             if self.sqlite:
                 fcntl.flock(self.gate, fcntl.LOCK_UN)
 
+    def routed_count(self) -> int:
+        return self._execute("SELECT COUNT(*) FROM message WHERE direction = 'in' AND routed_to IS NOT NULL")[0][0]
+
     def close(self) -> None:
         self.conn.close()
         if self.sqlite:
@@ -352,12 +355,11 @@ def freeze_mid_drain(procs: BatonProcesses, worker: int, database_url: str, tota
                      timeout: float = 30.0) -> int:
     """SIGSTOP `worker` between two of its transactions once it has routed some but not
     all of `total` messages; returns how many were routed then."""
-    from models import Message
-
-    def routed() -> int:
-        return Message.select().where((Message.direction == "in") & Message.routed_to.is_null(False)).count()
-
     hold = DatabaseHold(database_url)
+
+    def routed() -> int:   # read through the hold's own connection: it has the tables locked
+        return hold.routed_count()
+
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
