@@ -15,7 +15,7 @@ from datetime import datetime
 from bot.rules import reply as rule_bot_reply
 
 from config import Settings
-from models import (AGENT_CONTROLLED, BOT_CONTROLLED, PENDING_AGENT, BotTurn, Channel, Contact,
+from models import (BOT_CONTROLLED, PENDING_AGENT, BotTurn, Channel, Contact,
                     Conversation, Event, Message, new_id, utcnow)
 
 from models.prepared import PreparedSelect
@@ -176,7 +176,7 @@ def _issue_bot_turn(settings: Settings, policy: Policy, conv: Conversation, mess
     turn = BotTurn(id=new_id("t"), conversation=conv.id, message_id=message.id,
                    control_epoch=conv.control_epoch, mode=mode, created_at=utcnow())
     effects.insert(turn)
-    body = turn_body(settings, conv, message, turn)
+    body = _turn_body(settings, conv, message, turn)
     if settings.N8N_BOT_URL:
         queue_event(settings.N8N_BOT_URL, body, "bot.turn", effects, conv.id)
         return
@@ -189,7 +189,7 @@ def _issue_bot_turn(settings: Settings, policy: Policy, conv: Conversation, mess
         log.info("built-in bot asked to escalate %s during its cooldown", conv.id)
 
 
-def turn_body(settings: Settings, conv: Conversation, message: Message, turn: BotTurn) -> dict:
+def _turn_body(settings: Settings, conv: Conversation, message: Message, turn: BotTurn) -> dict:
     """The `bot.turn` event body (without event/delivery_id/occurred_at)."""
     return {"conversation": conv.to_dict(), "message": message.to_dict(), "turn_id": turn.id,
             "history": history(conv.id, settings.BOT_HISTORY), "mode": turn.mode,
@@ -316,6 +316,3 @@ def outbound_allowed(message: Message, conv: Conversation) -> bool:
         return True
     return bot_may_speak(conv.state, conv.control_epoch, message.control_epoch)
 
-
-__all__ = ["route_message", "escalate", "accept_bot_reply", "outbound_allowed", "load_conversation",
-           "history", "NotFound", "StaleTurn", "CooldownActive", "VersionConflict", "AGENT_CONTROLLED"]

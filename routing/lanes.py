@@ -200,6 +200,3 @@ class Lanes:
         returns how many messages wait now."""
         return int(self._close_inbox(keys=[self.lock_key(conversation_id), self.inbox_key(conversation_id)],
                                      args=[token, *routed]))
-
-    def inbox_size(self, conversation_id: str) -> int:
-        return int(self.redis.zcard(self.inbox_key(conversation_id)))

@@ -8,7 +8,6 @@ import pytest
 from integrations.whatsapp.base import OutboundMessage, SendError
 from integrations.whatsapp.cloud_api import CloudApiAdapter
 from integrations.whatsapp.wasender import WasenderAdapter
-from tests.fakes.fixtures import graph_api, wasender_api  # noqa: F401  (fixtures)
 
 
 def closed_port_url() -> str:
