@@ -60,14 +60,13 @@ class InboxFeeder:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            while len(batch) < 500:
+            while len(batch) < 200:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
             try:
-                for claim in self.runtime.lanes.schedule_inbound_many(batch):
-                    self.runtime.start_pump(claim)
+                self.runtime.start_pump(self.runtime.lanes.schedule_inbound_many(batch))
             except Exception:                # Redis down: the sweep routes these later
                 log.warning("could not queue %d recorded message(s); the sweep will route them",
                             len(batch), exc_info=True)

@@ -35,6 +35,22 @@ end
 return 0
 """
 
+# KEYS: ready, queued, pumps, inbox1..inboxN; ARGV: now, lease, max_pumps, token,
+#       then (conversation, message, score) for each inbox -> 1 when the caller must start a pump
+_SCHEDULE_INBOUND_MANY = """
+for i = 4, #KEYS do
+  local a = 5 + (i - 4) * 3
+  redis.call('ZADD', KEYS[i], ARGV[a + 2], ARGV[a + 1])
+  if redis.call('SADD', KEYS[2], ARGV[a]) == 1 then redis.call('RPUSH', KEYS[1], ARGV[a]) end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[3]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
+  return 1
+end
+return 0
+"""
+
 # KEYS: ready, queued, delayed; ARGV: now, limit -> number promoted
 _PROMOTE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -94,6 +110,7 @@ class Lanes:
         self.max_pumps = max_pumps
         self.lease = lease_seconds
         self._schedule = redis.register_script(_SCHEDULE)
+        self._schedule_inbound_many = redis.register_script(_SCHEDULE_INBOUND_MANY)
         self._promote = redis.register_script(_PROMOTE)
         self._pop = redis.register_script(_POP)
         self._hand_over = redis.register_script(_HAND_OVER)
@@ -117,18 +134,15 @@ class Lanes:
         return self._run_schedule("inbound", conversation_id, (message_id, score),
                                   inbox=self.inbox_key(conversation_id))
 
-    def schedule_inbound_many(self, items: list[tuple[str, str, float]]) -> list[PumpClaim]:
+    def schedule_inbound_many(self, items: list[tuple[str, str, float]]) -> PumpClaim | None:
         """`schedule_inbound` for many (conversation, message, score) in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        tokens = []
+        token = uuid.uuid4().hex
+        keys = [self._k("inbound", "ready"), self._k("inbound", "queued"), self._k("inbound", "pumps")]
+        args: list = [time.time(), self.lease, self.max_pumps, token]
         for conversation_id, message_id, score in items:
-            token = uuid.uuid4().hex
-            tokens.append(token)
-            self._schedule(keys=[self._k("inbound", "ready"), self._k("inbound", "queued"),
-                                 self._k("inbound", "pumps"), self.inbox_key(conversation_id)],
-                           args=[conversation_id, time.time(), self.lease, self.max_pumps, token,
-                                 message_id, score], client=pipe)
-        return [PumpClaim("inbound", token) for token, granted in zip(tokens, pipe.execute()) if granted]
+            keys.append(self.inbox_key(conversation_id))
+            args += [conversation_id, message_id, score]
+        return PumpClaim("inbound", token) if self._schedule_inbound_many(keys=keys, args=args) else None
 
     def _run_schedule(self, lane, key, extra, inbox=None):
         token = uuid.uuid4().hex
