@@ -6,6 +6,7 @@ queues, lanes and provider adapter once per process: the Flask app hangs it on
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
@@ -48,6 +49,8 @@ class InboxFeeder:
             if self._pid != os.getpid():     # first use in this (possibly forked) process
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, name="inbox-feeder", daemon=True).start()
+                # A worker stopping gracefully hands over what it holds first.
+                atexit.register(self.flush, 2.0)
             self._pending += len(items)
         for item in items:
             self._queue.put(item)
