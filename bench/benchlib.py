@@ -9,8 +9,6 @@ REDIS_URL / DATABASE_URL pointing at private, temporary ones.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import math
 import os
@@ -304,46 +302,20 @@ def cpu_seconds(pids: list[int]) -> float:
 
 # -- payloads ----------------------------------------------------------------------
 
-def _app_builder():
-    """The app's own simulator (cli.signed_text_webhook), so payloads track the real shape."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        from cli import signed_text_webhook  # noqa: WPS433
-        return signed_text_webhook
-    except Exception:
-        return None
-    finally:
-        sys.path.remove(str(ROOT))
-
-
-_BUILDER = None
-
-
 def signed_webhook(wa_id: str, text: str, name: str, message_id: str, timestamp: int,
                    secret: str = BENCH_APP_SECRET) -> tuple[bytes, str]:
-    """(raw body, X-Hub-Signature-256 value) of a Cloud API text webhook."""
-    global _BUILDER
-    if _BUILDER is None:
-        _BUILDER = _app_builder() or _local_builder
+    """(raw body, X-Hub-Signature-256 value) of a Cloud API text webhook, built by
+    the app's own simulator (cli.signed_text_webhook) so payloads track the real shape."""
     from types import SimpleNamespace
 
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from cli import signed_text_webhook
+
     settings = SimpleNamespace(SANDBOX_PHONE_NUMBER_ID=PHONE_NUMBER_ID, WHATSAPP_APP_SECRET=secret)
-    raw, headers = _BUILDER(settings, wa_id, text, name, message_id=message_id, timestamp=timestamp)
+    raw, headers = signed_text_webhook(settings, wa_id, text, name, message_id=message_id, timestamp=timestamp)
     return raw, headers["X-Hub-Signature-256"]
 
-
-def _local_builder(settings, wa_id, text, name, message_id=None, timestamp=None):
-    body = {"object": "whatsapp_business_account", "entry": [{"id": "sandbox-waba", "changes": [{
-        "field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "15550000000",
-                         "phone_number_id": settings.SANDBOX_PHONE_NUMBER_ID},
-            "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
-            "messages": [{"from": wa_id, "id": message_id, "timestamp": str(timestamp), "type": "text",
-                          "text": {"body": text}}]}}]}]}
-    raw = json.dumps(body, separators=(",", ":")).encode()
-    signature = hmac.new(settings.WHATSAPP_APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
-    return raw, {"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"}
 
 
 FIRST_NAMES = ["Ana", "Bruno", "Chloé", "Dmitri", "Emeka", "Fatima", "Giulia", "Hiroshi", "Inés", "Jonas",

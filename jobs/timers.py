@@ -37,10 +37,11 @@ def sweep() -> dict:
                 .order_by(Message.received_at)
                 .limit(SWEEP_LIMIT))
     counts = {"inbound": 0, "outbound": 0, "events": 0}
-    for message in unrouted:
-        score = timegm(message.sent_at.timetuple()) + message.sent_at.microsecond / 1e6
-        rt.start_pump(rt.lanes.schedule_inbound(message.conversation_id, message.id, score))
-        counts["inbound"] += 1
+    items = [(m.conversation_id, m.id, timegm(m.sent_at.timetuple()) + m.sent_at.microsecond / 1e6)
+             for m in unrouted]
+    for start in range(0, len(items), 200):
+        rt.start_pump(rt.lanes.schedule_inbound_many(items[start:start + 200]))
+    counts["inbound"] = len(items)
     stuck_out = (Message.select(Message.conversation).distinct()
                  .where((Message.direction == "out") & (Message.status == "queued")
                         & (Message.received_at < cutoff)

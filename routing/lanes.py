@@ -23,9 +23,8 @@ from redis import Redis
 
 LANES = ("inbound", "outbound", "events")
 
-# KEYS: ready, queued, pumps, [inbox]; ARGV: key, now, lease, max_pumps, token, [member, score]
+# KEYS: ready, queued, pumps; ARGV: key, now, lease, max_pumps, token
 _SCHEDULE = """
-if #KEYS == 4 then redis.call('ZADD', KEYS[4], ARGV[7], ARGV[6]) end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then redis.call('RPUSH', KEYS[1], ARGV[1]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[2])
 if redis.call('ZCARD', KEYS[3]) < tonumber(ARGV[4]) then
@@ -127,15 +126,15 @@ class Lanes:
     # -- scheduling --------------------------------------------------------
     def schedule(self, lane: str, key: str) -> PumpClaim | None:
         """Mark `key` ready; returns a PumpClaim when the caller must start a pump."""
-        return self._run_schedule(lane, key, ())
-
-    def schedule_inbound(self, conversation_id: str, message_id: str, score: float) -> PumpClaim | None:
-        """Add a message to its conversation's ordered inbox and mark the conversation ready."""
-        return self._run_schedule("inbound", conversation_id, (message_id, score),
-                                  inbox=self.inbox_key(conversation_id))
+        token = uuid.uuid4().hex
+        keys = [self._k(lane, "ready"), self._k(lane, "queued"), self._k(lane, "pumps")]
+        granted = self._schedule(keys=keys, args=[key, time.time(), self.lease, self.max_pumps, token])
+        return PumpClaim(lane, token) if granted else None
 
     def schedule_inbound_many(self, items: list[tuple[str, str, float]]) -> PumpClaim | None:
-        """`schedule_inbound` for many (conversation, message, score) in one round trip."""
+        """Add each (conversation, message, score) to its conversation's ordered
+        inbox and mark the conversation ready, in one round trip; returns a
+        PumpClaim when the caller must start a pump."""
         token = uuid.uuid4().hex
         keys = [self._k("inbound", "ready"), self._k("inbound", "queued"), self._k("inbound", "pumps")]
         args: list = [time.time(), self.lease, self.max_pumps, token]
@@ -143,14 +142,6 @@ class Lanes:
             keys.append(self.inbox_key(conversation_id))
             args += [conversation_id, message_id, score]
         return PumpClaim("inbound", token) if self._schedule_inbound_many(keys=keys, args=args) else None
-
-    def _run_schedule(self, lane, key, extra, inbox=None):
-        token = uuid.uuid4().hex
-        keys = [self._k(lane, "ready"), self._k(lane, "queued"), self._k(lane, "pumps")]
-        if inbox:
-            keys.append(inbox)
-        args = [key, time.time(), self.lease, self.max_pumps, token, *extra]
-        return PumpClaim(lane, token) if self._schedule(keys=keys, args=args) else None
 
     def schedule_at(self, lane: str, key: str, due: float) -> None:
         """Make `key` ready at unix time `due` (promoted by a pump or the cron tick)."""
