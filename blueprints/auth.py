@@ -48,3 +48,17 @@ def require(*roles: str):
         wrapper._api_roles = sorted(allowed)
         return wrapper
     return decorator
+
+
+def current_viewer():
+    """The caller as routing.visibility sees them (an agent's groups come from its row)."""
+    from models import Agent
+    from routing.visibility import Viewer
+
+    token = g.token
+    if "viewer" not in g:
+        agent = Agent.get_or_none(Agent.id == token.agent_id) if token.agent_id else None
+        g.viewer = Viewer(role=token.role, agent_id=token.agent_id,
+                          groups=tuple(agent.groups or ()) if agent else ())
+        g.agent = agent
+    return g.viewer

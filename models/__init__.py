@@ -11,6 +11,8 @@ from .delivery import Delivery
 from .outbox import OutboxEntry
 from .token import ApiToken
 from .unsupported_update import UnsupportedUpdate
+from .agent import Agent
+from .callback_request import CallbackRequest
 
 ALL_MODELS = [Channel, Contact, Conversation, Message, Event, BotTurn, Delivery, OutboxEntry,
-              ApiToken, UnsupportedUpdate]
+              ApiToken, UnsupportedUpdate, Agent, CallbackRequest]
