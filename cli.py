@@ -56,6 +56,35 @@ def token_add(role, name):
     click.echo(secret)
 
 
+@baton.group("agent")
+def agent():
+    """Agents."""
+
+
+@agent.command("add")
+@click.option("--name", required=True)
+@click.option("--groups", default="support", show_default=True, help="comma-separated")
+@click.option("--max-concurrent", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--role", type=click.Choice(["agent", "supervisor", "admin"]), default="agent", show_default=True)
+def agent_add(name, groups, max_concurrent, role):
+    """Create an agent; its token is printed once, alone on the last line."""
+    from marshmallow import ValidationError
+
+    from blueprints.schemas import AgentCreateSchema
+    from routing.agents import create_agent
+
+    _rt()
+    try:
+        data = AgentCreateSchema().load({"name": name, "role": role, "max_concurrent": max_concurrent,
+                                         "groups": [g.strip() for g in groups.split(",") if g.strip()]})
+    except ValidationError as exc:
+        raise click.UsageError(f"invalid agent: {exc.messages}") from None
+    row, secret = create_agent(data["name"], data["role"], data["groups"], data["max_concurrent"])
+    click.echo(f"created {role} {row.id} ({name}; groups {', '.join(row.groups)}; max {row.max_concurrent}); "
+               "store the token now, it is not shown again:")
+    click.echo(secret)
+
+
 def signed_text_webhook(settings, wa_id: str, text: str, name: str, message_id: str | None = None,
                         timestamp: int | None = None) -> tuple[bytes, dict]:
     """A Cloud API text webhook body and headers, signed exactly like Meta signs."""

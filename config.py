@@ -64,6 +64,15 @@ class Settings:
     BOT_HISTORY: int = 10
     ESCALATION_PHRASES_FILE: str = ""
     DEFAULT_GROUP: str = "support"
+    # Offer a returning customer to the agent who served them last, when that
+    # agent is online with free capacity.
+    STICKY_ASSIGNMENT: bool = True
+    # The bot reporting `intent: "fallback"` this many turns in a row escalates.
+    BOT_FAILURE_LIMIT: int = 3
+    # VADER compound score at or below which a customer message escalates
+    # (-1 … 1); languages the analyser reads (comma-separated; empty = off).
+    SENTIMENT_THRESHOLD: float = -0.6
+    SENTIMENT_LANGUAGES: str = "en"
 
     SECRET_KEY: str = ""
     METRICS_TOKEN: str = ""
@@ -89,6 +98,10 @@ class Settings:
 
     HANDOFF_NOTICE: str = "Thanks! I'm connecting you with a member of our team. They'll reply here shortly."
     PENDING_NOTICE: str = "You're in the queue — a member of our team will be with you soon."
+    CALLBACK_NOTICE: str = ("Sorry, our team is busy right now. Leave your name, a phone number and a good "
+                            "time to call, and we'll get back to you.")
+    TIMEOUT_CLOSE_NOTICE: str = ("Sorry, nobody from our team is available right now. Please write to us "
+                                 "again later — we'll be glad to help.")
     LOG_LEVEL: str = "INFO"
     TESTING: bool = False
 
@@ -139,13 +152,16 @@ def _validate(s: Settings) -> None:
         raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
     for name in ("WHATSAPP_MPS", "PENDING_TIMEOUT", "OFFER_TIMEOUT", "AGENT_HEARTBEAT_TTL", "AGENT_TYPING_TTL",
                  "BOT_HISTORY", "MEDIA_URL_TTL", "MAX_WEBHOOK_BYTES", "EVENT_MAX_ATTEMPTS", "SEND_MAX_ATTEMPTS",
-                 "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL"):
+                 "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL", "AGENT_RESPONSE_TIMEOUT",
+                 "BOT_FAILURE_LIMIT"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",
                  "PUMP_LINGER"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(s, name)}")
+    if not -1 <= s.SENTIMENT_THRESHOLD <= 1:
+        raise ConfigError(f"SENTIMENT_THRESHOLD must be between -1 and 1, got {s.SENTIMENT_THRESHOLD}")
     if s.ESCALATION_PHRASES_FILE and not Path(s.ESCALATION_PHRASES_FILE).is_file():
         raise ConfigError(f"ESCALATION_PHRASES_FILE {s.ESCALATION_PHRASES_FILE!r} is not a readable file")
 

@@ -21,7 +21,9 @@ import models
 from config import Settings
 from routing.decide import Policy
 from routing.escalation import load_phrases
+from routing.assignment import Reservations
 from routing.lanes import LANES, Lanes, PumpClaim
+from routing.presence import Presence
 
 PUMP_JOB_TIMEOUT = 600
 log = logging.getLogger(__name__)
@@ -89,9 +91,13 @@ class Runtime:
     policy: Policy
     caches: dict = field(default_factory=dict)
     feeder: InboxFeeder | None = None
+    presence: Presence | None = None
+    reservations: Reservations | None = None
 
     def __post_init__(self):
         self.feeder = InboxFeeder(self)
+        self.presence = Presence(self.redis, self.settings.REDIS_PREFIX, self.settings.AGENT_HEARTBEAT_TTL)
+        self.reservations = Reservations(self.presence)
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
@@ -102,7 +108,13 @@ class Runtime:
                                health_check_interval=30)
         queues = {name: Queue(queue_name(settings, name), connection=redis)
                   for name in (*LANES, "default")}
-        policy = Policy(phrases=load_phrases(settings.ESCALATION_PHRASES_FILE or None),
+        languages = tuple(x.strip() for x in settings.SENTIMENT_LANGUAGES.split(",") if x.strip())
+        sentiment = None
+        if languages:
+            from routing.sentiment import SentimentAnalyser
+
+            sentiment = SentimentAnalyser(settings.SENTIMENT_THRESHOLD, languages)
+        policy = Policy(phrases=load_phrases(settings.ESCALATION_PHRASES_FILE or None), sentiment=sentiment,
                         pending_notice_interval=timedelta(seconds=settings.PENDING_NOTICE_INTERVAL),
                         default_group=settings.DEFAULT_GROUP)
         return cls(settings=settings, redis=redis,

@@ -24,19 +24,23 @@ def _meta(view) -> dict:
     return getattr(view, _META)
 
 
-def body(schema_cls):
+def body(schema_cls, optional: bool = False):
+    """`optional`: an empty body counts as `{}` (calls whose fields are all optional)."""
     schema = schema_cls()
 
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
             payload = request.get_json(silent=True)
+            if payload is None and optional and not request.get_data(cache=True).strip():
+                payload = {}
             if payload is None:
                 raise ApiError(400, "malformed_json", "The body must be a JSON object.")
             if not isinstance(payload, dict):
                 raise ApiError(400, "malformed_json", "The body must be a JSON object, not a list or scalar.")
             return view(*args, data=schema.load(payload), **kwargs)
         _copy_meta(view, wrapper)["body"] = schema_cls
+        _meta(wrapper)["body_optional"] = optional
         return wrapper
     return decorator
 
@@ -89,7 +93,7 @@ def build_spec(app: Flask) -> dict:
             operation: dict = {"summary": (view.__doc__ or "").strip().splitlines()[0] if view.__doc__ else "",
                                "operationId": f"{rule.endpoint}.{method.lower()}", "responses": {}}
             if "body" in meta:
-                operation["requestBody"] = {"required": True, "content": {
+                operation["requestBody"] = {"required": not meta.get("body_optional"), "content": {
                     "application/json": {"schema": meta["body"]}}}
             parameters = [{"in": "path", "name": arg, "required": True, "schema": {"type": "string"}}
                           for arg in sorted(rule.arguments)]

@@ -12,9 +12,10 @@ from models.base import as_naive_utc
 from routing.apply import escalate as escalate_conversation
 from routing.apply import load_conversation
 from routing.dispatch import dispatch
+from routing.visibility import may_see
 
 from .api import body, errors, query, responds
-from .auth import require
+from .auth import current_viewer, require
 from .errors import ApiError
 from .idempotency import idempotent
 from .schemas import (ConversationListSchema, ConversationQueryArgsSchema, ConversationSchema,
@@ -38,11 +39,8 @@ def decode_cursor(cursor: str, size: int) -> list:
 
 
 def _visible(conv: Conversation) -> bool:
-    """Agents see pending conversations and their own; everyone else sees all."""
-    token = g.token
-    if token.role != "agent":
-        return True
-    return conv.state == PENDING_AGENT or (token.agent_id and conv.assigned_agent_id == token.agent_id)
+    return may_see(current_viewer(), state=conv.state, group=conv.group,
+                   assigned_agent_id=conv.assigned_agent_id, offered_agent_id=conv.offered_agent_id)
 
 
 def visible_conversation(conversation_id: str) -> Conversation:
@@ -78,9 +76,11 @@ def list_conversations(args):
         rows = rows.where(Conversation.assigned_agent_id == (g.token.agent_id or ""))
     elif assigned:
         rows = rows.where(Conversation.assigned_agent_id == assigned)
-    if g.token.role == "agent":
-        rows = rows.where((Conversation.state == PENDING_AGENT)
-                          | (Conversation.assigned_agent_id == (g.token.agent_id or "")))
+    viewer = current_viewer()
+    if not viewer.sees_all:
+        mine = viewer.agent_id or ""
+        rows = rows.where(((Conversation.state == PENDING_AGENT) & Conversation.group.in_(list(viewer.groups) or [""]))
+                          | (Conversation.assigned_agent_id == mine) | (Conversation.offered_agent_id == mine))
     if "cursor" in args:
         updated, last_id = decode_cursor(args["cursor"], 2)
         moment = _parse_time(updated)

@@ -207,3 +207,119 @@ class OutboxListSchema(Schema):
 class ReadinessSchema(Schema):
     database = fields.String()
     redis = fields.String()
+
+
+# -- agents and handoff -------------------------------------------------------------
+
+AGENT_ROLES = ("agent", "supervisor", "admin")
+GROUP = fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$",
+                                               error="a group is 1-64 letters, digits, _ . or -"))
+
+
+class AgentCreateSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=120))
+    role = fields.String(load_default="agent", validate=validate.OneOf(AGENT_ROLES))
+    groups = fields.List(GROUP, load_default=lambda: ["support"], validate=validate.Length(max=50))
+    max_concurrent = fields.Integer(load_default=5, validate=validate.Range(min=1, max=1000))
+
+
+class AgentStatusSchema(StrictSchema):
+    status = fields.String(required=True, validate=validate.OneOf(("online", "away", "offline")))
+
+
+class AgentSchema(Schema):
+    id = fields.String()
+    name = fields.String()
+    role = fields.String(validate=validate.OneOf(AGENT_ROLES))
+    groups = fields.List(fields.String())
+    max_concurrent = fields.Integer()
+    status = fields.String()
+    online = fields.Boolean(metadata={"description": "status online AND a heartbeat within AGENT_HEARTBEAT_TTL"})
+    active_conversations = fields.Integer()
+    last_assigned_at = fields.String(allow_none=True)
+    created_at = fields.String()
+
+
+class AgentCreatedSchema(AgentSchema):
+    token = fields.String(metadata={"description": "shown once"})
+
+
+class AgentListSchema(Schema):
+    items = fields.List(fields.Nested(AgentSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class AgentQueryArgsSchema(StrictSchema):
+    group = GROUP
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    cursor = fields.String(validate=validate.Length(max=200))
+
+
+class TemplateSchema(StrictSchema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=512))
+    language = fields.String(required=True, validate=validate.Length(min=2, max=16))
+    components = fields.List(fields.Dict(), load_default=None, allow_none=True)
+
+
+class AgentMessageSchema(StrictSchema):
+    text = fields.String(validate=validate.Length(min=1, max=4096))
+    media_id = fields.String(validate=validate.Length(min=1, max=64))
+    caption = fields.String(validate=validate.Length(max=1024))
+    template = fields.Nested(TemplateSchema)
+
+    @validates_schema
+    def _one_kind(self, data, **kwargs):
+        kinds = [k for k in ("text", "media_id", "template") if k in data]
+        if len(kinds) != 1:
+            raise ValidationError("send exactly one of `text`, `media_id` (with an optional `caption`) "
+                                  "or `template`", "_schema")
+        if "caption" in data and "media_id" not in data:
+            raise ValidationError("`caption` goes with `media_id`", "caption")
+
+
+class QueuedMessageSchema(Schema):
+    message = fields.Nested(MessageSchema)
+
+
+class TypingSchema(StrictSchema):
+    typing = fields.Boolean(required=True)
+
+
+class ReleaseSchema(StrictSchema):
+    note = fields.String(validate=validate.Length(max=2000), allow_none=True)
+
+
+class TransferSchema(StrictSchema):
+    agent_id = fields.String(validate=validate.Length(min=1, max=40))
+    group = GROUP
+
+    @validates_schema
+    def _one_target(self, data, **kwargs):
+        if ("agent_id" in data) == ("group" in data):
+            raise ValidationError("name exactly one of `agent_id` or `group`", "_schema")
+
+
+class CloseSchema(StrictSchema):
+    reason = fields.String(validate=validate.Length(min=1, max=64), allow_none=True)
+
+
+class CallbackRequestSchema(Schema):
+    id = fields.String()
+    conversation_id = fields.String()
+    group = fields.String(allow_none=True)
+    reason = fields.String()
+    status = fields.String(validate=validate.OneOf(("open", "done")))
+    note = fields.String(allow_none=True)
+    created_at = fields.String()
+    done_at = fields.String(allow_none=True)
+    done_by = fields.String(allow_none=True)
+
+
+class CallbackListSchema(Schema):
+    items = fields.List(fields.Nested(CallbackRequestSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class CallbackQueryArgsSchema(StrictSchema):
+    status = fields.String(load_default="open", validate=validate.OneOf(("open", "done")))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))

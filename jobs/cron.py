@@ -4,7 +4,7 @@ from rq.cron import CronScheduler
 from config import Settings
 from runtime import queue_name
 
-from .timers import sweep, tick
+from .timers import handoff_timers, sweep, tick
 
 TICK_SECONDS = 1
 SWEEP_SECONDS = 5
@@ -13,4 +13,5 @@ SWEEP_SECONDS = 5
 def register_timers(scheduler: CronScheduler, settings: Settings) -> None:
     queue = queue_name(settings, "default")
     scheduler.register(tick, queue_name=queue, interval=TICK_SECONDS, job_timeout=60, result_ttl=0)
+    scheduler.register(handoff_timers, queue_name=queue, interval=TICK_SECONDS, job_timeout=60, result_ttl=0)
     scheduler.register(sweep, queue_name=queue, interval=SWEEP_SECONDS, job_timeout=300, result_ttl=0)

@@ -3,7 +3,11 @@
 tick()  — every second: promote due retries and make sure each lane with
           work has a pump (a pump job lost with a crashed worker is replaced).
 sweep() — every few seconds: re-dispatch rows whose dispatch was lost
-          (Redis down or flushed, a worker killed between commit and schedule).
+          (Redis down or flushed, a worker killed between commit and schedule),
+          repair capacity reservations from the database, close idle conversations.
+handoff_timers() — every second: offers, pending timeouts, unresponsive
+          agents and typing holds that are due (see routing.timeouts), and
+          waiting conversations nobody has been offered yet.
 """
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ from datetime import timedelta
 
 from models import Delivery, Message, utcnow
 from models.delivery import PENDING
+from routing import timeouts
+from routing.assignment import offer_next
+from routing.dispatch import dispatch
 from routing.lanes import LANES
 
 from .context import job_logger, runtime
@@ -59,5 +66,35 @@ def sweep() -> dict:
         counts["events"] += 1
     if any(counts.values()):
         log.info("sweep re-dispatched %s", counts)
+    counts["reservations"] = rt.reservations.reconcile()
+    idle = timeouts.due_idle(rt.settings, utcnow())
+    for conversation_id in idle:
+        dispatch(rt, timeouts.idle_close(rt.settings, conversation_id))
+    counts["idle_closed"] = len(idle)
     return counts
+
+
+def handoff_timers() -> dict:
+    rt = runtime()
+    settings = rt.settings
+    now = utcnow()
+    outcomes = {"offers_expired": 0, "pending_timeouts": 0, "unresponsive": 0, "holds_ended": 0, "offered": 0}
+    steps = (("offers_expired", timeouts.due_offers(now), lambda c: timeouts.expire_offer(settings, c)),
+             ("pending_timeouts", timeouts.due_pending_timeouts(settings, now),
+              lambda c: timeouts.pending_timeout(settings, c)),
+             ("unresponsive", timeouts.due_unresponsive(settings, now),
+              lambda c: timeouts.agent_unresponsive(settings, c)),
+             ("holds_ended", timeouts.due_holds(now), lambda c: timeouts.end_hold(settings, c)))
+    for name, due, apply in steps:
+        for conversation_id in due:
+            effects = apply(conversation_id)
+            outcomes[name] += bool(effects.writes)
+            dispatch(rt, effects)
+    for conversation_id in timeouts.waiting_for_offer():
+        effects = offer_next(settings, rt.reservations, conversation_id)
+        outcomes["offered"] += bool(effects.writes)
+        dispatch(rt, effects)
+    if any(outcomes.values()):
+        log.info("handoff timers: %s", outcomes)
+    return outcomes
 

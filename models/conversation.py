@@ -40,6 +40,17 @@ class Conversation(BaseModel):
     pending_since = DateTimeField(null=True)
     last_pending_notice_at = DateTimeField(null=True)
     last_inbound_at = DateTimeField(null=True)
+    # Handoff bookkeeping: the live offer, who let offers lapse since the
+    # last assignment, since when the customer waits for the assigned agent,
+    # and an agent's typing hold on a bot conversation.
+    offer_expires_at = DateTimeField(null=True)
+    offers_lapsed = JSONField(default=list)
+    awaiting_agent_since = DateTimeField(null=True)
+    last_agent_id = CharField(max_length=40, null=True)
+    typing_agent_id = CharField(max_length=40, null=True)
+    typing_until = DateTimeField(null=True)
+    held_since = DateTimeField(null=True)
+    last_activity_at = DateTimeField(null=True, index=True)
     metadata = JSONField(default=dict)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow, index=True)

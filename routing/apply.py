@@ -15,7 +15,7 @@ from datetime import datetime
 from bot.rules import reply as rule_bot_reply
 
 from config import Settings
-from models import (BOT_CONTROLLED, PENDING_AGENT, BotTurn, Channel, Contact,
+from models import (AGENT_CONTROLLED, BOT_CONTROLLED, PENDING_AGENT, Agent, BotTurn, Channel, Contact,
                     Conversation, Event, Message, new_id, utcnow)
 
 from models.prepared import PreparedSelect
@@ -23,6 +23,8 @@ from models.prepared import PreparedSelect
 from .decide import (ConversationView, Decision, InboundView, Policy, bot_may_speak, decide,
                      decide_escalation)
 from .effects import Effects, VersionConflict, queue_event, queue_outbound
+from .live import live_event
+from .visibility import snapshot
 
 MAX_CAS_ATTEMPTS = 8
 log = logging.getLogger(__name__)
@@ -65,9 +67,15 @@ def load_conversation(conversation_id: str) -> Conversation | None:
     return _CONVERSATION.first(conversation_id)
 
 
-def _view(conv: Conversation) -> ConversationView:
+def _view(conv: Conversation, now: datetime | None = None) -> ConversationView:
+    now = now or utcnow()
     return ConversationView(state=conv.state, cooldown_remaining=conv.cooldown_remaining,
-                            last_pending_notice_at=conv.last_pending_notice_at, group=conv.group)
+                            last_pending_notice_at=conv.last_pending_notice_at, group=conv.group,
+                            typing_held=typing_held(conv, now))
+
+
+def typing_held(conv: Conversation, now: datetime) -> bool:
+    return (conv.state == BOT_CONTROLLED and conv.typing_until is not None and conv.typing_until > now)
 
 
 def _cas(conv: Conversation, changes: dict, effects: Effects) -> None:
@@ -76,9 +84,11 @@ def _cas(conv: Conversation, changes: dict, effects: Effects) -> None:
     changes = {**changes, "updated_at": utcnow()}
     effects.update(Conversation, changes, {"id": conv.id, "version": conv.version}, increment="version",
                    must_change_one=True)
+    before = snapshot(conv)
     for key, value in changes.items():
         setattr(conv, key, value)
     conv.version += 1
+    effects.live.append(live_event("conversation.updated", conv.id, conv.to_dict(), before, snapshot(conv)))
 
 
 def _audit(conv: Conversation, effects: Effects, actor: str, from_state: str | None, to_state: str,
@@ -114,11 +124,18 @@ def _route(settings: Settings, policy: Policy, conversation_id: str, message_id:
     conv = load_conversation(conversation_id)
     now = utcnow()
     from_me = message.direction == "out"
-    decision = decide(_view(conv), InboundView(message.type, message.text, from_me), policy, now)
+    view = _view(conv, now)
+    decision = decide(view, InboundView(message.type, message.text, from_me,
+                                        _sentiment(policy, conv, message, view)), policy, now)
     before = conv.state
-    changes: dict = {"cooldown_remaining": decision.cooldown_remaining}
+    offered_before = conv.offered_agent_id if before == PENDING_AGENT else None
+    changes: dict = {"cooldown_remaining": decision.cooldown_remaining, "last_activity_at": now}
     if not from_me and (conv.last_inbound_at is None or message.sent_at > conv.last_inbound_at):
         changes["last_inbound_at"] = message.sent_at
+    if decision.routed_to == "held" and conv.held_since is None:
+        changes["held_since"] = now
+    if (decision.routed_to == "agent" and conv.assigned_agent_id and conv.awaiting_agent_since is None):
+        changes["awaiting_agent_since"] = now      # the assigned agent owes the customer an answer
     if decision.new_state != before:
         changes.update(state=decision.new_state, control_epoch=conv.control_epoch + 1)
     if decision.new_state == BOT_CONTROLLED and decision.reopened:
@@ -127,14 +144,20 @@ def _route(settings: Settings, policy: Policy, conversation_id: str, message_id:
         changes.update(_escalation_fields(decision.escalation.reason, decision.escalation.urgency,
                                           decision.escalation.group, now))
     if decision.reason == "agent_takeover":
-        changes.update(pending_since=None, offered_agent_id=None, escalation_reason="agent_takeover",
-                       escalation_requested_at=now, group=decision.escalation.group)
+        changes.update(pending_since=None, offered_agent_id=None, offer_expires_at=None,
+                       escalation_reason="agent_takeover", escalation_requested_at=now,
+                       group=decision.escalation.group, typing_agent_id=None, typing_until=None)
+        effects.release_reservation(offered_before, conv.id)
+        settle_held(conv, effects, "agent", changes)
     if decision.send_pending_notice:
         changes["last_pending_notice_at"] = now
     _cas(conv, changes, effects)
     effects.update(Message, {"routed_to": decision.routed_to}, {"id": message.id, "routed_to": None},
                    must_change_one=True)
     message.routed_to = decision.routed_to
+    effects.live.append(live_event("message.created", conv.id, message.to_dict(), snapshot(conv)))
+    if conv.state == PENDING_AGENT and before != PENDING_AGENT:
+        effects.offer(conv.id)
 
     if decision.reopened:
         _audit(conv, effects, "system", "CLOSED", BOT_CONTROLLED, "reopened", {"message_id": message.id})
@@ -151,19 +174,24 @@ def _effects_of(settings: Settings, policy: Policy, conv: Conversation, message:
         queue_outbound(conv, effects, sender="system", text=settings.HANDOFF_NOTICE)
     if decision.send_pending_notice:
         queue_outbound(conv, effects, sender="system", text=settings.PENDING_NOTICE)
+    agent_id = conv.assigned_agent_id or conv.offered_agent_id
+    agent = Agent.get_or_none(Agent.id == agent_id) if agent_id and decision.notify else None
     for event_type in decision.notify:
-        _notify(settings, conv, event_type, effects, message=message, reason=conv.escalation_reason)
+        _notify(settings, conv, event_type, effects, message=message, reason=conv.escalation_reason,
+                agent=agent)
     if decision.bot_turn:
         _issue_bot_turn(settings, policy, conv, message, effects)
 
 
 def _notify(settings: Settings, conv: Conversation, event_type: str, effects: Effects, *,
-            message: Message | None = None, reason: str | None = None, by: str | None = None) -> None:
+            message: Message | None = None, reason: str | None = None, by: str | None = None,
+            agent: Agent | None = None) -> None:
     fields: dict = {"conversation": conv.to_dict()}
+    agent_dict = agent.to_dict() if agent is not None else None
     if event_type == "message.for_agent":
-        fields.update(message=message.to_dict(), agent=None)
+        fields.update(message=message.to_dict(), agent=agent_dict)
     elif event_type.startswith("handoff."):
-        fields.update(agent=None, reason=reason,
+        fields.update(agent=agent_dict, reason=reason,
                       console_url=f"{settings.PUBLIC_BASE_URL}/console/conversations/{conv.id}")
     else:
         fields["by"] = by
@@ -200,16 +228,38 @@ def history(conversation_id: str, limit: int) -> list[dict]:
     return [m.to_dict() for m in reversed(_HISTORY.rows(conversation_id, limit))]
 
 
+def _sentiment(policy: Policy, conv: Conversation, message: Message, view: ConversationView) -> float | None:
+    """Urgency when the customer's text reads angry enough to escalate (only
+    worth computing while the bot holds the conversation outside cooldown)."""
+    if (policy.sentiment is None or message.direction != "in" or not message.text
+            or view.state not in (BOT_CONTROLLED, "CLOSED") or view.typing_held
+            or (view.state == BOT_CONTROLLED and view.cooldown_remaining > 0)):
+        return None
+    return policy.sentiment.urgency(message.text, (conv.metadata or {}).get("preferred_language"))
+
+
+def settle_held(conv: Conversation, effects: Effects, routed_to: str, changes: dict) -> None:
+    """Messages held for a typing agent belong to whoever now answers
+    (`agent`, `queued_for_agent`); plan that, and end the hold in `changes`."""
+    if conv.held_since is None:
+        return
+    effects.update(Message, {"routed_to": routed_to}, {"conversation": conv.id, "routed_to": "held"})
+    changes.update(held_since=None, typing_agent_id=None, typing_until=None)
+
+
 def _cleared_handoff() -> dict:
     return {"assigned_agent_id": None, "offered_agent_id": None, "pending_since": None,
             "escalation_reason": None, "escalation_urgency": None, "escalation_requested_at": None,
-            "bot_failures": 0}
+            "bot_failures": 0, "offer_expires_at": None, "offers_lapsed": [], "awaiting_agent_since": None,
+            "typing_agent_id": None, "typing_until": None, "held_since": None}
 
 
 def _escalation_fields(reason: str, urgency: float | None, group: str | None, now: datetime) -> dict:
     return {"escalation_reason": reason, "escalation_urgency": urgency, "escalation_requested_at": now,
             "group": group, "pending_since": now, "last_pending_notice_at": now,
-            "assigned_agent_id": None, "offered_agent_id": None}
+            "assigned_agent_id": None, "offered_agent_id": None, "offer_expires_at": None,
+            "offers_lapsed": [], "awaiting_agent_since": None, "typing_agent_id": None,
+            "typing_until": None, "last_activity_at": now}
 
 
 # -- escalation through the API or the bot ------------------------------------------
@@ -248,12 +298,14 @@ def _plan_escalation(settings: Settings, conv: Conversation, effects: Effects, *
                **_escalation_fields(reason, urgency, group or settings.DEFAULT_GROUP, now)}
     if before != BOT_CONTROLLED:      # escalating a CLOSED conversation reopens its handoff fields
         changes["cooldown_remaining"] = 0
+    settle_held(conv, effects, "queued_for_agent", changes)
     _cas(conv, changes, effects)
     _audit(conv, effects, actor, before, PENDING_AGENT, reason,
            {"urgency": urgency, "group": conv.group, "note": note})
     queue_outbound(conv, effects, sender="bot" if notice_text else "system",
                    text=notice_text or settings.HANDOFF_NOTICE)
     _notify(settings, conv, "handoff.requested", effects, reason=reason)
+    effects.offer(conv.id)
     return True
 
 
@@ -296,10 +348,21 @@ def _apply_bot_reply(settings: Settings, conv: Conversation, turn: BotTurn, repl
         metadata["last_intent"] = reply["intent"]
     if reply.get("language"):
         metadata["preferred_language"] = reply["language"]
+    failures = conv.bot_failures + 1 if reply.get("intent") == "fallback" else 0
     # Always compare-and-set, even with nothing to change: a handoff committed
     # after we read the conversation then makes this reply a clean 409.
-    _cas(conv, {"metadata": metadata}, effects)
+    _cas(conv, {"metadata": metadata, "bot_failures": failures}, effects)
     effects.update(BotTurn, {"answered_at": utcnow()}, {"id": turn.id})
+    if (not reply.get("escalate") and failures >= settings.BOT_FAILURE_LIMIT
+            and decide_escalation(_view(conv), automatic=True).changed):
+        # The bot keeps not understanding: its answer goes out, then a human takes over.
+        message = None
+        if reply.get("text"):
+            message = queue_outbound(conv, effects, sender="bot", text=reply["text"], turn_id=turn.id)
+        _plan_escalation(settings, conv, effects, reason="bot_failures", actor=actor, urgency=None,
+                         group=reply.get("group"), note=f"{failures} fallback answers in a row",
+                         automatic=True, notice_text=None)
+        return BotReplyResult("escalated", conv, message, effects)
     if reply.get("escalate"):
         _plan_escalation(settings, conv, effects, reason=reply.get("reason") or "bot", actor=actor,
                         urgency=reply.get("urgency"), group=reply.get("group"), note=None,

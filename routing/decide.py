@@ -25,6 +25,7 @@ class ConversationView:
     cooldown_remaining: int = 0
     last_pending_notice_at: datetime | None = None
     group: str | None = None
+    typing_held: bool = False               # an agent is typing on this bot conversation
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,13 @@ class InboundView:
     type: str
     text: str | None = None
     from_me: bool = False
+    sentiment_urgency: float | None = None  # set when the text reads angry enough to escalate
 
 
 @dataclass(frozen=True)
 class Policy:
     phrases: tuple[str, ...] = ()
+    sentiment: object | None = None         # routing.sentiment.SentimentAnalyser, or None (off)
     pending_notice_interval: timedelta = timedelta(minutes=10)
     default_group: str = "support"
 
@@ -51,7 +54,7 @@ class Escalation:
 @dataclass(frozen=True)
 class Decision:
     new_state: str
-    routed_to: str                          # bot | queued_for_agent | agent | none
+    routed_to: str                          # bot | queued_for_agent | agent | held | none
     reason: str                             # why the state is what it is, for the audit trail
     escalation: Escalation | None = None
     bot_turn: bool = False
@@ -93,9 +96,17 @@ def decide(conv: ConversationView, msg: InboundView, policy: Policy, now: dateti
     cooldown = 0 if reopened else conv.cooldown_remaining
     in_cooldown = cooldown > 0
     remaining = max(cooldown - 1, 0)
+    if conv.typing_held and not reopened:
+        # An agent is about to answer: hold the message for them, in order.
+        return Decision(BOT_CONTROLLED, "held", "held", cooldown_remaining=remaining)
     if not in_cooldown and msg.type in READABLE and is_explicit_request(msg.text, policy.phrases):
         return Decision(PENDING_AGENT, "queued_for_agent", "explicit_request", reopened=reopened,
                         escalation=Escalation("explicit_request", group=policy.default_group),
+                        send_handoff_notice=True, notify=("handoff.requested",))
+    if not in_cooldown and msg.type in READABLE and msg.sentiment_urgency is not None:
+        return Decision(PENDING_AGENT, "queued_for_agent", "sentiment", reopened=reopened,
+                        escalation=Escalation("sentiment", urgency=msg.sentiment_urgency,
+                                              group=policy.default_group),
                         send_handoff_notice=True, notify=("handoff.requested",))
     if msg.type in NOT_FOR_BOT:
         return Decision(BOT_CONTROLLED, "none", "reopened" if reopened else "inbound",

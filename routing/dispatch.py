@@ -1,9 +1,27 @@
-"""After a transaction commits: schedule the lanes it asked for."""
+"""After a transaction commits: free reservations, schedule lanes, publish
+live events, and offer newly waiting conversations to agents."""
 from __future__ import annotations
 
+import logging
+
 from .effects import Effects
+from .live import publish
+
+log = logging.getLogger(__name__)
 
 
 def dispatch(rt, effects: Effects) -> None:
+    for agent_id, conversation_id in effects.releases:
+        rt.reservations.release(agent_id, conversation_id)
     for lane, key in effects.schedules:
         rt.schedule(lane, key)
+    if effects.inbox:
+        rt.start_pump(rt.lanes.schedule_inbound_many(effects.inbox))
+    try:
+        publish(rt.redis, rt.settings.REDIS_PREFIX, effects.live)
+    except Exception:           # live events are best effort: consoles re-read over REST
+        log.warning("could not publish %d live event(s)", len(effects.live), exc_info=True)
+    for conversation_id in effects.offers:
+        from .assignment import offer_next
+
+        dispatch(rt, offer_next(rt.settings, rt.reservations, conversation_id))

@@ -21,6 +21,9 @@ from models import Conversation, Delivery, Message, db, new_id, utcnow, write_tr
 from models.base import isoformat
 from models.prepared import insert_statement, update_statement
 
+from .live import live_event
+from .visibility import snapshot
+
 
 class VersionConflict(Exception):
     """Someone else changed the conversation since we read it."""
@@ -31,6 +34,10 @@ class Effects:
     """Statements to run in one transaction, and lanes to schedule after it."""
     writes: list[tuple[str, tuple, bool]] = field(default_factory=list)
     schedules: list[tuple[str, str]] = field(default_factory=list)
+    live: list[dict] = field(default_factory=list)            # routing.live events to publish
+    offers: list[str] = field(default_factory=list)           # conversations to offer to an agent
+    releases: list[tuple[str, str]] = field(default_factory=list)  # (agent, conversation) reservations to free
+    inbox: list[tuple[str, str, float]] = field(default_factory=list)  # messages to route (again)
 
     def insert(self, row) -> None:
         """Prepare the INSERT of an unsaved model instance."""
@@ -46,6 +53,25 @@ class Effects:
     def schedule(self, lane: str, key: str) -> None:
         if (lane, key) not in self.schedules:
             self.schedules.append((lane, key))
+
+    def offer(self, conversation_id: str) -> None:
+        if conversation_id not in self.offers:
+            self.offers.append(conversation_id)
+
+    def release_reservation(self, agent_id: str | None, conversation_id: str) -> None:
+        if agent_id and (agent_id, conversation_id) not in self.releases:
+            self.releases.append((agent_id, conversation_id))
+
+    def merge(self, other: "Effects") -> None:
+        """Take over what `other` (already committed) still has to dispatch."""
+        for lane, key in other.schedules:
+            self.schedule(lane, key)
+        self.live.extend(other.live)
+        self.inbox.extend(other.inbox)
+        for conversation_id in other.offers:
+            self.offer(conversation_id)
+        for agent_id, conversation_id in other.releases:
+            self.release_reservation(agent_id, conversation_id)
 
     def commit(self) -> None:
         """Run the prepared statements in one write transaction; a
@@ -71,6 +97,7 @@ def queue_outbound(conv: Conversation, effects: Effects, *, sender: str, text: s
         status="queued", turn_id=turn_id, control_epoch=control_epoch, attempts=0)
     effects.insert(message)
     effects.schedule("outbound", conv.id)
+    effects.live.append(live_event("message.created", conv.id, message.to_dict(), snapshot(conv)))
     return message
 
 

@@ -30,6 +30,12 @@ def may_see(viewer: Viewer, *, state: str, group: str | None, assigned_agent_id:
     return state == PENDING_AGENT and group in viewer.groups
 
 
+def snapshot(conv) -> dict:
+    """The fields visibility depends on, from a Conversation row."""
+    return {"state": conv.state, "group": conv.group, "assigned_agent_id": conv.assigned_agent_id,
+            "offered_agent_id": conv.offered_agent_id}
+
+
 def audience(*snapshots: dict) -> dict:
     """Who should hear about a change, given the conversation before and/or
     after it (dicts with state, group, assigned_agent_id, offered_agent_id):

@@ -147,12 +147,17 @@ def test_an_agent_cannot_read_a_conversation_held_by_the_bot(client, conversatio
     assert listed == []
 
 
-def test_an_agent_sees_pending_conversations(client, work):
+def test_an_agent_sees_the_pending_conversations_of_their_groups_only(client, work):
+    from routing.agents import create_agent
     customer_says(client, "I want to talk to a human")
     work()
-    token = ApiToken.issue("Ana", "agent", agent_id="a_ana")[1]
-    listed = client.get("/api/v1/conversations", headers=bearer(token)).json["items"]
+    support = create_agent("Ana", "agent", ["support"], 3)[1]
+    billing = create_agent("Bo", "agent", ["billing"], 3)[1]
+    listed = client.get("/api/v1/conversations", headers=bearer(support)).json["items"]
     assert [c["state"] for c in listed] == ["PENDING_AGENT"]
+    assert client.get("/api/v1/conversations", headers=bearer(billing)).json["items"] == []
+    response = client.get(f"/api/v1/conversations/{listed[0]['id']}", headers=bearer(billing))
+    assert response.status_code == 403
 
 
 def test_a_revoked_token_is_401(client, conversation):

@@ -1,0 +1,125 @@
+"""Agents: created by admins; presence (status + heartbeat) set by each agent."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, jsonify
+
+from models import Agent, CallbackRequest, Conversation
+from routing import agents as agent_service
+from routing.assignment import offer_next
+from routing.dispatch import dispatch
+from routing.timeouts import waiting_for_offer
+
+from .api import body, errors, query, responds
+from .auth import current_viewer, require
+from .conversations import decode_cursor, encode_cursor
+from .errors import ApiError
+from .idempotency import idempotent
+from .schemas import (AgentCreatedSchema, AgentCreateSchema, AgentListSchema, AgentQueryArgsSchema, AgentSchema,
+                      AgentStatusSchema, CallbackListSchema, CallbackQueryArgsSchema)
+
+bp = Blueprint("agents", __name__, url_prefix="/api/v1")
+
+
+def _rt():
+    return current_app.extensions["baton"]
+
+
+def _me() -> Agent:
+    current_viewer()
+    if g.agent is None:
+        raise ApiError(403, "not_an_agent", "This token belongs to no agent.")
+    return g.agent
+
+
+@bp.get("/agents")
+@responds(200, AgentListSchema)
+@errors(400, 401, 403, 422)
+@require("supervisor")
+@query(AgentQueryArgsSchema)
+def list_agents(args):
+    """Agents with their presence and how many conversations each holds."""
+    rows = Agent.select().order_by(Agent.id)
+    if "cursor" in args:
+        (last_id,) = decode_cursor(args["cursor"], 1)
+        rows = rows.where(Agent.id > last_id)
+    agents = [a for a in rows if "group" not in args or a.in_group(args["group"])]
+    page = agents[:args["limit"]]
+    next_cursor = encode_cursor(page[-1].id) if len(agents) > args["limit"] else None
+    return jsonify({"items": agent_service.describe(_rt().presence, page), "next_cursor": next_cursor})
+
+
+@bp.post("/agents")
+@responds(201, AgentCreatedSchema, "Created; `token` is shown this once")
+@errors(400, 401, 403, 422)
+@require("admin")
+@idempotent
+@body(AgentCreateSchema)
+def create_agent(data):
+    """Add an agent (and its API token)."""
+    agent, secret = agent_service.create_agent(data["name"], data["role"], data["groups"], data["max_concurrent"])
+    (described,) = agent_service.describe(_rt().presence, [agent])
+    return jsonify({**described, "token": secret}), 201
+
+
+@bp.get("/agents/me")
+@responds(200, AgentSchema)
+@errors(401, 403)
+@require("agent")
+def get_me():
+    """The calling agent, with its presence."""
+    (described,) = agent_service.describe(_rt().presence, [_me()])
+    return jsonify(described)
+
+
+@bp.patch("/agents/me")
+@responds(200, AgentSchema)
+@errors(400, 401, 403, 422)
+@require("agent")
+@body(AgentStatusSchema)
+def set_my_status(data):
+    """Go online, away or offline (online also counts as a heartbeat)."""
+    rt = _rt()
+    agent = agent_service.set_status(rt.presence, _me(), data["status"])
+    if agent.status == "online":
+        _offer_waiting(rt)
+    (described,) = agent_service.describe(rt.presence, [agent])
+    return jsonify(described)
+
+
+@bp.post("/agents/me/heartbeat")
+@responds(200, AgentSchema)
+@errors(401, 403)
+@require("agent")
+def heartbeat():
+    """Keep the caller online for assignment for another AGENT_HEARTBEAT_TTL seconds."""
+    rt = _rt()
+    agent = _me()
+    was_online = rt.presence.online([agent.id])[agent.id]
+    agent_service.heartbeat(rt.presence, agent)
+    if agent.status == "online" and not was_online:
+        _offer_waiting(rt)
+    (described,) = agent_service.describe(rt.presence, [agent])
+    return jsonify(described)
+
+
+def _offer_waiting(rt) -> None:
+    """An agent just became available: offer what waits now, not at the next tick."""
+    for conversation_id in waiting_for_offer():
+        dispatch(rt, offer_next(rt.settings, rt.reservations, conversation_id))
+
+
+@bp.get("/callbacks")
+@responds(200, CallbackListSchema)
+@errors(400, 401, 403, 422)
+@require("agent")
+@query(CallbackQueryArgsSchema)
+def list_callbacks(args):
+    """Callback requests recorded when nobody could take a conversation in time."""
+    viewer = current_viewer()
+    rows = (CallbackRequest.select().join(Conversation)
+            .where(CallbackRequest.status == args["status"])
+            .order_by(CallbackRequest.created_at.desc(), CallbackRequest.id.desc()))
+    if not viewer.sees_all:
+        rows = rows.where(CallbackRequest.group.in_(list(viewer.groups) or [""]))
+    page = list(rows.limit(args["limit"]))
+    return jsonify({"items": [c.to_dict() for c in page], "next_cursor": None})

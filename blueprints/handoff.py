@@ -1,0 +1,115 @@
+"""What agents do to a conversation: claim, messages, typing, release, transfer, close."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, g, jsonify
+
+from routing import handoff
+from routing.dispatch import dispatch
+
+from .api import body, errors, responds
+from .auth import current_viewer, require
+from .conversations import visible_conversation
+from .errors import ApiError
+from .idempotency import idempotent
+from .schemas import (AgentMessageSchema, CloseSchema, ConversationSchema, QueuedMessageSchema, ReleaseSchema,
+                      TransferSchema, TypingSchema)
+
+bp = Blueprint("handoff", __name__, url_prefix="/api/v1/conversations")
+
+
+def _actor() -> handoff.Actor:
+    current_viewer()
+    return handoff.Actor(agent=g.agent, role=g.token.role)
+
+
+def _done(result: handoff.ActionResult):
+    dispatch(current_app.extensions["baton"], result.effects)
+    return result
+
+
+def _rt():
+    return current_app.extensions["baton"]
+
+
+@bp.post("/<conversation_id>/claim")
+@responds(200, ConversationSchema, "Assigned to the caller (AGENT_CONTROLLED)")
+@errors(401, 403, 404, 409)
+@require("agent")
+@idempotent
+def claim(conversation_id):
+    """Take a waiting conversation (→ AGENT_CONTROLLED, assigned to the caller)."""
+    visible_conversation(conversation_id)
+    rt = _rt()
+    result = _done(handoff.claim(rt.settings, rt.reservations, conversation_id, _actor()))
+    return jsonify(result.conversation.to_dict())
+
+
+@bp.post("/<conversation_id>/messages")
+@responds(202, QueuedMessageSchema, "Queued for sending, in order")
+@errors(400, 401, 403, 404, 409, 422)
+@require("agent")
+@idempotent
+@body(AgentMessageSchema)
+def send_message(conversation_id, data):
+    """Send the customer a message as the agent (replying to an offer claims it)."""
+    visible_conversation(conversation_id)
+    if "media_id" in data:
+        # Media upload and storage arrive with the media issue; until then no id exists.
+        raise ApiError(422, "unknown_media", "No stored media has this id.", {"media_id": data["media_id"]})
+    rt = _rt()
+    result = _done(handoff.send(rt.settings, rt.reservations, conversation_id, _actor(),
+                                text=data.get("text"), template=data.get("template")))
+    return jsonify({"message": result.message.to_dict()}), 202
+
+
+@bp.post("/<conversation_id>/typing")
+@responds(204, None, "Typing noted (expires after AGENT_TYPING_TTL seconds)")
+@errors(400, 401, 403, 404, 409, 422)
+@require("agent")
+@body(TypingSchema)
+def typing(conversation_id, data):
+    """Show the customer's watchers that you are typing; on a bot conversation it holds the bot."""
+    visible_conversation(conversation_id)
+    _done(handoff.typing(_rt().settings, conversation_id, _actor(), data["typing"]))
+    return "", 204
+
+
+@bp.post("/<conversation_id>/release")
+@responds(200, ConversationSchema, "Back with the bot (BOT_CONTROLLED, cooldown set)")
+@errors(400, 401, 403, 404, 409, 422)
+@require("agent")
+@idempotent
+@body(ReleaseSchema, optional=True)
+def release(conversation_id, data):
+    """Hand the conversation back to the bot."""
+    visible_conversation(conversation_id)
+    result = _done(handoff.release(_rt().settings, conversation_id, _actor(), note=data.get("note")))
+    return jsonify(result.conversation.to_dict())
+
+
+@bp.post("/<conversation_id>/transfer")
+@responds(200, ConversationSchema, "Re-offered (PENDING_AGENT)")
+@errors(400, 401, 403, 404, 409, 422)
+@require("agent")
+@idempotent
+@body(TransferSchema)
+def transfer(conversation_id, data):
+    """Re-offer the conversation to another agent or group."""
+    visible_conversation(conversation_id)
+    rt = _rt()
+    result = _done(handoff.transfer(rt.settings, rt.reservations, conversation_id, _actor(),
+                                    agent_id=data.get("agent_id"), group=data.get("group")))
+    return jsonify(result.conversation.to_dict())
+
+
+@bp.post("/<conversation_id>/close")
+@responds(200, ConversationSchema, "Closed")
+@errors(400, 401, 403, 404, 409, 422)
+@require("agent")
+@idempotent
+@body(CloseSchema, optional=True)
+def close(conversation_id, data):
+    """Close the conversation (a new customer message reopens it with the bot)."""
+    visible_conversation(conversation_id)
+    result = _done(handoff.close(_rt().settings, conversation_id, _actor(), reason=data.get("reason")))
+    return jsonify(result.conversation.to_dict())

@@ -1,0 +1,168 @@
+"""Offer-based round robin: who gets a waiting conversation next.
+
+The pick and the capacity reservation are one Lua call, so two processes
+escalating at once can never push an agent past `max_concurrent` (Redis runs
+scripts one at a time). The database stays the truth about who holds what:
+a reservation is made before the conversation's compare-and-set and given
+back after a change that frees it commits, so the database never holds more
+than Redis reserved. `reconcile()` (the cron sweep) repairs Redis from the
+database after a crash or a flush.
+
+Order: online agents of the group with free capacity, least recently offered
+first (never offered first), ties by agent id; the customer's previous agent
+first when sticky assignment is on and that agent qualifies.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from config import Settings
+from models import AGENT_CONTROLLED, PENDING_AGENT, Agent, Conversation, utcnow
+
+from .apply import _audit, _cas, _notify, load_conversation
+from .effects import Effects, VersionConflict
+from .presence import Presence
+
+log = logging.getLogger(__name__)
+MAX_ATTEMPTS = 8
+# A reservation the database does not confirm after this long was left by a
+# process that died between reserving and committing.
+STALE_RESERVATION_SECONDS = 60
+
+# KEYS: seq, last, then (status, heartbeat, load) per candidate
+# ARGV: conversation, now, sticky agent id or "", then (agent id, max) per candidate
+_RESERVE_NEXT = """
+local best, best_seq = nil, nil
+local n = (#KEYS - 2) / 3
+for i = 0, n - 1 do
+  local agent, max = ARGV[4 + 2 * i], tonumber(ARGV[5 + 2 * i])
+  if redis.call('GET', KEYS[3 + 3 * i]) == 'online' and redis.call('EXISTS', KEYS[4 + 3 * i]) == 1
+     and redis.call('ZCARD', KEYS[5 + 3 * i]) < max then
+    if agent == ARGV[3] then best = i break end
+    local seq = tonumber(redis.call('HGET', KEYS[2], agent) or '0')
+    if best == nil or seq < best_seq then best, best_seq = i, seq end
+  end
+end
+if best == nil then return false end
+redis.call('ZADD', KEYS[5 + 3 * best], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[4 + 2 * best], redis.call('INCR', KEYS[1]))
+return ARGV[4 + 2 * best]
+"""
+
+# KEYS: load; ARGV: conversation, now, max, force -> 1 reserved (or already held), 0 full
+_RESERVE_FOR = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 1 end
+if ARGV[4] == '1' or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+class Reservations:
+    """Capacity reservations over `Presence`'s keys."""
+
+    def __init__(self, presence: Presence):
+        self.presence = presence
+        redis = presence.redis
+        self._next = redis.register_script(_RESERVE_NEXT)
+        self._for = redis.register_script(_RESERVE_FOR)
+
+    def reserve_next(self, conversation_id: str, candidates: list[Agent], sticky: str | None) -> str | None:
+        if not candidates:
+            return None
+        p = self.presence
+        keys = [p.sequence_key, p.last_assigned_key]
+        args: list = [conversation_id, time.time(), sticky or ""]
+        for agent in sorted(candidates, key=lambda a: a.id):
+            keys += [p.status_key(agent.id), p.heartbeat_key(agent.id), p.load_key(agent.id)]
+            args += [agent.id, agent.max_concurrent]
+        chosen = self._next(keys=keys, args=args)
+        return chosen.decode() if chosen else None
+
+    def reserve_for(self, agent: Agent, conversation_id: str, force: bool = False) -> bool:
+        return bool(self._for(keys=[self.presence.load_key(agent.id)],
+                              args=[conversation_id, time.time(), agent.max_concurrent, "1" if force else "0"]))
+
+    def release(self, agent_id: str | None, conversation_id: str) -> None:
+        if agent_id:
+            self.presence.redis.zrem(self.presence.load_key(agent_id), conversation_id)
+
+    def reconcile(self) -> dict:
+        """Make Redis hold exactly what the database says each agent holds
+        (plus reservations young enough to be in flight)."""
+        held: dict[str, set[str]] = {agent.id: set() for agent in Agent.select(Agent.id)}
+        rows = (Conversation.select(Conversation.id, Conversation.state, Conversation.assigned_agent_id,
+                                    Conversation.offered_agent_id)
+                .where(Conversation.state.in_((PENDING_AGENT, AGENT_CONTROLLED))))
+        for row in rows:
+            owner = row.offered_agent_id if row.state == PENDING_AGENT else row.assigned_agent_id
+            if owner in held:
+                held[owner].add(row.id)
+        redis, p = self.presence.redis, self.presence
+        added = removed = 0
+        cutoff = time.time() - STALE_RESERVATION_SECONDS
+        for agent_id, conversations in held.items():
+            reserved = {member.decode(): score
+                        for member, score in redis.zrange(p.load_key(agent_id), 0, -1, withscores=True)}
+            missing = conversations - reserved.keys()
+            stale = [c for c, at in reserved.items() if c not in conversations and at < cutoff]
+            if missing:
+                redis.zadd(p.load_key(agent_id), {c: time.time() for c in missing})
+                added += len(missing)
+            if stale:
+                redis.zrem(p.load_key(agent_id), *stale)
+                removed += len(stale)
+        if added or removed:
+            log.warning("capacity reservations repaired from the database: %d added, %d removed", added, removed)
+        return {"added": added, "removed": removed}
+
+
+def agents_of_group(group: str) -> list[Agent]:
+    return [agent for agent in Agent.select().order_by(Agent.id) if agent.in_group(group)]
+
+
+def offer_next(settings: Settings, reservations: Reservations, conversation_id: str) -> Effects:
+    """Offer a waiting conversation to the next agent in the rotation (or to
+    nobody, when no one qualifies; the timers try again). Committed here."""
+    for _ in range(MAX_ATTEMPTS):
+        conv = load_conversation(conversation_id)
+        if conv is None or conv.state != PENDING_AGENT or conv.offered_agent_id:
+            return Effects()
+        agents = agents_of_group(conv.group or settings.DEFAULT_GROUP)
+        lapsed = list(conv.offers_lapsed or [])
+        sticky = conv.last_agent_id if settings.STICKY_ASSIGNMENT and conv.last_agent_id not in lapsed else None
+        chosen = reservations.reserve_next(conv.id, [a for a in agents if a.id not in lapsed], sticky)
+        if chosen is None and lapsed:
+            # Everyone eligible has let this one lapse: go round again, least
+            # recently offered first (so the last to lapse comes last).
+            lapsed = []
+            chosen = reservations.reserve_next(conv.id, agents, None)
+        if chosen is None:
+            return Effects()
+        agent = next(a for a in agents if a.id == chosen)
+        try:
+            effects = plan_offer(settings, conv, agent, lapsed)
+            effects.commit()
+            return effects
+        except VersionConflict:
+            reservations.release(chosen, conv.id)
+        except Exception:
+            reservations.release(chosen, conv.id)
+            raise
+    return Effects()
+
+
+def plan_offer(settings: Settings, conv: Conversation, agent: Agent, lapsed: list[str],
+               actor: str = "system", reason: str = "offered") -> Effects:
+    effects = Effects()
+    now = utcnow()
+    _cas(conv, {"offered_agent_id": agent.id, "offers_lapsed": lapsed,
+                "offer_expires_at": now + timedelta(seconds=settings.OFFER_TIMEOUT)}, effects)
+    effects.update(Agent, {"last_assigned_at": now}, {"id": agent.id})
+    _audit(conv, effects, actor, PENDING_AGENT, PENDING_AGENT, reason, {"agent_id": agent.id})
+    _notify(settings, conv, "handoff.offered", effects, reason=conv.escalation_reason, agent=agent)
+    return effects
