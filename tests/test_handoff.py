@@ -1,0 +1,306 @@
+"""The human side, one customer at a time: offers, claims, replies, typing,
+release with cooldown, transfer, close, and refusals that change nothing."""
+import time
+
+import pytest
+
+from jobs import timers
+from jobs.context import set_runtime
+from models import BotTurn, Conversation, Message, OutboxEntry
+from tests.handoff_support import Team, bearer, conversation_of, customer_says, state_and_trail, trail
+from tests.support import run_jobs
+
+
+@pytest.fixture
+def desk(app_factory, n8n):
+    app = app_factory(N8N_NOTIFY_URL=n8n.url_for("notify"), SENTIMENT_LANGUAGES="")
+    set_runtime(app.extensions["baton"])
+    return app
+
+
+@pytest.fixture
+def team(desk):
+    return Team(desk)
+
+
+def settle(app):
+    run_jobs(app.extensions["baton"])
+
+
+def waiting_customer(app, text="I want to talk to a human", wa_id="15550001111"):
+    customer_says(app, text, wa_id=wa_id)
+    settle(app)
+    return conversation_of(wa_id)
+
+
+def test_a_customer_asking_for_a_human_is_offered_to_an_online_agent_of_the_group(desk, team, n8n):
+    team.add("ana")
+    team.add("bo", groups=("billing",))
+    conv = waiting_customer(desk)
+    assert conv.state == "PENDING_AGENT"
+    assert conv.offered_agent_id == team.id("ana")
+    [offered] = [e["json"] for e in n8n.received("handoff.offered")]
+    assert offered["agent"]["id"] == team.id("ana")
+    assert offered["console_url"].endswith(f"/console/conversations/{conv.id}")
+    notices = [e for e in OutboxEntry.select() if "connecting you" in (e.payload.get("text") or {}).get("body", "")]
+    assert len(notices) == 1
+
+
+def test_an_offline_agent_or_one_whose_heartbeat_lapsed_gets_no_offer(app_factory, n8n):
+    app = app_factory(N8N_NOTIFY_URL=n8n.url_for("notify"), AGENT_HEARTBEAT_TTL=1, SENTIMENT_LANGUAGES="")
+    set_runtime(app.extensions["baton"])
+    team = Team(app)
+    team.add("ana")
+    team.add("bo", online=False)
+    time.sleep(1.2)                                # ana's heartbeat lapses; nobody edits a row
+    me = team.call("ana", "GET", "/api/v1/agents/me").json
+    assert (me["status"], me["online"]) == ("online", False)
+    conv = waiting_customer(app)
+    assert conv.offered_agent_id is None
+    assert team.call("ana", "POST", "/api/v1/agents/me/heartbeat").json["online"] is True
+    assert conversation_of().offered_agent_id == team.id("ana")     # offered as soon as she is back
+
+
+def test_the_offered_agent_claims_and_then_receives_the_customers_messages(desk, team, n8n):
+    team.add("ana")
+    conv = waiting_customer(desk)
+    response = team.act("ana", "claim", conv.id)
+    assert response.status_code == 200
+    assert (response.json["state"], response.json["assigned_agent_id"]) == ("AGENT_CONTROLLED", team.id("ana"))
+    settle(desk)
+    [accepted] = [e["json"] for e in n8n.received("handoff.accepted")]
+    assert accepted["agent"]["name"] == "ana"
+    customer_says(desk, "my order 123 never came")
+    settle(desk)
+    for_agent = [e["json"] for e in n8n.received("message.for_agent")]
+    assert for_agent[-1]["message"]["text"] == "my order 123 never came"
+    assert for_agent[-1]["agent"]["id"] == team.id("ana")
+    assert BotTurn.select().count() == 0
+
+
+def test_replying_to_an_offer_claims_it_and_sends_in_order(desk, team):
+    team.add("ana")
+    conv = waiting_customer(desk)
+    first = team.act("ana", "messages", conv.id, {"text": "Hi, Ana here"})
+    second = team.act("ana", "messages", conv.id, {"text": "How can I help?"})
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert first.json["message"]["sender"] == "agent"
+    assert first.json["message"]["agent_id"] == team.id("ana")
+    settle(desk)
+    conv = Conversation.get_by_id(conv.id)
+    assert (conv.state, conv.assigned_agent_id) == ("AGENT_CONTROLLED", team.id("ana"))
+    bodies = [e.payload["text"]["body"] for e in OutboxEntry.select().order_by(OutboxEntry.id)]
+    assert bodies[-2:] == ["Hi, Ana here", "How can I help?"]
+
+
+def test_a_second_claim_is_409_already_assigned_and_changes_nothing(desk, team):
+    team.add("ana")
+    team.add("bo")
+    conv = waiting_customer(desk)
+    assert team.act("ana", "claim", conv.id).status_code == 200
+    before = state_and_trail(conv.id)
+    # Bo can no longer see it (not pending, not his): 403. A supervisor sees it: 409.
+    assert team.act("bo", "claim", conv.id).status_code == 403
+    team.add("sue", role="supervisor")
+    response = team.act("sue", "claim", conv.id)
+    assert (response.status_code, response.json["error"]) == (409, "already_assigned")
+    assert state_and_trail(conv.id) == before
+
+
+@pytest.mark.parametrize("action,body", [("messages", {"text": "hi"}), ("release", {}), ("close", {}),
+                                         ("transfer", {"group": "billing"}), ("typing", {"typing": True})])
+def test_an_agent_acting_on_another_agents_conversation_gets_403_and_nothing_changes(desk, team, action, body):
+    team.add("ana")
+    team.add("bo")
+    conv = waiting_customer(desk)
+    team.act("ana", "claim", conv.id)
+    settle(desk)
+    before = state_and_trail(conv.id)
+    messages = Message.select().count()
+    response = team.act("bo", action, conv.id, body)
+    assert response.status_code == 403
+    assert set(response.json) == {"error", "message", "details"}
+    assert state_and_trail(conv.id) == before
+    assert Message.select().count() == messages
+
+
+@pytest.mark.parametrize("action,body,status,error", [
+    ("claim", None, 404, "not_found"), ("messages", {"text": "x"}, 404, "not_found"),
+    ("release", {}, 404, "not_found"), ("messages", {}, 422, "validation_failed"),
+    ("messages", {"text": "x", "template": {"name": "t", "language": "en"}}, 422, "validation_failed"),
+    ("transfer", {}, 422, "validation_failed"), ("typing", {"typing": "maybe"}, 422, "validation_failed"),
+])
+def test_bad_calls_are_clear_errors(desk, team, action, body, status, error):
+    team.add("ana")
+    conv = waiting_customer(desk)
+    target = "c_nope" if status == 404 else conv.id
+    before = state_and_trail(conv.id)
+    response = team.act("ana", action, target, body)
+    assert (response.status_code, response.json["error"]) == (status, error)
+    assert state_and_trail(conv.id) == before
+
+
+def test_closing_twice_is_409_wrong_state(desk, team):
+    team.add("ana")
+    conv = waiting_customer(desk)
+    team.act("ana", "claim", conv.id)
+    assert team.act("ana", "close", conv.id).json["state"] == "CLOSED"
+    team.add("sue", role="supervisor")
+    before = state_and_trail(conv.id)
+    response = team.act("sue", "close", conv.id)
+    assert (response.status_code, response.json["error"]) == (409, "wrong_state")
+    assert state_and_trail(conv.id) == before
+
+
+def test_release_gives_the_bot_a_cooldown_so_the_customer_is_not_bounced_straight_back(desk, team, n8n):
+    team.add("ana")
+    conv = waiting_customer(desk)
+    team.act("ana", "claim", conv.id)
+    released = team.act("ana", "release", conv.id, {"note": "sorted"})
+    assert (released.json["state"], released.json["cooldown_remaining"]) == ("BOT_CONTROLLED", 3)
+    settle(desk)
+    assert n8n.received("conversation.released")[-1]["json"]["by"]["agent"]["id"] == team.id("ana")
+    customer_says(desk, "agent")                  # would escalate, but the cooldown holds
+    settle(desk)
+    conv = Conversation.get_by_id(conv.id)
+    assert (conv.state, conv.cooldown_remaining) == ("BOT_CONTROLLED", 2)
+    customer_says(desk, "thanks")
+    customer_says(desk, "bye")
+    settle(desk)
+    customer_says(desk, "human please")             # cooldown spent: triggers fire again
+    settle(desk)
+    assert Conversation.get_by_id(conv.id).state == "PENDING_AGENT"
+
+
+def test_a_bot_reply_in_flight_during_a_claim_is_refused_and_never_sent(app_factory, n8n):
+    app = app_factory(N8N_BOT_URL=n8n.url_for("bot"), N8N_NOTIFY_URL=n8n.url_for("notify"), SENTIMENT_LANGUAGES="")
+    set_runtime(app.extensions["baton"])
+    team = Team(app)
+    team.add("sue", role="supervisor")
+    customer_says(app, "hello")
+    settle(app)
+    [turn] = [e["json"] for e in n8n.received("bot.turn")]
+    conv = conversation_of()
+    assert team.act("sue", "claim", conv.id).status_code == 200       # takes over from the bot
+    from models import ApiToken
+    bot = ApiToken.issue("n8n", "bot")[1]
+    late = app.test_client().post("/api/v1/bot/replies", headers=bearer(bot),
+                                  json={"conversation_id": conv.id, "turn_id": turn["turn_id"], "text": "Hi!"})
+    assert (late.status_code, late.json["error"]) == (409, "stale_turn")
+    settle(app)
+    assert not [e for e in OutboxEntry.select() if (e.payload.get("text") or {}).get("body") == "Hi!"]
+
+
+def test_typing_holds_customer_messages_for_the_agent_who_then_answers(desk, team):
+    team.add("sue", role="supervisor")
+    customer_says(desk, "hello")
+    settle(desk)
+    conv = conversation_of()
+    turns = BotTurn.select().count()
+    assert team.act("sue", "typing", conv.id, {"typing": True}).status_code == 204
+    customer_says(desk, "are you there?")
+    customer_says(desk, "hello??")
+    settle(desk)
+    held = list(Message.select().where(Message.routed_to == "held").order_by(Message.sent_at))
+    assert [m.text for m in held] == ["are you there?", "hello??"]
+    assert BotTurn.select().count() == turns                     # the bot heard nothing
+    assert team.act("sue", "messages", conv.id, {"text": "Sue here, yes!"}).status_code == 202
+    conv = Conversation.get_by_id(conv.id)
+    assert (conv.state, conv.assigned_agent_id, conv.held_since) == ("AGENT_CONTROLLED", team.id("sue"), None)
+    assert {m.routed_to for m in Message.select().where(Message.id.in_([m.id for m in held]))} == {"agent"}
+
+
+def test_when_the_typing_lock_expires_the_held_messages_go_to_the_bot_in_order(app_factory, n8n):
+    app = app_factory(AGENT_TYPING_TTL=1, N8N_NOTIFY_URL=n8n.url_for("notify"), SENTIMENT_LANGUAGES="")
+    set_runtime(app.extensions["baton"])
+    team = Team(app)
+    team.add("sue", role="supervisor")
+    customer_says(app, "hello")
+    settle(app)
+    conv = conversation_of()
+    team.act("sue", "typing", conv.id, {"typing": True})
+    customer_says(app, "menu")
+    customer_says(app, "hours")
+    settle(app)
+    assert Message.select().where(Message.routed_to == "held").count() == 2
+    time.sleep(1.1)
+    timers.handoff_timers()
+    settle(app)
+    routed = [m.routed_to for m in Message.select().where(Message.direction == "in").order_by(Message.sent_at)]
+    assert routed == ["bot", "bot", "bot"]
+    answered = [t.message_id for t in BotTurn.select().order_by(BotTurn.created_at, BotTurn.id)]
+    inbound = [m.id for m in Message.select().where(Message.direction == "in").order_by(Message.sent_at)]
+    assert answered == inbound                                    # one turn each, in the customer's order
+    assert ("BOT_CONTROLLED", "BOT_CONTROLLED", "typing_expired") in trail(conv.id)
+
+
+def test_typing_false_releases_the_hold_at_once(desk, team):
+    team.add("sue", role="supervisor")
+    customer_says(desk, "hello")
+    settle(desk)
+    conv = conversation_of()
+    team.act("sue", "typing", conv.id, {"typing": True})
+    customer_says(desk, "menu")
+    settle(desk)
+    team.act("sue", "typing", conv.id, {"typing": False})
+    settle(desk)
+    assert Message.select().where(Message.routed_to == "held").count() == 0
+    assert Conversation.get_by_id(conv.id).state == "BOT_CONTROLLED"
+
+
+def test_transfer_to_a_group_re_offers_away_from_the_current_agent(desk, team, n8n):
+    team.add("ana", groups=("support", "billing"))
+    team.add("bo", groups=("billing",))
+    conv = waiting_customer(desk)
+    team.act("ana", "claim", conv.id)
+    response = team.act("ana", "transfer", conv.id, {"group": "billing"})
+    assert (response.status_code, response.json["state"], response.json["group"]) == (200, "PENDING_AGENT", "billing")
+    settle(desk)
+    assert Conversation.get_by_id(conv.id).offered_agent_id == team.id("bo")
+
+
+def test_transfer_to_an_agent_offers_it_to_them(desk, team):
+    team.add("ana")
+    team.add("cy")
+    conv = waiting_customer(desk)
+    team.act(conv.offered_agent_id == team.id("ana") and "ana" or "cy", "claim", conv.id)
+    holder = Conversation.get_by_id(conv.id).assigned_agent_id
+    other = "cy" if holder == team.id("ana") else "ana"
+    holder_name = "ana" if other == "cy" else "cy"
+    response = team.act(holder_name, "transfer", conv.id, {"agent_id": team.id(other)})
+    assert response.json["offered_agent_id"] == team.id(other)
+    assert team.act(other, "claim", conv.id).json["assigned_agent_id"] == team.id(other)
+
+
+def test_capacity_is_never_exceeded_and_the_rest_waits(desk, team):
+    team.add("ana", max_concurrent=2)
+    convs = [waiting_customer(desk, wa_id=f"1555000{i:04d}") for i in range(3)]
+    offered = [Conversation.get_by_id(c.id).offered_agent_id for c in convs]
+    assert offered.count(team.id("ana")) == 2 and offered.count(None) == 1
+    team.act("ana", "close", next(c.id for c, o in zip(convs, offered) if o))
+    timers.handoff_timers()
+    assert [Conversation.get_by_id(c.id).offered_agent_id for c in convs].count(team.id("ana")) == 2
+
+
+def test_agents_are_created_by_admins_and_listed_with_presence(desk, admin_token):
+    client = desk.test_client()
+    created = client.post("/api/v1/agents", headers=bearer(admin_token),
+                          json={"name": "Ana", "groups": ["support", "billing"], "max_concurrent": 3})
+    assert created.status_code == 201
+    token = created.json["token"]
+    assert client.patch("/api/v1/agents/me", headers=bearer(token), json={"status": "online"}).json["online"]
+    listed = client.get("/api/v1/agents", headers=bearer(admin_token)).json["items"]
+    assert [(a["name"], a["online"], a["active_conversations"]) for a in listed] == [("Ana", True, 0)]
+    assert "token" not in listed[0]
+    assert client.post("/api/v1/agents", headers=bearer(token), json={"name": "x"}).status_code == 403
+    bad = client.post("/api/v1/agents", headers=bearer(admin_token), json={"name": "x", "max_concurrent": 0})
+    assert bad.status_code == 422
+
+
+def test_flask_baton_agent_add_prints_the_token_alone_on_its_last_line(desk):
+    result = desk.test_cli_runner().invoke(args=["baton", "agent", "add", "--name", "Ana", "--groups",
+                                                 "support,billing", "--max-concurrent", "5"])
+    assert result.exit_code == 0, result.output
+    token = result.output.strip().splitlines()[-1]
+    me = desk.test_client().get("/api/v1/agents/me", headers=bearer(token)).json
+    assert (me["name"], me["groups"], me["max_concurrent"]) == ("Ana", ["billing", "support"], 5)
