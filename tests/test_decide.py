@@ -98,3 +98,36 @@ def test_decide_escalation(story, state, cooldown, automatic, changed, new_state
     (BOT, 4, 4, True), (BOT, 5, 4, False), (PENDING, 4, 4, False), (AGENT, 4, 4, False), (CLOSED, 4, 4, False)])
 def test_bot_may_speak_only_while_it_still_holds_the_turns_control(state, epoch, turn_epoch, allowed):
     assert bot_may_speak(state, epoch, turn_epoch) is allowed
+
+
+ANGRY = InboundView("text", "this is the worst service ever", sentiment_urgency=0.82)
+
+# view, message → new state, routed_to, reason, urgency, bot turn
+HOLDS_AND_SENTIMENT = [
+    ("an agent typing on a bot conversation holds the message", ConversationView(BOT, typing_held=True), HELLO,
+     BOT, "held", "held", None, False),
+    ("a held conversation holds even a request for a human (the human is coming)",
+     ConversationView(BOT, typing_held=True), HUMAN, BOT, "held", "held", None, False),
+    ("holding still uses up the cooldown", ConversationView(BOT, cooldown_remaining=2, typing_held=True), HELLO,
+     BOT, "held", "held", None, False),
+    ("an angry customer is handed to a human with urgency", ConversationView(BOT), ANGRY, PENDING,
+     "queued_for_agent", "sentiment", 0.82, False),
+    ("anger during cooldown stays with the bot", ConversationView(BOT, cooldown_remaining=1), ANGRY, BOT, "bot",
+     "inbound", None, True),
+    ("an explicit request wins over sentiment", ConversationView(BOT),
+     InboundView("text", "I want to talk to a human", sentiment_urgency=0.9), PENDING, "queued_for_agent",
+     "explicit_request", None, False),
+    ("anger while pending is just queued", ConversationView(PENDING, last_pending_notice_at=NOW), ANGRY, PENDING,
+     "queued_for_agent", "inbound", None, False),
+    ("an echo beats a typing hold", ConversationView(BOT, typing_held=True), ECHO, AGENT, "none",
+     "agent_takeover", None, False),
+]
+
+
+@pytest.mark.parametrize("story, view, msg, new_state, routed_to, reason, urgency, bot_turn", HOLDS_AND_SENTIMENT,
+                         ids=[row[0] for row in HOLDS_AND_SENTIMENT])
+def test_typing_holds_and_sentiment(story, view, msg, new_state, routed_to, reason, urgency, bot_turn):
+    decision = decide(view, msg, POLICY, NOW)
+    assert (decision.new_state, decision.routed_to, decision.reason) == (new_state, routed_to, reason)
+    assert (decision.escalation.urgency if decision.escalation else None) == urgency
+    assert decision.bot_turn is bot_turn
