@@ -40,7 +40,7 @@ NOTIFY_EVENTS = (
     "handoff.requested", "handoff.offered", "handoff.accepted", "handoff.timeout",
     "message.for_agent", "conversation.released", "conversation.closed",
 )
-NEEDS_A_HUMAN = ("handoff.requested", "handoff.offered", "message.for_agent")
+NEEDS_A_HUMAN = ("handoff.requested", "handoff.offered", "handoff.timeout", "message.for_agent")
 
 
 def load(name):
@@ -375,7 +375,7 @@ def test_unknown_events_are_ignored_not_failed():
     assert {n["type"] for n in workflow["nodes"] if n["name"] in fed} == {"n8n-nodes-base.noOp"}
 
 
-@pytest.mark.parametrize("expression", ["$json.body.conversation.contact.name",
+@pytest.mark.parametrize("expression", ["$json.body.conversation.contact.name", "$json.body.agent.name",
                                         "$json.body.reason", "$json.body.console_url"])
 def test_handoff_message_names_contact_reason_and_console_link(expression):
     workflow = load(NOTIFY_BRANCH)
