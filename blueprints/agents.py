@@ -7,7 +7,7 @@ from models import Agent, CallbackRequest, Conversation
 from routing import agents as agent_service
 from routing.assignment import offer_next
 from routing.dispatch import dispatch
-from routing.timeouts import waiting_for_offer
+from routing import timeouts
 
 from .api import body, errors, query, responds
 from .auth import current_viewer, require
@@ -82,6 +82,9 @@ def set_my_status(data):
     agent = agent_service.set_status(rt.presence, _me(), data["status"])
     if agent.status == "online":
         _offer_waiting(rt)
+    else:       # leaving: what was offered to them moves on now, not when the offers lapse
+        for conversation_id in timeouts.offers_to(agent.id):
+            dispatch(rt, timeouts.expire_offer(rt.settings, conversation_id, withdrawn_from=agent.id))
     (described,) = agent_service.describe(rt.presence, [agent])
     return jsonify(described)
 
@@ -104,7 +107,7 @@ def heartbeat():
 
 def _offer_waiting(rt) -> None:
     """An agent just became available: offer what waits now, not at the next tick."""
-    for conversation_id in waiting_for_offer():
+    for conversation_id in timeouts.waiting_for_offer():
         dispatch(rt, offer_next(rt.settings, rt.reservations, conversation_id))
 
 

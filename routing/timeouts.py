@@ -85,20 +85,32 @@ def _agent(agent_id: str | None) -> Agent | None:
     return Agent.get_or_none(Agent.id == agent_id) if agent_id else None
 
 
-def expire_offer(settings: Settings, conversation_id: str) -> Effects:
+def expire_offer(settings: Settings, conversation_id: str, *, withdrawn_from: str | None = None) -> Effects:
+    """The offer lapsed (or, with `withdrawn_from`, that agent went away):
+    the next agent gets it."""
     def plan(conv, effects):
         now = utcnow()
-        if conv.state != PENDING_AGENT or conv.offer_expires_at is None or conv.offer_expires_at >= now:
+        if conv.state != PENDING_AGENT or conv.offered_agent_id is None:
             return False
+        if withdrawn_from is not None:
+            if conv.offered_agent_id != withdrawn_from:
+                return False
+        elif conv.offer_expires_at is None or conv.offer_expires_at >= now:
+            return False
+        reason = "offer_expired" if withdrawn_from is None else "offer_withdrawn"
         lapsed_agent = conv.offered_agent_id
         lapsed = [*(conv.offers_lapsed or []), *([lapsed_agent] if lapsed_agent else [])]
         _cas(conv, {"offered_agent_id": None, "offer_expires_at": None, "offers_lapsed": lapsed}, effects)
-        _audit(conv, effects, "system", PENDING_AGENT, PENDING_AGENT, "offer_expired", {"agent_id": lapsed_agent})
-        _notify(settings, conv, "handoff.timeout", effects, reason="offer_expired", agent=_agent(lapsed_agent))
+        _audit(conv, effects, "system", PENDING_AGENT, PENDING_AGENT, reason, {"agent_id": lapsed_agent})
+        _notify(settings, conv, "handoff.timeout", effects, reason=reason, agent=_agent(lapsed_agent))
         effects.release_reservation(lapsed_agent, conv.id)
         effects.offer(conv.id)
         return True
     return _apply(conversation_id, plan)
+
+
+def offers_to(agent_id: str) -> list[str]:
+    return _due(Conversation.state == PENDING_AGENT, Conversation.offered_agent_id == agent_id)
 
 
 def agent_unresponsive(settings: Settings, conversation_id: str) -> Effects:

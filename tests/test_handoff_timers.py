@@ -203,3 +203,15 @@ def test_an_understood_turn_resets_the_failure_count(app_factory, n8n):
             "intent": intent})
     conv = conversation_of()
     assert (conv.state, conv.bot_failures) == ("BOT_CONTROLLED", 1)
+
+
+def test_an_agent_going_away_hands_their_offers_on_at_once(app_factory, n8n):
+    app, team = make_desk(app_factory, n8n)
+    ana, bo = team.add("ana"), team.add("bo")
+    conv = waiting_customer(app)
+    first = "ana" if conv.offered_agent_id == ana.id else "bo"
+    other = "bo" if first == "ana" else "ana"
+    assert team.call(first, "PATCH", "/api/v1/agents/me", {"status": "away"}).json["online"] is False
+    settle(app)
+    assert Conversation.get_by_id(conv.id).offered_agent_id == team.id(other)
+    assert ("PENDING_AGENT", "PENDING_AGENT", "offer_withdrawn") in trail(conv.id)
