@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+from datetime import datetime
 
 import peewee
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -9,7 +10,8 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from models import Conversation, Delivery, Message, db
+from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery, Message, db, utcnow
+from models.base import as_naive_utc
 from routing.lanes import LANES
 
 from .api import build_spec, responds
@@ -73,7 +75,25 @@ def metrics():
     depth = Gauge("baton_lane_ready", "Keys waiting in a work lane", ["lane"], registry=registry)
     for lane in LANES:
         depth.labels(lane).set(rt.lanes.depth(lane))
+    agents = list(Agent.select(Agent.id))
+    online = rt.presence.online([a.id for a in agents])
+    Gauge("baton_agents_online", "Agents online for assignment (status online and a live heartbeat)",
+          registry=registry).set(sum(online.values()))
+    Gauge("baton_pending_unoffered", "Conversations waiting for a human that no agent has been offered",
+          registry=registry).set(Conversation.select().where((Conversation.state == PENDING_AGENT)
+                                                             & Conversation.offered_agent_id.is_null()).count())
+    oldest = (Conversation.select(peewee.fn.MIN(Conversation.pending_since))
+              .where(Conversation.state == PENDING_AGENT).scalar())
+    Gauge("baton_pending_oldest_seconds", "How long the longest-waiting customer has waited for a human",
+          registry=registry).set((utcnow() - as_naive_utc(_as_datetime(oldest))).total_seconds() if oldest else 0)
+    Gauge("baton_callback_requests_open", "Callback requests nobody has handled yet",
+          registry=registry).set(CallbackRequest.select().where(CallbackRequest.status == "open").count())
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _as_datetime(value):
+    """MIN() over a DateTimeField comes back as text on SQLite."""
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 @bp.get("/openapi.json")

@@ -215,3 +215,20 @@ def test_an_agent_going_away_hands_their_offers_on_at_once(app_factory, n8n):
     settle(app)
     assert Conversation.get_by_id(conv.id).offered_agent_id == team.id(other)
     assert ("PENDING_AGENT", "PENDING_AGENT", "offer_withdrawn") in trail(conv.id)
+
+
+def test_metrics_show_the_human_side(app_factory, n8n):
+    app, team = make_desk(app_factory, n8n)
+    waiting_customer(app)                                  # nobody online yet
+    team.add("ana", online=False)
+    backdate(conversation_of().id, pending_since=42)
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "baton_agents_online 0.0" in text
+    assert "baton_pending_unoffered 1.0" in text
+    oldest = float(next(line.split()[1] for line in text.splitlines()
+                        if line.startswith("baton_pending_oldest_seconds")))
+    assert 41 <= oldest < 60
+    team.online("ana")
+    timers.handoff_timers()
+    text = app.test_client().get("/metrics").get_data(as_text=True)
+    assert "baton_agents_online 1.0" in text and "baton_pending_unoffered 0.0" in text
