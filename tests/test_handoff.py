@@ -304,3 +304,50 @@ def test_flask_baton_agent_add_prints_the_token_alone_on_its_last_line(desk):
     token = result.output.strip().splitlines()[-1]
     me = desk.test_client().get("/api/v1/agents/me", headers=bearer(token)).json
     assert (me["name"], me["groups"], me["max_concurrent"]) == ("Ana", ["billing", "support"], 5)
+
+
+def _claimed_by_ana(desk, team):
+    conv = waiting_customer(desk)
+    team.act("ana", "claim", conv.id)
+    return conv
+
+
+def _released(desk, team):
+    conv = _claimed_by_ana(desk, team)
+    team.act("ana", "release", conv.id)
+    return conv
+
+
+CONFLICTS = [
+    ("claiming beyond your capacity", "cy", "claim", None, "at_capacity", lambda desk, team: waiting_customer(desk)),
+    ("releasing a conversation the bot already has", "sue", "release", {}, "wrong_state", _released),
+    ("transferring a conversation the bot has", "sue", "transfer", {"group": "billing"}, "wrong_state", _released),
+    ("transferring to an agent who is offline", "ana", "transfer", {"agent_id": "OFFLINE"}, "agent_unavailable",
+     _claimed_by_ana),
+    ("transferring to the agent who has it", "sue", "transfer", {"agent_id": "ANA"}, "wrong_state", _claimed_by_ana),
+    ("transferring to an agent with no room", "ana", "transfer", {"agent_id": "CY"}, "agent_at_capacity",
+     _claimed_by_ana),
+]
+
+
+@pytest.mark.parametrize("story, who, action, body, error, setup", CONFLICTS, ids=[c[0] for c in CONFLICTS])
+def test_every_409_changes_nothing(desk, team, story, who, action, body, error, setup):
+    team.add("ana")
+    team.add("sue", role="supervisor")
+    cy = team.add("cy", max_concurrent=1)
+    team.add("olaf", online=False)
+    other = waiting_customer(desk, wa_id="15550009999")          # fills cy's one seat
+    team.act("cy", "claim", other.id)
+    team.offline("cy")
+    team.online("cy")
+    conv = setup(desk, team)
+    settle(desk)
+    if body and "agent_id" in body:
+        body = {"agent_id": {"OFFLINE": team.id("olaf"), "ANA": team.id("ana"), "CY": cy.id}[body["agent_id"]]}
+    before, messages = state_and_trail(conv.id), Message.select().count()
+    loads = desk.extensions["baton"].presence.loads([team.id(n) for n in ("ana", "sue", "cy", "olaf")])
+    response = team.act(who, action, conv.id, body)
+    assert (response.status_code, response.json["error"]) == (409, error), response.json
+    assert state_and_trail(conv.id) == before
+    assert Message.select().count() == messages
+    assert desk.extensions["baton"].presence.loads(list(loads)) == loads
