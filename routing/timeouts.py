@@ -179,9 +179,11 @@ def end_hold(settings: Settings, conversation_id: str) -> Effects:
     def plan(conv, effects):
         if conv.held_since is None or (conv.typing_until is not None and conv.typing_until >= utcnow()):
             return False
+        typist = conv.typing_agent_id
         plan_end_of_hold(conv, effects)
         _audit(conv, effects, "system", conv.state, conv.state, "typing_expired",
-               {"messages": len(effects.inbox)})
+               {"messages": len(effects.inbox), "agent_id": typist})
+        _notify(settings, conv, "handoff.timeout", effects, reason="typing_expired", agent=_agent(typist))
         return True
     return _apply(conversation_id, plan)
 

@@ -232,6 +232,8 @@ def test_when_the_typing_lock_expires_the_held_messages_go_to_the_bot_in_order(a
     inbound = [m.id for m in Message.select().where(Message.direction == "in").order_by(Message.sent_at)]
     assert answered == inbound                                    # one turn each, in the customer's order
     assert ("BOT_CONTROLLED", "BOT_CONTROLLED", "typing_expired") in trail(conv.id)
+    [timeout] = [e["json"] for e in n8n.received("handoff.timeout")]
+    assert (timeout["reason"], timeout["agent"]["id"]) == ("typing_expired", team.id("sue"))
 
 
 def test_typing_false_releases_the_hold_at_once(desk, team):
