@@ -92,3 +92,19 @@ def test_a_crash_while_the_builtin_bot_answers_leaves_the_message_unrouted_until
     assert Message.get(Message.direction == "in").routed_to == "bot"
     assert BotTurn.get().answered_at is not None
     assert OutboxEntry.select().count() == 1
+
+
+def test_a_human_replying_from_the_phone_while_an_offer_is_out_withdraws_the_offer(wasender_app):
+    from routing.agents import create_agent, set_status
+
+    rt = wasender_app.extensions["baton"]
+    ana, _ = create_agent("Ana", "agent", ["support"], 1)
+    set_status(rt.presence, ana, "online")
+    post(wasender_app, wasender_message("I want to talk to a human"))
+    run_jobs(rt)
+    assert Conversation.get().offered_agent_id == ana.id
+    post(wasender_app, wasender_message("Tom here, on it!", from_me=True))
+    run_jobs(rt)
+    conv = Conversation.get()
+    assert (conv.state, conv.offered_agent_id, conv.assigned_agent_id) == ("AGENT_CONTROLLED", None, None)
+    assert rt.presence.loads([ana.id]) == {ana.id: 0}             # Ana's seat is free again
