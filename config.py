@@ -69,8 +69,9 @@ class Settings:
     STICKY_ASSIGNMENT: bool = True
     # The bot reporting `intent: "fallback"` this many turns in a row escalates.
     BOT_FAILURE_LIMIT: int = 3
-    # VADER compound score at or below which a customer message escalates
-    # (-1 … 1); languages the analyser reads (comma-separated; empty = off).
+    # VADER compound score (-1 … 0, exclusive) at or below which a customer's
+    # text escalates; languages the analyser reads (comma-separated: only
+    # English today; empty turns the trigger off).
     SENTIMENT_THRESHOLD: float = -0.6
     SENTIMENT_LANGUAGES: str = "en"
 
@@ -160,8 +161,11 @@ def _validate(s: Settings) -> None:
                  "PUMP_LINGER"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(s, name)}")
-    if not -1 <= s.SENTIMENT_THRESHOLD <= 1:
-        raise ConfigError(f"SENTIMENT_THRESHOLD must be between -1 and 1, got {s.SENTIMENT_THRESHOLD}")
+    if not -1 <= s.SENTIMENT_THRESHOLD < 0:
+        raise ConfigError(f"SENTIMENT_THRESHOLD must be at least -1 and below 0, got {s.SENTIMENT_THRESHOLD}")
+    unreadable = {x.strip().split("-")[0].lower() for x in s.SENTIMENT_LANGUAGES.split(",") if x.strip()} - {"en"}
+    if unreadable:
+        raise ConfigError(f"SENTIMENT_LANGUAGES: the analyser reads English only, not {', '.join(sorted(unreadable))}")
     if s.ESCALATION_PHRASES_FILE and not Path(s.ESCALATION_PHRASES_FILE).is_file():
         raise ConfigError(f"ESCALATION_PHRASES_FILE {s.ESCALATION_PHRASES_FILE!r} is not a readable file")
 
