@@ -353,3 +353,32 @@ def test_every_409_changes_nothing(desk, team, story, who, action, body, error, 
     assert state_and_trail(conv.id) == before
     assert Message.select().count() == messages
     assert desk.extensions["baton"].presence.loads(list(loads)) == loads
+
+
+def test_an_angry_customer_is_handed_to_a_human_with_urgency(app_factory, n8n):
+    app = app_factory(N8N_NOTIFY_URL=n8n.url_for("notify"))          # sentiment on, as by default
+    set_runtime(app.extensions["baton"])
+    customer_says(app, "This is the worst service ever, I am furious!!!")
+    settle(app)
+    conv = conversation_of()
+    assert conv.state == "PENDING_AGENT"
+    assert conv.to_dict()["escalation"]["reason"] == "sentiment"
+    assert conv.escalation_urgency > 0.6
+    [requested] = [e["json"] for e in n8n.received("handoff.requested")]
+    assert requested["reason"] == "sentiment"
+
+
+def test_an_angry_customer_in_a_language_the_analyser_cannot_read_stays_with_the_bot(app_factory):
+    app = app_factory()
+    set_runtime(app.extensions["baton"])
+    customer_says(app, "esto es una mierda, el peor servicio del mundo")
+    settle(app)
+    assert conversation_of().state == "BOT_CONTROLLED"
+
+
+def test_the_sentiment_trigger_can_be_turned_off(app_factory):
+    app = app_factory(SENTIMENT_LANGUAGES="")
+    set_runtime(app.extensions["baton"])
+    customer_says(app, "This is the worst service ever, I am furious!!!")
+    settle(app)
+    assert conversation_of().state == "BOT_CONTROLLED"
