@@ -8,6 +8,8 @@ configured through environment variables exactly like production.
         baton.kill_worker(0)           # SIGKILL, no goodbye
         baton.start_worker()           # -> index of the new worker
         baton.pause_worker(1); baton.resume_worker(1)   # SIGSTOP / SIGCONT
+        baton.kill_all(); baton.restart_all()            # SIGKILL web, workers and cron; start them again
+        baton.kill_web(); baton.start_web()              # likewise kill_cron(); start_cron()
 
 `init_db=True` runs `flask --app app baton init-db` first (tests using the `app`
 fixture already have the schema). Every process writes its stdout+stderr to its own
@@ -197,6 +199,49 @@ class BatonProcesses:
     @property
     def live_workers(self) -> list[int]:
         return [i for i, p in enumerate(self.workers) if p.alive]
+
+    # -- web and cron, and everything at once -----------------------------------------------
+    def start_web(self) -> None:
+        """Start a fresh gunicorn (after kill_web/kill_all); returns without waiting for /readyz."""
+        self.web = self._spawn("web", [*_command("gunicorn"), "-c", "gunicorn.conf.py",
+                                       "--no-control-socket", "wsgi:app"])
+
+    def kill_web(self) -> None:
+        """SIGKILL gunicorn's master and its workers together: requests in flight are cut off."""
+        self._kill_now([self.web])
+
+    def start_cron(self) -> None:
+        """Start a fresh `flask --app app baton cron`."""
+        self.cron_proc = self._spawn("cron", [*_command("flask"), "--app", "app", "baton", "cron"])
+
+    def kill_cron(self) -> None:
+        """SIGKILL the RQ cron scheduler: no timer is enqueued until another one starts."""
+        self._kill_now([self.cron_proc])
+
+    def kill_all(self) -> None:
+        """SIGKILL every process at once (web, RQ workers, cron), like a power cut:
+        nothing gets to finish a job, flush a buffer or say goodbye."""
+        self._kill_now([*self.processes()])
+
+    def restart_all(self) -> None:
+        """After kill_all(): gunicorn, as many RQ workers as at start and the cron again,
+        on the same port, database and Redis; returns once /readyz is 200."""
+        self.start_web()
+        for _ in range(self.rq_workers):
+            self.start_worker()
+        if self.cron:
+            self.start_cron()
+        self.wait_ready()
+
+    def _kill_now(self, procs: list[Proc | None]) -> None:
+        procs = [p for p in procs if p is not None]
+        for proc in procs:
+            proc.killed = True
+            self._kill_group(proc)
+        for proc in procs:
+            proc.popen.wait(timeout=self.STOP_TIMEOUT)
+            if not proc.log_file.closed:
+                proc.log_file.close()
 
     # -- shutdown -------------------------------------------------------------------------
     def stop(self) -> None:
