@@ -52,6 +52,7 @@ COMMON_ENGLISH_WORDS = frozenset("""
 """.split())
 
 # A word is a run of letters, with inner apostrophes kept ("don't", "c'est").
+_NUMBER = re.compile(r"(?<!\w)[\d.,:/#-]*\d[\d.,:/#-]*(?!\w)")
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")
 
 _models_lock = threading.Lock()
@@ -150,7 +151,9 @@ class SentimentAnalyser:
         text = text[:MAX_SCORED_CHARS]
         if self.language(text, language_hint) not in self.languages:
             return None
-        return _vader_analyser().polarity_scores(text)["compound"]
+        # VADER's lexicon scores slang numbers ("187" is -3.1, "86" negative):
+        # in support chats numbers are order ids and prices, never feelings.
+        return _vader_analyser().polarity_scores(_NUMBER.sub(" ", text))["compound"]
 
     def urgency(self, text: str | None, language_hint: str | None = None) -> float | None:
         """How urgently an angry `text` needs a human, from 0 to 1 to 2 decimals

@@ -207,3 +207,11 @@ def test_concurrent_first_messages_load_the_language_model_once():
         print(len(loads), sorted(set(results)))
     """)
     assert out == "1 [0.86]"
+
+
+@pytest.mark.parametrize("text", ["question 187 about my parcel", "order #86 is where?", "my order 187 arrived",
+                                  "tracking 1-87/86 please"])
+def test_numbers_are_order_ids_not_feelings(text):
+    # VADER's lexicon holds slang numbers ("187" = murder); a customer quoting
+    # an order number must not read as furious.
+    assert SentimentAnalyser(-0.3).urgency(text, "en") is None
