@@ -78,7 +78,12 @@ def handoff_timers() -> dict:
     rt = runtime()
     settings = rt.settings
     now = utcnow()
-    outcomes = {"offers_expired": 0, "pending_timeouts": 0, "unresponsive": 0, "holds_ended": 0, "offered": 0}
+    outcomes = {"offers_expired": 0, "offers_withdrawn": 0, "pending_timeouts": 0, "unresponsive": 0,
+                "holds_ended": 0, "offered": 0}
+    for conversation_id, agent_id in timeouts.offers_to_absent_agents(rt.presence):
+        effects = timeouts.expire_offer(settings, conversation_id, withdrawn_from=agent_id)
+        outcomes["offers_withdrawn"] += bool(effects.writes)
+        dispatch(rt, effects)
     steps = (("offers_expired", timeouts.due_offers(now), lambda c: timeouts.expire_offer(settings, c)),
              ("pending_timeouts", timeouts.due_pending_timeouts(settings, now),
               lambda c: timeouts.pending_timeout(settings, c)),

@@ -109,6 +109,16 @@ def expire_offer(settings: Settings, conversation_id: str, *, withdrawn_from: st
     return _apply(conversation_id, plan)
 
 
+def offers_to_absent_agents(presence) -> list[tuple[str, str]]:
+    """(conversation, agent) for live offers whose agent is no longer online
+    (heartbeat lapsed): they move on now rather than when the offer lapses."""
+    rows = list(Conversation.select(Conversation.id, Conversation.offered_agent_id)
+                .where((Conversation.state == PENDING_AGENT) & Conversation.offered_agent_id.is_null(False))
+                .limit(BATCH))
+    online = presence.online(sorted({row.offered_agent_id for row in rows}))
+    return [(row.id, row.offered_agent_id) for row in rows if not online[row.offered_agent_id]]
+
+
 def offers_to(agent_id: str) -> list[str]:
     return _due(Conversation.state == PENDING_AGENT, Conversation.offered_agent_id == agent_id)
 

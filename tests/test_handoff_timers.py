@@ -232,3 +232,17 @@ def test_metrics_show_the_human_side(app_factory, n8n):
     timers.handoff_timers()
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert "baton_agents_online 1.0" in text and "baton_pending_unoffered 0.0" in text
+
+
+def test_an_offer_to_an_agent_whose_heartbeat_lapsed_moves_on_at_the_next_tick(app_factory, n8n):
+    app, team = make_desk(app_factory, n8n, AGENT_HEARTBEAT_TTL=1)
+    ana = team.add("ana")
+    conv = waiting_customer(app)
+    assert conv.offered_agent_id == ana.id
+    bo = team.add("bo")
+    import time
+    time.sleep(1.2)                                     # both heartbeats lapse; Bo's comes back
+    team.call("bo", "POST", "/api/v1/agents/me/heartbeat")
+    assert timers.handoff_timers()["offers_withdrawn"] == 1
+    assert Conversation.get_by_id(conv.id).offered_agent_id == bo.id
+    assert ("PENDING_AGENT", "PENDING_AGENT", "offer_withdrawn") in trail(conv.id)
