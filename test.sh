@@ -5,6 +5,7 @@ cd "$(dirname "$0")"
 . scripts/lib.sh
 
 apt_install redis-server redis-server
+apt_install chromium chromium chromium-driver   # the console's browser tests (tests/test_console.py)
 ensure_python_env requirements-dev.txt
 
 # PostgreSQL: use the one answering on 127.0.0.1:5432, start an installed
