@@ -32,10 +32,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # thread-local); reconnects itself after a database restart.
         db.connect(reuse_if_open=True)
 
-    from blueprints import admin, agents, bot, console, conversations, errors, handoff, ops, webhooks
+    from blueprints import admin, agents, bot, console, conversations, errors, events, handoff, ops, webhooks
 
     errors.init_app(app)
-    for blueprint in (webhooks.bp, bot.bp, conversations.bp, handoff.bp, agents.bp, admin.bp, ops.bp, console.bp):
+    for blueprint in (webhooks.bp, bot.bp, conversations.bp, handoff.bp, agents.bp, events.bp, admin.bp, ops.bp,
+                      console.bp):
         app.register_blueprint(blueprint)
 
     import cli
