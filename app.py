@@ -25,12 +25,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["baton"] = runtime
 
     from models import db
+    from models.base import is_pooled
 
     @app.before_request
     def _connect():
         # One connection per thread, kept open across requests (peewee is
         # thread-local); reconnects itself after a database restart.
         db.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def _give_back(exc):
+        # A pooled PostgreSQL connection goes back to the pool after each
+        # request (under gevent every request is its own greenlet). SQLite
+        # keeps its cheap per-thread connection open across requests.
+        if is_pooled() and not db.is_closed():
+            db.close()
 
     from blueprints import admin, agents, bot, console, conversations, errors, events, handoff, ops, webhooks
 

@@ -25,6 +25,9 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     DATABASE_URL: str = f"sqlite:///{INSTANCE_DIR / 'baton.db'}"
+    # PostgreSQL connections each web or worker process may hold at once;
+    # a request waits up to 10 s for one, then gets 503 database_unavailable.
+    DATABASE_POOL_SIZE: int = 20
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     # Prefix of every Redis key and RQ queue name Baton owns, so two installs
     # (or a test run) can share one Redis without touching each other's data.
@@ -153,7 +156,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
     for name in ("WHATSAPP_MPS", "PENDING_TIMEOUT", "OFFER_TIMEOUT", "AGENT_HEARTBEAT_TTL", "AGENT_TYPING_TTL",
                  "BOT_HISTORY", "MEDIA_URL_TTL", "MAX_WEBHOOK_BYTES", "EVENT_MAX_ATTEMPTS", "SEND_MAX_ATTEMPTS",
-                 "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL", "AGENT_RESPONSE_TIMEOUT",
+                 "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL", "AGENT_RESPONSE_TIMEOUT", "DATABASE_POOL_SIZE",
                  "BOT_FAILURE_LIMIT"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")

@@ -103,7 +103,7 @@ class Runtime:
     def build(cls, settings: Settings) -> "Runtime":
         from integrations.whatsapp import make_adapter
 
-        models.bind(settings.DATABASE_URL)
+        models.bind(settings.DATABASE_URL, settings.DATABASE_POOL_SIZE)
         redis = Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2,
                                health_check_interval=30)
         queues = {name: Queue(queue_name(settings, name), connection=redis)

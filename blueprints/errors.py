@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 import peewee
+from playhouse.pool import MaxConnectionsExceeded
 from flask import Flask, jsonify
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
@@ -65,6 +66,7 @@ def init_app(app: Flask) -> None:
             message = "The request body is larger than this endpoint accepts."
         return error_response(exc.code, code, message)
 
+    @app.errorhandler(MaxConnectionsExceeded)
     @app.errorhandler(peewee.OperationalError)
     @app.errorhandler(peewee.InterfaceError)
     def _database_down(exc):

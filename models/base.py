@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import orjson
 import peewee
+from playhouse.pool import PooledPostgresqlDatabase
 from playhouse.shortcuts import ReconnectMixin
 
 db = peewee.DatabaseProxy()
@@ -77,11 +78,16 @@ class BaseModel(peewee.Model):
         legacy_table_names = False
 
 
-class _ReconnectingPostgres(ReconnectMixin, peewee.PostgresqlDatabase):
-    """Reconnects once when PostgreSQL restarts under a long-lived worker."""
+class _PooledPostgres(ReconnectMixin, PooledPostgresqlDatabase):
+    """A bounded pool of PostgreSQL connections that reconnects once when the
+    server restarts under a long-lived process.
+
+    Under gevent each request is its own greenlet, and peewee's per-thread
+    connections become per-greenlet ones: without a bound, a burst of
+    clients would open a connection each. Requests return theirs at teardown."""
 
 
-def make_database(url: str) -> peewee.Database:
+def make_database(url: str, pool_size: int = 20) -> peewee.Database:
     """Build (not connect) the database for a `DATABASE_URL`."""
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
@@ -99,19 +105,23 @@ def make_database(url: str) -> peewee.Database:
     from urllib.parse import urlparse, unquote
 
     parsed = urlparse(url)
-    return _ReconnectingPostgres(
+    return _PooledPostgres(
         unquote(parsed.path.lstrip("/")), user=unquote(parsed.username or "") or None,
         password=unquote(parsed.password or "") or None, host=parsed.hostname or None,
-        port=parsed.port or None,
+        port=parsed.port or None, max_connections=pool_size, stale_timeout=300, timeout=10,
     )
 
 
-def bind(url: str) -> peewee.Database:
+def is_pooled(database: peewee.Database | None = None) -> bool:
+    return isinstance(database or db.obj, PooledPostgresqlDatabase)
+
+
+def bind(url: str, pool_size: int = 20) -> peewee.Database:
     """Point the shared proxy at the database for `url` (idempotent per url)."""
     current = getattr(db, "obj", None)
     if current is not None and getattr(current, "_baton_url", None) == url:
         return current
-    database = make_database(url)
+    database = make_database(url, pool_size)
     database._baton_url = url
     db.initialize(database)
     return database
