@@ -102,25 +102,9 @@ def test_a_full_agent_is_skipped_until_capacity_frees(desk, team):
     assert rt.presence.loads([ana.id, bo.id]) == {ana.id: 1, bo.id: 1}
 
 
-def test_a_returning_customer_goes_back_to_their_previous_agent(desk, team):
-    rt = desk.extensions["baton"]
-    ana = team.add("ana")
-    bo = team.add("bo")
-    (conversation_id,) = new_conversations(1)
-    first = escalate_and_see_who_is_offered(rt, conversation_id)
-    agent = ana if first == ana.id else bo
-    dispatch(rt, claim(rt.settings, rt.reservations, conversation_id, Actor(agent, "agent")).effects)
-    dispatch(rt, release(rt.settings, conversation_id, Actor(agent, "agent")).effects)
-    Conversation.update(cooldown_remaining=0).where(Conversation.id == conversation_id).execute()
-    # The rotation alone would now pick the other agent; stickiness wins.
-    assert escalate_and_see_who_is_offered(rt, conversation_id) == agent.id
-
-
-def test_stickiness_can_be_turned_off(app_factory):
-    app = app_factory(SENTIMENT_LANGUAGES="", STICKY_ASSIGNMENT="false")
-    rt = app.extensions["baton"]
-    set_runtime(rt)
-    team = Team(app)
+def served_then_released(rt, team) -> tuple[str, str]:
+    """A customer served by one of two agents, then handed back to the bot
+    (cooldown spent): returns (conversation, the agent who served them)."""
     ana, bo = team.add("ana"), team.add("bo")
     (conversation_id,) = new_conversations(1)
     first = escalate_and_see_who_is_offered(rt, conversation_id)
@@ -128,7 +112,22 @@ def test_stickiness_can_be_turned_off(app_factory):
     dispatch(rt, claim(rt.settings, rt.reservations, conversation_id, Actor(agent, "agent")).effects)
     dispatch(rt, release(rt.settings, conversation_id, Actor(agent, "agent")).effects)
     Conversation.update(cooldown_remaining=0).where(Conversation.id == conversation_id).execute()
-    assert escalate_and_see_who_is_offered(rt, conversation_id) != agent.id
+    return conversation_id, agent.id
+
+
+def test_a_returning_customer_goes_back_to_their_previous_agent(desk, team):
+    rt = desk.extensions["baton"]
+    conversation_id, previous = served_then_released(rt, team)
+    # The rotation alone would now pick the other agent; stickiness wins.
+    assert escalate_and_see_who_is_offered(rt, conversation_id) == previous
+
+
+def test_stickiness_can_be_turned_off(app_factory):
+    app = app_factory(SENTIMENT_LANGUAGES="", STICKY_ASSIGNMENT="false")
+    rt = app.extensions["baton"]
+    set_runtime(rt)
+    conversation_id, previous = served_then_released(rt, Team(app))
+    assert escalate_and_see_who_is_offered(rt, conversation_id) != previous
 
 
 def test_reconcile_repairs_reservations_after_redis_loses_them(desk, team):
