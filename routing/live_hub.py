@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SUBSCRIBER_BACKLOG = 1000
 # How often the reader wakes without traffic to notice it has no subscribers
 # left or that the process is shutting down.
-POLL_SECONDS = 1.0
+POLL_SECONDS = 0.5
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 
 _fork_lock = threading.Lock()

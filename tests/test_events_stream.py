@@ -498,8 +498,10 @@ def test_stopping_gunicorn_ends_open_streams_instead_of_waiting_for_them(baton, 
         took = time.monotonic() - started
 
         assert all(console.ended.wait(1) for console in opened)
-        # gunicorn's graceful_timeout is 20 s and the harness kills after 10 s.
-        assert took < 5, f"gunicorn took {took:.1f} s to stop"
+        # Held open by its streams, gunicorn would wait out graceful_timeout (20 s) and the
+        # harness would SIGKILL it at 10 s; ended by them it stops in ~2.5 s on a quiet machine
+        # (6.2 s was seen once under a full PostgreSQL suite on 2 shared cores).
+        assert took < 8, f"gunicorn took {took:.1f} s to stop"
     finally:
         for console in opened:
             console.close()
