@@ -518,7 +518,7 @@ def test_an_offer_nobody_accepts_goes_round_the_agents_then_the_pending_policy_a
             down = time.monotonic()
             procs.restart_all()
             print(f"all processes SIGKILLed after the first expiry; back after {time.monotonic() - down:.1f} s")
-        wait_for_reason(procs, conv_id, "pending_timeout", timeout=25)
+        wait_for_reason(procs, conv_id, "pending_timeout", timeout=40)
 
         if policy == "collect_callback":
             conv = procs.wait_until(lambda: (c := Conversation.get_by_id(conv_id)).state == BOT_CONTROLLED and c,
@@ -564,7 +564,9 @@ def test_an_offer_nobody_accepts_goes_round_the_agents_then_the_pending_policy_a
         assert name(lapse) == name(offer), story
         assert (lapse.created_at - offer.created_at).total_seconds() >= 2, (offer.created_at, lapse.created_at)
     waited = (after[0].created_at - escalated.created_at).total_seconds()
-    assert 9 - 0.01 <= waited <= (25 if restart else 13), waited
+    # Upper bounds only catch a timer that never fires; a restart on a loaded 2-core
+    # machine (a full suite beside it) can take several seconds.
+    assert 9 - 0.01 <= waited <= (40 if restart else 20), waited
 
     # The policy, as the audit trail, the conversation and the customer see it.
     assert after[0].details["policy"] == policy, after[0].details
