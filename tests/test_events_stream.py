@@ -505,3 +505,27 @@ def test_stopping_gunicorn_ends_open_streams_instead_of_waiting_for_them(baton, 
     finally:
         for console in opened:
             console.close()
+
+
+def test_a_customer_asking_for_a_human_reaches_an_online_agents_stream_within_a_second(
+        live_server, consoles, rt, app):
+    """End to end: webhook → routing (escalation and offer) → Redis pub/sub → the stream."""
+    from routing.agents import create_agent, set_status
+    from tests.support import run_jobs, text_webhook
+
+    agent, token = create_agent("Ana", "agent", ["support"], 3)
+    set_status(rt.presence, agent, "online")
+    console = consoles(live_server, token)
+    console.wait_connected()
+    raw, headers = text_webhook("15557770001", "I want to talk to a human")
+    sent = time.monotonic()
+    assert app.test_client().post("/webhooks/whatsapp", data=raw, headers=headers).status_code == 200
+    run_jobs(rt)
+    seen = []
+    while not any(f["json"]["data"].get("offered_agent_id") == agent.id for f in seen):
+        frame = console.next_event(timeout=max(1.0 - (time.monotonic() - sent), 0.01))
+        if frame["event"] == "conversation.updated":
+            seen.append(frame)
+    assert time.monotonic() - sent < 1.0
+    assert seen[0]["json"]["data"]["state"] == PENDING_AGENT
+    assert "audience" not in console.raw
