@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, g, jsonify
 
-from models import Agent, CallbackRequest, Conversation
+from models import Agent, CallbackRequest, Conversation, utcnow, write_transaction
 from routing import agents as agent_service
 from routing.assignment import offer_next
 from routing.dispatch import dispatch
@@ -15,7 +15,8 @@ from .conversations import decode_cursor, encode_cursor
 from .errors import ApiError
 from .idempotency import idempotent
 from .schemas import (AgentCreatedSchema, AgentCreateSchema, AgentListSchema, AgentQueryArgsSchema, AgentSchema,
-                      AgentStatusSchema, CallbackListSchema, CallbackQueryArgsSchema)
+                      AgentStatusSchema, CallbackDoneSchema, CallbackListSchema, CallbackQueryArgsSchema,
+                      CallbackRequestSchema)
 
 bp = Blueprint("agents", __name__, url_prefix="/api/v1")
 
@@ -126,3 +127,28 @@ def list_callbacks(args):
         rows = rows.where(CallbackRequest.group.in_(list(viewer.groups) or [""]))
     page = list(rows.limit(args["limit"]))
     return jsonify({"items": [c.to_dict() for c in page], "next_cursor": None})
+
+
+@bp.post("/callbacks/<callback_id>/done")
+@responds(200, CallbackRequestSchema, "Marked done (again: unchanged)")
+@errors(400, 401, 403, 404, 422)
+@require("agent")
+@idempotent
+@body(CallbackDoneSchema, optional=True)
+def mark_callback_done(callback_id, data):
+    """Record that the customer was called back."""
+    viewer = current_viewer()
+    request_ = CallbackRequest.get_or_none(CallbackRequest.id == callback_id)
+    if request_ is None:
+        raise ApiError(404, "not_found", "No such callback request.")
+    if not viewer.sees_all and request_.group not in viewer.groups:
+        raise ApiError(403, "forbidden", "This callback request belongs to another group.",
+                       {"group": request_.group})
+    if request_.status == "open":
+        with write_transaction():
+            (CallbackRequest.update(status="done", done_at=utcnow(), done_by=viewer.agent_id or g.token.name,
+                                    note=data.get("note") or request_.note)
+             .where((CallbackRequest.id == callback_id) & (CallbackRequest.status == "open"))
+             .execute())
+        request_ = CallbackRequest.get_by_id(callback_id)
+    return jsonify(request_.to_dict())

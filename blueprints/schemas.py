@@ -320,6 +320,10 @@ class CallbackListSchema(Schema):
     next_cursor = fields.String(allow_none=True)
 
 
+class CallbackDoneSchema(StrictSchema):
+    note = fields.String(validate=validate.Length(max=2000), allow_none=True)
+
+
 class CallbackQueryArgsSchema(StrictSchema):
     status = fields.String(load_default="open", validate=validate.OneOf(("open", "done")))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))

@@ -246,3 +246,22 @@ def test_an_offer_to_an_agent_whose_heartbeat_lapsed_moves_on_at_the_next_tick(a
     assert timers.handoff_timers()["offers_withdrawn"] == 1
     assert Conversation.get_by_id(conv.id).offered_agent_id == bo.id
     assert ("PENDING_AGENT", "PENDING_AGENT", "offer_withdrawn") in trail(conv.id)
+
+
+def test_an_agent_marks_a_callback_request_done(app_factory, n8n):
+    app, team = make_desk(app_factory, n8n, PENDING_TIMEOUT_POLICY="collect_callback")
+    conv = waiting_customer(app)
+    backdate(conv.id, pending_since=301)
+    timers.handoff_timers()
+    [request] = CallbackRequest.select()
+    team.add("ana", online=False)
+    team.add("bo", groups=("billing",), online=False)
+    refused = team.call("bo", "POST", f"/api/v1/callbacks/{request.id}/done", {})
+    assert refused.status_code == 403
+    assert CallbackRequest.get_by_id(request.id).status == "open"
+    assert team.call("ana", "POST", "/api/v1/callbacks/cb_nope/done", {}).status_code == 404
+    done = team.call("ana", "POST", f"/api/v1/callbacks/{request.id}/done", {"note": "called, all sorted"})
+    assert (done.status_code, done.json["status"], done.json["done_by"], done.json["note"]) == (
+        200, "done", team.id("ana"), "called, all sorted")
+    assert team.call("ana", "GET", "/api/v1/callbacks").json["items"] == []
+    assert [c["id"] for c in team.call("ana", "GET", "/api/v1/callbacks?status=done").json["items"]] == [request.id]
