@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import array
 import json
-import math
 import multiprocessing
 import os
 import random

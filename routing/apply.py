@@ -15,12 +15,12 @@ from datetime import datetime
 from bot.rules import reply as rule_bot_reply
 
 from config import Settings
-from models import (AGENT_CONTROLLED, BOT_CONTROLLED, PENDING_AGENT, Agent, BotTurn, Channel, Contact,
+from models import (BOT_CONTROLLED, CLOSED, PENDING_AGENT, Agent, BotTurn, Channel, Contact,
                     Conversation, Event, Message, new_id, utcnow)
 
 from models.prepared import PreparedSelect
 
-from .decide import (ConversationView, Decision, InboundView, Policy, bot_may_speak, decide,
+from .decide import (READABLE, ConversationView, Decision, InboundView, Policy, bot_may_speak, decide,
                      decide_escalation)
 from .effects import Effects, VersionConflict, queue_event, queue_outbound
 from .live import live_event
@@ -232,7 +232,7 @@ def _sentiment(policy: Policy, conv: Conversation, message: Message, view: Conve
     """Urgency when the customer's text reads angry enough to escalate (only
     worth computing while the bot holds the conversation outside cooldown)."""
     if (policy.sentiment is None or message.direction != "in" or not message.text
-            or view.state not in (BOT_CONTROLLED, "CLOSED") or view.typing_held
+            or message.type not in READABLE or view.state not in (BOT_CONTROLLED, CLOSED) or view.typing_held
             or (view.state == BOT_CONTROLLED and view.cooldown_remaining > 0)):
         return None
     return policy.sentiment.urgency(message.text, (conv.metadata or {}).get("preferred_language"))

@@ -325,7 +325,6 @@ def close(settings: Settings, conversation_id: str, actor: Actor, reason: str | 
             raise _wrong_state(conv, "closed")
         _require_owner_or_supervisor(conv, actor, "close")
         effects = Effects()
-        before = conv.state
         effects.release_reservation(_owner(conv), conv.id)
         plan_close(settings, conv, effects, actor=actor.label, reason=reason or "closed_by_agent",
                    by=_by(actor))

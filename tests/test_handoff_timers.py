@@ -6,7 +6,7 @@ import pytest
 
 from jobs import timers
 from jobs.context import set_runtime
-from models import CallbackRequest, Conversation, Message, OutboxEntry, utcnow
+from models import CallbackRequest, Conversation, OutboxEntry, utcnow
 from tests.handoff_support import Team, conversation_of, customer_says, trail
 from tests.support import run_jobs
 
@@ -207,7 +207,8 @@ def test_an_understood_turn_resets_the_failure_count(app_factory, n8n):
 
 def test_an_agent_going_away_hands_their_offers_on_at_once(app_factory, n8n):
     app, team = make_desk(app_factory, n8n)
-    ana, bo = team.add("ana"), team.add("bo")
+    ana = team.add("ana")
+    team.add("bo")
     conv = waiting_customer(app)
     first = "ana" if conv.offered_agent_id == ana.id else "bo"
     other = "bo" if first == "ana" else "ana"
