@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import time
 
@@ -12,7 +13,16 @@ import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from models import ApiToken, Channel, Contact, Conversation, Delivery, Message, OutboxEntry, db
+from models import (
+    ApiToken,
+    Channel,
+    Contact,
+    Conversation,
+    Delivery,
+    Message,
+    OutboxEntry,
+    db,
+)
 from models.token import ROLES
 
 baton = AppGroup("baton", help="Baton administration.")
@@ -205,8 +215,15 @@ def worker(burst):
     queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "default")]
     # Round robin: a busy inbound lane hands its pump over again and again;
     # with the default priority order the outbound lane would never get a turn.
-    SimpleWorker(queues, connection=rt.redis).work(burst=burst, logging_level=rt.settings.LOG_LEVEL,
+    SimpleWorker(queues, connection=rt.redis).work(burst=burst, logging_level=_rq_log_level(rt.settings),
                                                    dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+
+
+def _rq_log_level(settings) -> str:
+    """RQ logs every job at INFO; with timers due every second that buries
+    Baton's own log lines, so RQ speaks up only from WARNING (or at DEBUG)."""
+    return "DEBUG" if settings.LOG_LEVEL == "DEBUG" else (
+        settings.LOG_LEVEL if logging.getLevelName(settings.LOG_LEVEL) > logging.WARNING else "WARNING")
 
 
 @baton.command("cron")
@@ -217,6 +234,7 @@ def cron():
     from jobs.cron import register_timers
 
     rt = _rt()
-    scheduler = CronScheduler(connection=rt.redis, logging_level=rt.settings.LOG_LEVEL)
+    logging.getLogger("rq.cron").setLevel(_rq_log_level(rt.settings))
+    scheduler = CronScheduler(connection=rt.redis, logging_level=_rq_log_level(rt.settings))
     register_timers(scheduler, rt.settings)
     scheduler.start()
