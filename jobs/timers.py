@@ -14,7 +14,7 @@ from __future__ import annotations
 from calendar import timegm
 from datetime import timedelta
 
-from models import Delivery, Message, utcnow
+from models import Agent, Delivery, Message, utcnow
 from models.delivery import PENDING
 from routing import timeouts
 from routing.assignment import offer_next
@@ -95,10 +95,17 @@ def handoff_timers() -> dict:
             effects = apply(conversation_id)
             outcomes[name] += bool(effects.writes)
             dispatch(rt, effects)
+    agent_ids = [agent.id for agent in Agent.select(Agent.id)]
+    if not any(rt.presence.online(agent_ids).values()):
+        return _logged(outcomes)           # nobody to offer waiting customers to
     for conversation_id in timeouts.waiting_for_offer():
         effects = offer_next(settings, rt.reservations, conversation_id)
         outcomes["offered"] += bool(effects.writes)
         dispatch(rt, effects)
+    return _logged(outcomes)
+
+
+def _logged(outcomes: dict) -> dict:
     if any(outcomes.values()):
         log.info("handoff timers: %s", outcomes)
     return outcomes
