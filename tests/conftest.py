@@ -138,3 +138,49 @@ def app_factory(settings_overrides, app):
     def make(**changes):
         return create_app({**settings_overrides, **{k: str(v) for k, v in changes.items()}})
     return make
+
+
+@pytest.fixture
+def live_server(app, monkeypatch):
+    """The test app over real HTTP on 127.0.0.1 (a thread per request). Live
+    streams send keep-alives often, so one whose client has gone notices it
+    (its next write fails) and the server stops without waiting out 15 s."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from blueprints import events
+
+    monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.2)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def start_baton(app, settings_overrides, tmp_path, request):
+    """Factory: start_baton(web_workers=2, rq_workers=2, cron=True, **extra_settings) runs
+    Baton as real processes (tests/harness.py). All are stopped after the test; their
+    logs are printed when it failed."""
+    from tests.harness import BatonProcesses
+
+    started: list = []
+    failed_before = request.session.testsfailed
+
+    def start(web_workers: int = 2, rq_workers: int = 2, cron: bool = True, **extra_settings):
+        procs = BatonProcesses({**settings_overrides, **extra_settings}, web_workers=web_workers,
+                               rq_workers=rq_workers, cron=cron, log_dir=tmp_path / f"processes{len(started)}")
+        started.append(procs)
+        return procs
+
+    yield start
+    for procs in started:
+        procs.stop()
+    if request.session.testsfailed > failed_before:
+        capture = request.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            for procs in started:
+                print(f"\n===== Baton process logs ({procs.log_dir}) =====\n{procs.logs()}")

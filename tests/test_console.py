@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from models import ApiToken, Conversation, utcnow
 from tests.handoff_support import Team, conversation_of, customer_says
@@ -233,19 +231,6 @@ def test_an_agent_takes_a_customer_from_the_queue_replies_and_hands_back_to_the_
 
 
 # -- smaller stories: the app on a thread, jobs run in-process ----------------------------------
-
-@pytest.fixture
-def live_server(app, monkeypatch):
-    """The test app over real HTTP on 127.0.0.1 (a thread per request)."""
-    from blueprints import events
-
-    monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.2)   # a stream whose tab closed ends fast
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
 
 
 @pytest.fixture

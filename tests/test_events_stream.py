@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from models import PENDING_AGENT, AGENT_CONTROLLED
 from routing.live import live_event, publish
@@ -105,21 +104,6 @@ def parse_frame(block: str) -> dict:
 
 
 # -- fixtures and factories --------------------------------------------------------------------
-
-@pytest.fixture
-def live_server(app, monkeypatch):
-    """The app served over real HTTP on 127.0.0.1 (a thread per request). Streams
-    send keep-alives often, so one whose client has gone notices it (its next
-    write fails) and the server can stop without waiting out the default 15 s."""
-    from blueprints import events
-
-    monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.2)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
 
 
 @pytest.fixture

@@ -32,26 +32,8 @@ ASK_FOR_A_HUMAN = "I want to talk to a human"
 
 
 @pytest.fixture
-def start_baton(app, settings_overrides, tmp_path, request):
-    """Factory: start_baton(**settings) -> gunicorn (2 workers) + 2 RQ workers + RQ cron.
-    Stopped after the test; their logs are printed when it failed."""
-    started: list[BatonProcesses] = []
-    failed_before = request.session.testsfailed
-
-    def start(**extra_settings) -> BatonProcesses:
-        procs = BatonProcesses({**settings_overrides, **PROCESS_SETTINGS, **extra_settings}, web_workers=2,
-                               rq_workers=2, cron=True, log_dir=tmp_path / f"processes{len(started)}")
-        started.append(procs)
-        return procs
-
-    yield start
-    for procs in started:
-        procs.stop()
-    if request.session.testsfailed > failed_before:
-        capture = request.config.pluginmanager.getplugin("capturemanager")
-        with capture.global_and_fixture_disabled():
-            for procs in started:
-                print(f"\n===== Baton process logs ({procs.log_dir}) =====\n{procs.logs()}")
+def settings_overrides(settings_overrides):
+    return {**settings_overrides, **PROCESS_SETTINGS}
 
 
 # -- the humans, over HTTP -----------------------------------------------------------------

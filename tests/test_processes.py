@@ -41,29 +41,6 @@ def settings_overrides(settings_overrides):
 
 
 @pytest.fixture
-def start_baton(app, settings_overrides, tmp_path, request):
-    """Factory: start_baton(web_workers=2, rq_workers=2, cron=True, **extra_settings).
-    All processes are stopped after the test; their logs are printed when it failed."""
-    started: list[BatonProcesses] = []
-    failed_before = request.session.testsfailed
-
-    def start(web_workers: int = 2, rq_workers: int = 2, cron: bool = True, **extra_settings) -> BatonProcesses:
-        procs = BatonProcesses({**settings_overrides, **extra_settings}, web_workers=web_workers,
-                               rq_workers=rq_workers, cron=cron, log_dir=tmp_path / f"processes{len(started)}")
-        started.append(procs)
-        return procs
-
-    yield start
-    for procs in started:
-        procs.stop()
-    if request.session.testsfailed > failed_before:
-        capture = request.config.pluginmanager.getplugin("capturemanager")
-        with capture.global_and_fixture_disabled():
-            for procs in started:
-                print(f"\n===== Baton process logs ({procs.log_dir}) =====\n{procs.logs()}")
-
-
-@pytest.fixture
 def processes(start_baton):
     """gunicorn (2 workers) + 2 RQ workers + RQ cron."""
     return start_baton()
