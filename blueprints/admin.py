@@ -1,11 +1,11 @@
 """Admin views: the sandbox outbox and n8n deliveries (list and replay)."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app
 
 from models import Delivery, OutboxEntry
 
-from .api import errors, query, responds
+from .api import errors, query, reply, responds
 from .auth import require
 from .errors import ApiError
 from .idempotency import idempotent
@@ -24,7 +24,7 @@ def outbox(args):
     """What the sandbox provider "sent", newest last."""
     rows = list(OutboxEntry.select().order_by(OutboxEntry.created_at.desc(), OutboxEntry.id.desc())
                 .limit(args["limit"]))
-    return jsonify({"items": [r.to_dict() for r in reversed(rows)], "next_cursor": None})
+    return reply({"items": [r.to_dict() for r in reversed(rows)], "next_cursor": None})
 
 
 @bp.get("/deliveries")
@@ -38,12 +38,12 @@ def deliveries(args):
     if "status" in args:
         rows = rows.where(Delivery.status == args["status"])
     rows = rows.order_by(Delivery.created_at.desc(), Delivery.id.desc()).limit(args["limit"])
-    return jsonify({"items": [r.to_dict() for r in rows], "next_cursor": None})
+    return reply({"items": [r.to_dict() for r in rows], "next_cursor": None})
 
 
 @bp.post("/deliveries/<delivery_id>/replay")
 @responds(200, DeliverySchema, "Queued again with a fresh retry budget")
-@errors(401, 403, 404, 409)
+@errors(401, 403, codes={404: ("not_found",), 409: ("already_pending",)})
 @require("admin")
 @idempotent
 def replay(delivery_id):
@@ -55,4 +55,4 @@ def replay(delivery_id):
         raise ApiError(404, "not_found", "No such delivery.")
     if delivery.status == "pending":
         raise ApiError(409, "already_pending", "This delivery is already waiting to be sent.")
-    return jsonify(replay_delivery(delivery_id, current_app.extensions["baton"]).to_dict())
+    return reply(replay_delivery(delivery_id, current_app.extensions["baton"]).to_dict())

@@ -1,7 +1,7 @@
 """Agents: created by admins; presence (status + heartbeat) set by each agent."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, jsonify
+from flask import Blueprint, current_app, g
 
 from models import Agent, CallbackRequest, Conversation, utcnow, write_transaction
 from routing import agents as agent_service
@@ -9,7 +9,7 @@ from routing.assignment import offer_next
 from routing.dispatch import dispatch
 from routing import timeouts
 
-from .api import body, errors, query, responds
+from .api import body, errors, query, reply, responds
 from .auth import current_viewer, require
 from .conversations import decode_cursor, encode_cursor
 from .errors import ApiError
@@ -34,7 +34,7 @@ def _me() -> Agent:
 
 @bp.get("/agents")
 @responds(200, AgentListSchema)
-@errors(400, 401, 403, 422)
+@errors(401, 403, 422, codes={400: ("bad_cursor",)})
 @require("supervisor")
 @query(AgentQueryArgsSchema)
 def list_agents(args):
@@ -46,7 +46,7 @@ def list_agents(args):
     agents = [a for a in rows if "group" not in args or a.in_group(args["group"])]
     page = agents[:args["limit"]]
     next_cursor = encode_cursor(page[-1].id) if len(agents) > args["limit"] else None
-    return jsonify({"items": agent_service.describe(_rt().presence, page), "next_cursor": next_cursor})
+    return reply({"items": agent_service.describe(_rt().presence, page), "next_cursor": next_cursor})
 
 
 @bp.post("/agents")
@@ -59,22 +59,22 @@ def create_agent(data):
     """Add an agent (and its API token)."""
     agent, secret = agent_service.create_agent(data["name"], data["role"], data["groups"], data["max_concurrent"])
     (described,) = agent_service.describe(_rt().presence, [agent])
-    return jsonify({**described, "token": secret}), 201
+    return reply({**described, "token": secret}, 201)
 
 
 @bp.get("/agents/me")
 @responds(200, AgentSchema)
-@errors(401, 403)
+@errors(401, codes={403: ("not_an_agent",)})
 @require("agent")
 def get_me():
     """The calling agent, with its presence."""
     (described,) = agent_service.describe(_rt().presence, [_me()])
-    return jsonify(described)
+    return reply(described)
 
 
 @bp.patch("/agents/me")
 @responds(200, AgentSchema)
-@errors(400, 401, 403, 422)
+@errors(400, 401, 422, codes={403: ("not_an_agent",)})
 @require("agent")
 @body(AgentStatusSchema)
 def set_my_status(data):
@@ -87,12 +87,12 @@ def set_my_status(data):
         for conversation_id in timeouts.offers_to(agent.id):
             dispatch(rt, timeouts.expire_offer(rt.settings, conversation_id, withdrawn_from=agent.id))
     (described,) = agent_service.describe(rt.presence, [agent])
-    return jsonify(described)
+    return reply(described)
 
 
 @bp.post("/agents/me/heartbeat")
 @responds(200, AgentSchema)
-@errors(401, 403)
+@errors(401, codes={403: ("not_an_agent",)})
 @require("agent")
 def heartbeat():
     """Keep the caller online for assignment for another AGENT_HEARTBEAT_TTL seconds."""
@@ -103,7 +103,7 @@ def heartbeat():
     if agent.status == "online" and not was_online:
         _offer_waiting(rt)
     (described,) = agent_service.describe(rt.presence, [agent])
-    return jsonify(described)
+    return reply(described)
 
 
 def _offer_waiting(rt) -> None:
@@ -126,12 +126,12 @@ def list_callbacks(args):
     if not viewer.sees_all:
         rows = rows.where(CallbackRequest.group.in_(list(viewer.groups) or [""]))
     page = list(rows.limit(args["limit"]))
-    return jsonify({"items": [c.to_dict() for c in page], "next_cursor": None})
+    return reply({"items": [c.to_dict() for c in page], "next_cursor": None})
 
 
 @bp.post("/callbacks/<callback_id>/done")
 @responds(200, CallbackRequestSchema, "Marked done (again: unchanged)")
-@errors(400, 401, 403, 404, 422)
+@errors(400, 401, 403, 422, codes={404: ("not_found",)})
 @require("agent")
 @idempotent
 @body(CallbackDoneSchema, optional=True)
@@ -151,4 +151,4 @@ def mark_callback_done(callback_id, data):
              .where((CallbackRequest.id == callback_id) & (CallbackRequest.status == "open"))
              .execute())
         request_ = CallbackRequest.get_by_id(callback_id)
-    return jsonify(request_.to_dict())
+    return reply(request_.to_dict())

@@ -1,12 +1,12 @@
 """POST /api/v1/bot/replies: the AI branch answers a turn, behind the turn guard."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app
 
 from routing.apply import CooldownActive, NotFound, StaleTurn, accept_bot_reply
 from routing.dispatch import dispatch
 
-from .api import body, errors, responds
+from .api import body, errors, reply, responds
 from .auth import require
 from .errors import ApiError
 from .idempotency import idempotent
@@ -18,7 +18,8 @@ bp = Blueprint("bot", __name__, url_prefix="/api/v1/bot")
 @bp.post("/replies")
 @responds(202, BotReplyResultSchema, "Reply queued for sending")
 @responds(200, BotReplyResultSchema, "The bot escalated; a human takes over")
-@errors(400, 401, 403, 404, 409, 422)
+@errors(400, 401, 403, 422, codes={404: ("unknown_conversation", "unknown_turn"),
+                                   409: ("stale_turn", "cooldown_active")})
 @require("bot")
 @idempotent
 @body(BotReplySchema)
@@ -39,4 +40,4 @@ def post_reply(data):
     dispatch(rt, result.effects)
     payload = {"status": result.status,
                "message": result.message.to_dict() if result.message else None}
-    return jsonify(payload), (202 if result.status == "queued" else 200)
+    return reply(payload, 202 if result.status == "queued" else 200)

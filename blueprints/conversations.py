@@ -5,7 +5,7 @@ import base64
 from datetime import datetime
 
 import orjson
-from flask import Blueprint, current_app, g, jsonify
+from flask import Blueprint, current_app, g
 
 from models import PENDING_AGENT, Channel, Contact, Conversation, Message
 from models.base import as_naive_utc
@@ -14,7 +14,7 @@ from routing.apply import load_conversation
 from routing.dispatch import dispatch
 from routing.visibility import may_see
 
-from .api import body, errors, query, responds
+from .api import body, errors, query, reply, responds
 from .auth import current_viewer, require
 from .errors import ApiError
 from .idempotency import idempotent
@@ -54,7 +54,7 @@ def visible_conversation(conversation_id: str) -> Conversation:
 
 @bp.get("")
 @responds(200, ConversationListSchema)
-@errors(400, 401, 403, 422)
+@errors(401, 403, 422, codes={400: ("bad_cursor", "bad_time")})
 @require("bot", "agent")
 @query(ConversationQueryArgsSchema)
 def list_conversations(args):
@@ -92,21 +92,21 @@ def list_conversations(args):
     if len(page) > limit:
         page = page[:limit]
         next_cursor = encode_cursor(page[-1].updated_at.isoformat(), page[-1].id)
-    return jsonify({"items": [c.to_dict() for c in page], "next_cursor": next_cursor})
+    return reply({"items": [c.to_dict() for c in page], "next_cursor": next_cursor})
 
 
 @bp.get("/<conversation_id>")
 @responds(200, ConversationSchema)
-@errors(401, 403, 404)
+@errors(401, 403, codes={404: ("not_found",)})
 @require("bot", "agent")
 def get_conversation(conversation_id):
     """One conversation."""
-    return jsonify(visible_conversation(conversation_id).to_dict())
+    return reply(visible_conversation(conversation_id).to_dict())
 
 
 @bp.get("/<conversation_id>/messages")
 @responds(200, MessageListSchema)
-@errors(400, 401, 403, 404, 422)
+@errors(401, 403, 422, codes={400: ("bad_time",), 404: ("not_found",)})
 @require("bot", "agent")
 @query(MessageQueryArgsSchema)
 def list_messages(conversation_id, args):
@@ -125,7 +125,7 @@ def list_messages(conversation_id, args):
     if len(page) > limit:
         page = page[:limit]
         next_cursor = page[-1].id
-    return jsonify({"items": [m.to_dict() for m in page], "next_cursor": next_cursor})
+    return reply({"items": [m.to_dict() for m in page], "next_cursor": next_cursor})
 
 
 def _position(conversation_id: str, value: str, before: bool = False) -> tuple[datetime, str]:
@@ -147,7 +147,7 @@ def _parse_time(value: str) -> datetime:
 
 @bp.post("/<conversation_id>/escalate")
 @responds(200, EscalatedConversationSchema, "The conversation (changed: false when a human already had it)")
-@errors(400, 401, 403, 404, 422)
+@errors(400, 401, 403, 422, codes={404: ("not_found",)})
 @require("bot", "agent")
 @idempotent
 @body(EscalateSchema)
@@ -159,6 +159,6 @@ def escalate(conversation_id, data):
                                    actor=f"{g.token.role}:{g.token.name}", urgency=data.get("urgency"),
                                    group=data.get("group"), note=data.get("note"))
     dispatch(rt, result.effects)
-    return jsonify({**result.conversation.to_dict(), "changed": result.changed})
+    return reply({**result.conversation.to_dict(), "changed": result.changed})
 
 

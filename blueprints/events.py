@@ -44,7 +44,7 @@ class EventStreamQueryArgsSchema(StrictSchema):
 @bp.get("")
 @responds(200, None, "A text/event-stream of `message.created`, `conversation.updated` and `typing` "
                      "events the caller may see", content_type="text/event-stream")
-@errors(401, 403, 422, 503)
+@errors(401, 403, 422, codes={503: ("redis_unavailable",)})
 @require("agent")
 @query(EventStreamQueryArgsSchema)
 def stream_events(args):

@@ -1,12 +1,12 @@
 """What agents do to a conversation: claim, messages, typing, release, transfer, close."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g, jsonify
+from flask import Blueprint, current_app, g
 
 from routing import handoff
 from routing.dispatch import dispatch
 
-from .api import body, errors, responds
+from .api import body, errors, reply, responds
 from .auth import current_viewer, require
 from .conversations import visible_conversation
 from .errors import ApiError
@@ -33,7 +33,8 @@ def _rt():
 
 @bp.post("/<conversation_id>/claim")
 @responds(200, ConversationSchema, "Assigned to the caller (AGENT_CONTROLLED)")
-@errors(401, 403, 404, 409)
+@errors(401, codes={403: ("forbidden", "not_an_agent"), 404: ("not_found",),
+                    409: ("wrong_state", "already_assigned", "at_capacity")})
 @require("agent")
 @idempotent
 def claim(conversation_id):
@@ -41,12 +42,14 @@ def claim(conversation_id):
     visible_conversation(conversation_id)
     rt = _rt()
     result = _done(handoff.claim(rt.settings, rt.reservations, conversation_id, _actor()))
-    return jsonify(result.conversation.to_dict())
+    return reply(result.conversation.to_dict())
 
 
 @bp.post("/<conversation_id>/messages")
 @responds(202, QueuedMessageSchema, "Queued for sending, in order")
-@errors(400, 401, 403, 404, 409, 422)
+@errors(400, 401, codes={403: ("forbidden", "not_an_agent", "not_assigned"), 404: ("not_found",),
+                         409: ("wrong_state", "already_assigned", "at_capacity"),
+                         422: ("unknown_media", "outside_customer_service_window")})
 @require("agent")
 @idempotent
 @body(AgentMessageSchema)
@@ -59,24 +62,26 @@ def send_message(conversation_id, data):
     rt = _rt()
     result = _done(handoff.send(rt.settings, rt.reservations, conversation_id, _actor(),
                                 text=data.get("text"), template=data.get("template")))
-    return jsonify({"message": result.message.to_dict()}), 202
+    return reply({"message": result.message.to_dict()}, 202)
 
 
 @bp.post("/<conversation_id>/typing")
 @responds(204, None, "Typing noted (expires after AGENT_TYPING_TTL seconds)")
-@errors(400, 401, 403, 404, 409, 422)
+@errors(400, 401, 422, codes={403: ("forbidden", "not_an_agent", "not_assigned"), 404: ("not_found",),
+                              409: ("wrong_state",)})
 @require("agent")
 @body(TypingSchema)
 def typing(conversation_id, data):
     """Show the customer's watchers that you are typing; on a bot conversation it holds the bot."""
     visible_conversation(conversation_id)
     _done(handoff.typing(_rt().settings, conversation_id, _actor(), data["typing"]))
-    return "", 204
+    return reply(None, 204)
 
 
 @bp.post("/<conversation_id>/release")
 @responds(200, ConversationSchema, "Back with the bot (BOT_CONTROLLED, cooldown set)")
-@errors(400, 401, 403, 404, 409, 422)
+@errors(400, 401, 422, codes={403: ("forbidden", "not_assigned"), 404: ("not_found",),
+                              409: ("wrong_state",)})
 @require("agent")
 @idempotent
 @body(ReleaseSchema, optional=True)
@@ -84,12 +89,13 @@ def release(conversation_id, data):
     """Hand the conversation back to the bot."""
     visible_conversation(conversation_id)
     result = _done(handoff.release(_rt().settings, conversation_id, _actor(), note=data.get("note")))
-    return jsonify(result.conversation.to_dict())
+    return reply(result.conversation.to_dict())
 
 
 @bp.post("/<conversation_id>/transfer")
 @responds(200, ConversationSchema, "Re-offered (PENDING_AGENT)")
-@errors(400, 401, 403, 404, 409, 422)
+@errors(400, 401, 422, codes={403: ("forbidden", "not_assigned"), 404: ("not_found", "unknown_agent"),
+                              409: ("wrong_state", "agent_unavailable", "agent_at_capacity")})
 @require("agent")
 @idempotent
 @body(TransferSchema)
@@ -99,12 +105,13 @@ def transfer(conversation_id, data):
     rt = _rt()
     result = _done(handoff.transfer(rt.settings, rt.reservations, conversation_id, _actor(),
                                     agent_id=data.get("agent_id"), group=data.get("group")))
-    return jsonify(result.conversation.to_dict())
+    return reply(result.conversation.to_dict())
 
 
 @bp.post("/<conversation_id>/close")
 @responds(200, ConversationSchema, "Closed")
-@errors(400, 401, 403, 404, 409, 422)
+@errors(400, 401, 422, codes={403: ("forbidden", "not_assigned"), 404: ("not_found",),
+                              409: ("wrong_state",)})
 @require("agent")
 @idempotent
 @body(CloseSchema, optional=True)
@@ -112,4 +119,4 @@ def close(conversation_id, data):
     """Close the conversation (a new customer message reopens it with the bot)."""
     visible_conversation(conversation_id)
     result = _done(handoff.close(_rt().settings, conversation_id, _actor(), reason=data.get("reason")))
-    return jsonify(result.conversation.to_dict())
+    return reply(result.conversation.to_dict())

@@ -8,6 +8,7 @@ from functools import wraps
 import orjson
 from flask import current_app, g, request
 
+from .api import view_meta
 from .errors import ApiError
 
 TTL_SECONDS = 24 * 3600
@@ -47,4 +48,5 @@ def idempotent(view):
         else:
             rt.redis.delete(redis_key)
         return response
+    view_meta(wrapper)["idempotent"] = True     # documents the header and its error codes
     return wrapper

@@ -14,18 +14,18 @@ from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery
 from models.base import as_naive_utc
 from routing.lanes import LANES
 
-from .api import build_spec, responds
+from .api import build_spec, errors, reply, responds
 from .errors import ApiError
-from .schemas import ReadinessSchema
+from .schemas import HealthSchema, ReadinessSchema
 
 bp = Blueprint("ops", __name__)
 
 
 @bp.get("/healthz")
-@responds(200, description="The process is up")
+@responds(200, HealthSchema, "The process is up")
 def healthz():
     """Liveness."""
-    return jsonify({"status": "ok"})
+    return reply({"status": "ok"})
 
 
 @bp.get("/readyz")
@@ -43,16 +43,14 @@ def readyz():
         rt.redis.ping()
     except RedisError as exc:
         status["redis"] = f"down: {type(exc).__name__}"
-    ok = status == {"database": "ok", "redis": "ok"}
-    response = jsonify(status)
-    response.status_code = 200 if ok else 503
-    if not ok:
-        response.headers["Retry-After"] = "5"
-    return response
+    if status == {"database": "ok", "redis": "ok"}:
+        return reply(status)
+    return reply(status, 503, headers={"Retry-After": "5"})
 
 
 @bp.get("/metrics")
-@responds(200, description="Prometheus text format")
+@responds(200, description="Prometheus text format", content_type=CONTENT_TYPE_LATEST)
+@errors(codes={401: ("unauthorized",)})
 def metrics():
     """Gauges read at scrape time, so every web process reports the same truth."""
     rt = current_app.extensions["baton"]
@@ -97,9 +95,11 @@ def _as_datetime(value):
 
 
 @bp.get("/openapi.json")
-@responds(200, description="OpenAPI 3 document")
+@responds(200, {"type": "object", "description": "an OpenAPI 3.0.3 document"}, "This document")
 def openapi():
-    """This API, generated from the schemas that validate it."""
+    """This API, generated from the schemas that validate it.
+
+    The one answer not dumped through a marshmallow schema: it is the documentation itself."""
     spec = current_app.extensions.get("baton_openapi")
     if spec is None:
         spec = current_app.extensions["baton_openapi"] = build_spec(current_app)

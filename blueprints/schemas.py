@@ -1,11 +1,22 @@
-"""Marshmallow schemas: the same classes validate requests and document the API."""
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+"""Marshmallow schemas: the same classes validate requests, document the API and
+serialise every answer (`blueprints.api.reply` dumps through the schema a view
+documents with `@responds`)."""
+from collections.abc import Mapping
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_dump, pre_dump, validate, \
+    validates_schema
 
 from models import STATES
 
 ROUTED_TO = ("bot", "agent", "held", "queued_for_agent", "none")
 ESCALATION_REASONS = ("explicit_request", "bot", "sentiment", "bot_failures", "agent_takeover",
                       "timeout_reroute")
+TIME = "an ISO 8601 UTC time with milliseconds and `Z`"
+
+
+def about(text: str) -> dict:
+    """Field metadata: what the field means (shown in /openapi.json and docs/api.md)."""
+    return {"description": text}
 
 
 class StrictSchema(Schema):
@@ -13,13 +24,42 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
+class ResponseDrift(RuntimeError):
+    """An answer was about to differ from its documented schema (a bug in Baton, never the caller's)."""
+
+
+class ResponseSchema(Schema):
+    """An answer Baton sends. Dumping is strict both ways: a key the schema does not
+    declare, or a required one that is missing, raises `ResponseDrift` instead of
+    being silently dropped or sent undocumented."""
+
+    @pre_dump
+    def _declared_only(self, data, **kwargs):
+        if isinstance(data, Mapping):
+            undeclared = set(data) - self.dump_fields.keys()
+            if undeclared:
+                raise ResponseDrift(f"{type(self).__name__} does not declare {', '.join(sorted(undeclared))}")
+        return data
+
+    @post_dump
+    def _required_present(self, data, **kwargs):
+        missing = [name for name, field in self.dump_fields.items() if field.required and name not in data]
+        if missing:
+            raise ResponseDrift(f"{type(self).__name__} is missing required {', '.join(missing)}")
+        return data
+
+
 # -- requests ---------------------------------------------------------------------
 
 class EscalateSchema(StrictSchema):
-    reason = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    urgency = fields.Float(validate=validate.Range(min=0, max=1), allow_none=True)
-    group = fields.String(validate=validate.Length(min=1, max=64), allow_none=True)
-    note = fields.String(validate=validate.Length(max=2000), allow_none=True)
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=64),
+                           metadata=about("why a human is needed, e.g. `explicit_request` or `bot`"))
+    urgency = fields.Float(validate=validate.Range(min=0, max=1), allow_none=True,
+                           metadata=about("0 (can wait) to 1 (urgent)"))
+    group = fields.String(validate=validate.Length(min=1, max=64), allow_none=True,
+                          metadata=about("the agent group to offer it to; DEFAULT_GROUP when absent"))
+    note = fields.String(validate=validate.Length(max=2000), allow_none=True,
+                         metadata=about("a note for the agent who takes it"))
 
 
 class BotReplySchema(Schema):
@@ -28,16 +68,26 @@ class BotReplySchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    conversation_id = fields.String(required=True, validate=validate.Length(min=1, max=40))
-    turn_id = fields.String(required=True, validate=validate.Length(min=1, max=40))
-    text = fields.String(validate=validate.Length(min=1, max=4096), allow_none=True)
-    escalate = fields.Boolean(load_default=False)
-    reason = fields.String(validate=validate.Length(min=1, max=64), allow_none=True)
-    intent = fields.String(validate=validate.Length(max=64), allow_none=True)
-    urgency = fields.Float(validate=validate.Range(min=0, max=1), allow_none=True)
-    language = fields.String(validate=validate.Length(max=16), allow_none=True)
-    group = fields.String(validate=validate.Length(min=1, max=64), allow_none=True)
-    metadata = fields.Dict(keys=fields.String(), allow_none=True)
+    conversation_id = fields.String(required=True, validate=validate.Length(min=1, max=40),
+                                    metadata=about("the conversation of the turn"))
+    turn_id = fields.String(required=True, validate=validate.Length(min=1, max=40),
+                            metadata=about("the `turn_id` of the `bot.turn` event being answered"))
+    text = fields.String(validate=validate.Length(min=1, max=4096), allow_none=True,
+                         metadata=about("what to send the customer"))
+    escalate = fields.Boolean(load_default=False, metadata=about("true hands the conversation to the humans"))
+    reason = fields.String(validate=validate.Length(min=1, max=64), allow_none=True,
+                           metadata=about("why the bot escalates"))
+    intent = fields.String(validate=validate.Length(max=64), allow_none=True,
+                           metadata=about("the bot's reading of the message; `fallback` counts towards "
+                                          "BOT_FAILURE_LIMIT"))
+    urgency = fields.Float(validate=validate.Range(min=0, max=1), allow_none=True,
+                           metadata=about("0 (can wait) to 1 (urgent), with `escalate`"))
+    language = fields.String(validate=validate.Length(max=16), allow_none=True,
+                             metadata=about("the customer's language as the bot detected it"))
+    group = fields.String(validate=validate.Length(min=1, max=64), allow_none=True,
+                          metadata=about("the agent group to escalate to"))
+    metadata = fields.Dict(keys=fields.String(), allow_none=True,
+                           metadata=about("free-form data merged into the conversation's metadata"))
 
     @validates_schema
     def _says_something(self, data, **kwargs):
@@ -46,226 +96,274 @@ class BotReplySchema(Schema):
 
 
 class ConversationQueryArgsSchema(StrictSchema):
-    state = fields.String(validate=validate.OneOf(STATES))
-    assigned = fields.String(validate=validate.Length(min=1, max=40))
-    group = fields.String(validate=validate.Length(min=1, max=64))
-    contact = fields.String(validate=validate.Length(min=1, max=128))
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(validate=validate.Length(max=200))
+    state = fields.String(validate=validate.OneOf(STATES), metadata=about("only conversations in this state"))
+    assigned = fields.String(validate=validate.Length(min=1, max=40),
+                             metadata=about("an agent id, `me` (the caller) or `none` (unassigned)"))
+    group = fields.String(validate=validate.Length(min=1, max=64), metadata=about("only this agent group"))
+    contact = fields.String(validate=validate.Length(min=1, max=128),
+                            metadata=about("only the customer with this WhatsApp id"))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200),
+                           metadata=about("page size"))
+    cursor = fields.String(validate=validate.Length(max=200),
+                           metadata=about("`next_cursor` of the previous page"))
 
 
 class MessageQueryArgsSchema(StrictSchema):
     after = fields.String(validate=validate.Length(min=1, max=64),
-                          metadata={"description": "a message id or an ISO 8601 time"})
+                          metadata=about("only messages after this message id or ISO 8601 time"))
     before = fields.String(validate=validate.Length(min=1, max=64),
-                           metadata={"description": "a message id or an ISO 8601 time"})
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+                           metadata=about("only messages before this message id or ISO 8601 time"))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200), metadata=about("page size"))
 
 
 class DeliveryQueryArgsSchema(StrictSchema):
-    status = fields.String(validate=validate.OneOf(("pending", "delivered", "failed")))
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    status = fields.String(validate=validate.OneOf(("pending", "delivered", "failed")),
+                           metadata=about("only deliveries with this status"))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200), metadata=about("page size"))
 
 
 class OutboxQueryArgsSchema(StrictSchema):
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200),
+                           metadata=about("how many of the newest entries"))
 
 
-# -- responses (documentation) -------------------------------------------------------
+# -- responses ----------------------------------------------------------------------
 
 class ErrorSchema(Schema):
-    error = fields.String(required=True)
-    message = fields.String(required=True)
-    details = fields.Dict()
+    """Every error answer (rendered by blueprints/errors.py)."""
+    error = fields.String(required=True, metadata=about("a stable machine-readable code"))
+    message = fields.String(required=True, metadata=about("what went wrong, for a person"))
+    details = fields.Dict(required=True, metadata=about("more about it (offending fields, ids); may be empty"))
 
 
-class ChannelSchema(Schema):
-    id = fields.String()
-    provider = fields.String(validate=validate.OneOf(("cloud_api", "wasender", "sandbox")))
-    phone_number_id = fields.String()
+class HealthSchema(ResponseSchema):
+    status = fields.String(required=True, validate=validate.OneOf(("ok",)), metadata=about("always `ok`"))
 
 
-class ContactSchema(Schema):
-    wa_id = fields.String()
-    name = fields.String(allow_none=True)
+class ChannelSchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("channel id"))
+    provider = fields.String(required=True, validate=validate.OneOf(("cloud_api", "wasender", "sandbox")),
+                             metadata=about("the WhatsApp provider the channel speaks"))
+    phone_number_id = fields.String(required=True, metadata=about("the business number's id at the provider"))
 
 
-class EscalationInfoSchema(Schema):
-    reason = fields.String()
-    urgency = fields.Float(allow_none=True)
-    requested_at = fields.String(allow_none=True)
+class ContactSchema(ResponseSchema):
+    wa_id = fields.String(required=True, metadata=about("the customer's WhatsApp id (phone number)"))
+    name = fields.String(required=True, allow_none=True, metadata=about("the customer's profile name"))
 
 
-class ConversationSchema(Schema):
-    id = fields.String()
-    state = fields.String(validate=validate.OneOf(STATES))
-    version = fields.Integer()
-    channel = fields.Nested(ChannelSchema)
-    contact = fields.Nested(ContactSchema)
-    assigned_agent_id = fields.String(allow_none=True)
-    offered_agent_id = fields.String(allow_none=True)
-    group = fields.String(allow_none=True)
-    escalation = fields.Nested(EscalationInfoSchema, allow_none=True)
-    cooldown_remaining = fields.Integer()
-    pending_since = fields.String(allow_none=True)
-    last_inbound_at = fields.String(allow_none=True)
-    window_expires_at = fields.String(allow_none=True)
-    metadata = fields.Dict()
-    updated_at = fields.String()
+class EscalationInfoSchema(ResponseSchema):
+    reason = fields.String(required=True, metadata=about("why a human was asked for"))
+    urgency = fields.Float(required=True, allow_none=True, metadata=about("0 to 1, when known"))
+    requested_at = fields.String(required=True, allow_none=True, metadata=about(f"when: {TIME}"))
+
+
+class ConversationSchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("conversation id (`c_…`)"))
+    state = fields.String(required=True, validate=validate.OneOf(STATES), metadata=about("who holds it"))
+    version = fields.Integer(required=True, metadata=about("bumped by every change"))
+    channel = fields.Nested(ChannelSchema, required=True, metadata=about("the business number"))
+    contact = fields.Nested(ContactSchema, required=True, metadata=about("the customer"))
+    assigned_agent_id = fields.String(required=True, allow_none=True,
+                                      metadata=about("the agent holding it (AGENT_CONTROLLED)"))
+    offered_agent_id = fields.String(required=True, allow_none=True,
+                                     metadata=about("the agent it is offered to (PENDING_AGENT)"))
+    group = fields.String(required=True, allow_none=True, metadata=about("the agent group it belongs to"))
+    escalation = fields.Nested(EscalationInfoSchema, required=True, allow_none=True,
+                               metadata=about("why it went to the humans, once it did"))
+    cooldown_remaining = fields.Integer(required=True,
+                                        metadata=about("customer messages left before escalation triggers "
+                                                       "fire again after a release"))
+    pending_since = fields.String(required=True, allow_none=True,
+                                  metadata=about(f"when it started waiting for a human: {TIME}"))
+    last_inbound_at = fields.String(required=True, allow_none=True,
+                                    metadata=about(f"the customer's last message: {TIME}"))
+    window_expires_at = fields.String(required=True, allow_none=True,
+                                      metadata=about(f"end of WhatsApp's 24-hour service window: {TIME}"))
+    metadata = fields.Dict(required=True, metadata=about("free-form data (bot mode, language, …)"))
+    updated_at = fields.String(required=True, metadata=about(f"last change: {TIME}"))
 
 
 class EscalatedConversationSchema(ConversationSchema):
-    changed = fields.Boolean()
+    changed = fields.Boolean(required=True, metadata=about("false when a human already had it"))
 
 
-class MediaSchema(Schema):
-    id = fields.String()
-    mime_type = fields.String()
-    size = fields.Integer()
-    sha256 = fields.String()
-    filename = fields.String()
-    url = fields.String()
-    status = fields.String(validate=validate.OneOf(("pending", "stored", "failed")))
+class MediaSchema(ResponseSchema):
+    """What the provider told us about a media message; every key is optional."""
+    id = fields.String(metadata=about("stored media id"))
+    provider_media_id = fields.String(metadata=about("the media's id at the provider"))
+    mime_type = fields.String(metadata=about("MIME type"))
+    size = fields.Integer(metadata=about("bytes"))
+    sha256 = fields.String(metadata=about("checksum as the provider sent it"))
+    filename = fields.String(metadata=about("a document's file name"))
+    url = fields.String(metadata=about("where the provider serves it"))
+    media_key = fields.String(metadata=about("WASender: the key that decrypts the media"))
+    message_type = fields.String(metadata=about("WASender: the Baileys message kind, e.g. `imageMessage`"))
+    status = fields.String(validate=validate.OneOf(("pending", "stored", "failed")),
+                           metadata=about("storage status"))
 
 
-class MessageErrorSchema(Schema):
-    code = fields.Integer(allow_none=True)
-    title = fields.String(allow_none=True)
+class MessageErrorSchema(ResponseSchema):
+    code = fields.Integer(required=True, allow_none=True, metadata=about("the provider's error code"))
+    title = fields.String(required=True, allow_none=True, metadata=about("the provider's error text"))
 
 
-class MessageSchema(Schema):
-    id = fields.String()
-    conversation_id = fields.String()
-    direction = fields.String(validate=validate.OneOf(("in", "out")))
-    sender = fields.String(validate=validate.OneOf(("user", "bot", "agent", "system")))
-    agent_id = fields.String(allow_none=True)
-    type = fields.String()
-    text = fields.String(allow_none=True)
-    media = fields.Nested(MediaSchema, allow_none=True)
-    provider_message_id = fields.String(allow_none=True)
-    sent_at = fields.String()
-    received_at = fields.String()
-    routed_to = fields.String(allow_none=True, validate=validate.OneOf(ROUTED_TO))
-    status = fields.String(allow_none=True)
-    error = fields.Nested(MessageErrorSchema, allow_none=True)
+class MessageSchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("message id (`m_…`)"))
+    conversation_id = fields.String(required=True, metadata=about("its conversation"))
+    direction = fields.String(required=True, validate=validate.OneOf(("in", "out")),
+                              metadata=about("`in` from the customer, `out` to them"))
+    sender = fields.String(required=True, validate=validate.OneOf(("user", "bot", "agent", "system")),
+                           metadata=about("who wrote it"))
+    agent_id = fields.String(required=True, allow_none=True, metadata=about("the agent who sent it"))
+    type = fields.String(required=True, metadata=about("`text`, `image`, `template`, … or `unsupported`"))
+    text = fields.String(required=True, allow_none=True, metadata=about("the text or caption"))
+    media = fields.Nested(MediaSchema, required=True, allow_none=True, metadata=about("media details"))
+    provider_message_id = fields.String(required=True, allow_none=True,
+                                        metadata=about("the provider's id (wamid); null until sent"))
+    sent_at = fields.String(required=True, metadata=about(f"when it was written: {TIME}"))
+    received_at = fields.String(required=True, metadata=about(f"when Baton recorded it: {TIME}"))
+    routed_to = fields.String(required=True, allow_none=True, validate=validate.OneOf(ROUTED_TO),
+                              metadata=about("where routing sent an inbound message; null until routed"))
+    status = fields.String(required=True, allow_none=True,
+                           metadata=about("outbound delivery status: queued, sent, delivered, read, failed, …"))
+    error = fields.Nested(MessageErrorSchema, required=True, allow_none=True,
+                          metadata=about("why sending failed"))
 
 
-class ConversationListSchema(Schema):
-    items = fields.List(fields.Nested(ConversationSchema))
-    next_cursor = fields.String(allow_none=True)
+class ConversationListSchema(ResponseSchema):
+    items = fields.List(fields.Nested(ConversationSchema), required=True, metadata=about("one page"))
+    next_cursor = fields.String(required=True, allow_none=True,
+                                metadata=about("pass as `cursor` for the next page; null on the last"))
 
 
-class MessageListSchema(Schema):
-    items = fields.List(fields.Nested(MessageSchema))
-    next_cursor = fields.String(allow_none=True)
+class MessageListSchema(ResponseSchema):
+    items = fields.List(fields.Nested(MessageSchema), required=True, metadata=about("one page, oldest first"))
+    next_cursor = fields.String(required=True, allow_none=True,
+                                metadata=about("pass as `after` for the next page; null on the last"))
 
 
-class BotReplyResultSchema(Schema):
-    status = fields.String(validate=validate.OneOf(("queued", "escalated")))
-    message = fields.Nested(MessageSchema, allow_none=True)
+class BotReplyResultSchema(ResponseSchema):
+    status = fields.String(required=True, validate=validate.OneOf(("queued", "escalated")),
+                           metadata=about("`queued` to send, or `escalated` to the humans"))
+    message = fields.Nested(MessageSchema, required=True, allow_none=True,
+                            metadata=about("the queued reply; null when no text was sent"))
 
 
-class WebhookAckSchema(Schema):
-    messages = fields.Integer()
-    statuses = fields.Integer()
-    duplicates = fields.Integer()
-    ignored = fields.Integer()
+class WebhookAckSchema(ResponseSchema):
+    messages = fields.Integer(required=True, metadata=about("new customer messages recorded"))
+    statuses = fields.Integer(required=True, metadata=about("delivery status updates applied"))
+    duplicates = fields.Integer(required=True, metadata=about("messages or statuses seen before"))
+    ignored = fields.Integer(required=True, metadata=about("entries Baton has no use for"))
 
 
-class DeliverySchema(Schema):
-    id = fields.String()
-    event = fields.String()
-    url = fields.String()
-    status = fields.String()
-    attempts = fields.Integer()
-    last_error = fields.String(allow_none=True)
-    conversation_id = fields.String(allow_none=True)
-    next_attempt_at = fields.String(allow_none=True)
-    created_at = fields.String()
-    delivered_at = fields.String(allow_none=True)
+class DeliverySchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("delivery id"))
+    event = fields.String(required=True, metadata=about("event type, e.g. `bot.turn` or `handoff.offered`"))
+    url = fields.String(required=True, metadata=about("where it is posted"))
+    status = fields.String(required=True, metadata=about("`pending`, `delivered` or `failed`"))
+    attempts = fields.Integer(required=True, metadata=about("tries so far"))
+    last_error = fields.String(required=True, allow_none=True, metadata=about("why the last try failed"))
+    conversation_id = fields.String(required=True, allow_none=True, metadata=about("the conversation it is about"))
+    next_attempt_at = fields.String(required=True, allow_none=True, metadata=about(f"next try: {TIME}"))
+    created_at = fields.String(required=True, metadata=about(TIME))
+    delivered_at = fields.String(required=True, allow_none=True, metadata=about(TIME))
 
 
-class DeliveryListSchema(Schema):
-    items = fields.List(fields.Nested(DeliverySchema))
-    next_cursor = fields.String(allow_none=True)
+class DeliveryListSchema(ResponseSchema):
+    items = fields.List(fields.Nested(DeliverySchema), required=True, metadata=about("newest first"))
+    next_cursor = fields.String(required=True, allow_none=True, metadata=about("always null (no paging yet)"))
 
 
-class OutboxEntrySchema(Schema):
-    id = fields.String()
-    phone_number_id = fields.String()
-    to = fields.String()
-    provider_message_id = fields.String()
-    payload = fields.Dict()
-    created_at = fields.String()
+class OutboxEntrySchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("entry id"))
+    phone_number_id = fields.String(required=True, metadata=about("the sandbox business number"))
+    to = fields.String(required=True, metadata=about("the customer's WhatsApp id"))
+    provider_message_id = fields.String(required=True, metadata=about("the wamid the sandbox answered with"))
+    payload = fields.Dict(required=True, metadata=about("the Cloud API request body as it would have been sent"))
+    created_at = fields.String(required=True, metadata=about(TIME))
 
 
-class OutboxListSchema(Schema):
-    items = fields.List(fields.Nested(OutboxEntrySchema))
-    next_cursor = fields.String(allow_none=True)
+class OutboxListSchema(ResponseSchema):
+    items = fields.List(fields.Nested(OutboxEntrySchema), required=True, metadata=about("oldest first"))
+    next_cursor = fields.String(required=True, allow_none=True, metadata=about("always null (no paging yet)"))
 
 
-class ReadinessSchema(Schema):
-    database = fields.String()
-    redis = fields.String()
+class ReadinessSchema(ResponseSchema):
+    database = fields.String(required=True, metadata=about("`ok`, or `down: <error>`"))
+    redis = fields.String(required=True, metadata=about("`ok`, or `down: <error>`"))
 
 
 # -- agents and handoff -------------------------------------------------------------
 
 AGENT_ROLES = ("agent", "supervisor", "admin")
-GROUP = fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$",
-                                               error="a group is 1-64 letters, digits, _ . or -"))
+
+
+def group_field(**kwargs):
+    return fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,64}$",
+                                                  error="a group is 1-64 letters, digits, _ . or -"), **kwargs)
 
 
 class AgentCreateSchema(StrictSchema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=120))
-    role = fields.String(load_default="agent", validate=validate.OneOf(AGENT_ROLES))
-    groups = fields.List(GROUP, load_default=lambda: ["support"], validate=validate.Length(max=50))
-    max_concurrent = fields.Integer(load_default=5, validate=validate.Range(min=1, max=1000))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=120), metadata=about("display name"))
+    role = fields.String(load_default="agent", validate=validate.OneOf(AGENT_ROLES),
+                         metadata=about("`agent`, `supervisor` (sees and takes over all) or `admin`"))
+    groups = fields.List(group_field(), load_default=lambda: ["support"], validate=validate.Length(max=50),
+                         metadata=about("the groups whose waiting customers they are offered"))
+    max_concurrent = fields.Integer(load_default=5, validate=validate.Range(min=1, max=1000),
+                                    metadata=about("conversations they may hold at once"))
 
 
 class AgentStatusSchema(StrictSchema):
-    status = fields.String(required=True, validate=validate.OneOf(("online", "away", "offline")))
+    status = fields.String(required=True, validate=validate.OneOf(("online", "away", "offline")),
+                           metadata=about("`online` joins the rotation; `away`/`offline` hand live offers on"))
 
 
-class AgentSchema(Schema):
-    id = fields.String()
-    name = fields.String()
-    role = fields.String(validate=validate.OneOf(AGENT_ROLES))
-    groups = fields.List(fields.String())
-    max_concurrent = fields.Integer()
-    status = fields.String()
-    online = fields.Boolean(metadata={"description": "status online AND a heartbeat within AGENT_HEARTBEAT_TTL"})
-    active_conversations = fields.Integer()
-    last_assigned_at = fields.String(allow_none=True)
-    created_at = fields.String()
+class AgentSchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("agent id (`a_…`)"))
+    name = fields.String(required=True, metadata=about("display name"))
+    role = fields.String(required=True, validate=validate.OneOf(AGENT_ROLES), metadata=about("role"))
+    groups = fields.List(fields.String(), required=True, metadata=about("groups they serve"))
+    max_concurrent = fields.Integer(required=True, metadata=about("conversations they may hold at once"))
+    status = fields.String(required=True, metadata=about("`online`, `away` or `offline` as they set it"))
+    last_assigned_at = fields.String(required=True, allow_none=True, metadata=about(f"last offer: {TIME}"))
+    created_at = fields.String(required=True, metadata=about(TIME))
+    online = fields.Boolean(required=True,
+                            metadata=about("status online AND a heartbeat within AGENT_HEARTBEAT_TTL"))
+    active_conversations = fields.Integer(required=True, metadata=about("conversations offered to or held by them"))
 
 
 class AgentCreatedSchema(AgentSchema):
-    token = fields.String(metadata={"description": "shown once"})
+    token = fields.String(required=True, metadata=about("the agent's API token; shown this once"))
 
 
-class AgentListSchema(Schema):
-    items = fields.List(fields.Nested(AgentSchema))
-    next_cursor = fields.String(allow_none=True)
+class AgentListSchema(ResponseSchema):
+    items = fields.List(fields.Nested(AgentSchema), required=True, metadata=about("one page, by id"))
+    next_cursor = fields.String(required=True, allow_none=True,
+                                metadata=about("pass as `cursor` for the next page; null on the last"))
 
 
 class AgentQueryArgsSchema(StrictSchema):
-    group = GROUP
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
-    cursor = fields.String(validate=validate.Length(max=200))
+    group = group_field(metadata=about("only agents of this group"))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200), metadata=about("page size"))
+    cursor = fields.String(validate=validate.Length(max=200), metadata=about("`next_cursor` of the previous page"))
 
 
 class TemplateSchema(StrictSchema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=512))
-    language = fields.String(required=True, validate=validate.Length(min=2, max=16))
-    components = fields.List(fields.Dict(), load_default=None, allow_none=True)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=512),
+                         metadata=about("an approved WhatsApp template"))
+    language = fields.String(required=True, validate=validate.Length(min=2, max=16),
+                             metadata=about("its language code, e.g. `en_US`"))
+    components = fields.List(fields.Dict(), load_default=None, allow_none=True,
+                             metadata=about("parameters, as the Cloud API takes them"))
 
 
 class AgentMessageSchema(StrictSchema):
-    text = fields.String(validate=validate.Length(min=1, max=4096))
-    media_id = fields.String(validate=validate.Length(min=1, max=64))
-    caption = fields.String(validate=validate.Length(max=1024))
-    template = fields.Nested(TemplateSchema)
+    text = fields.String(validate=validate.Length(min=1, max=4096), metadata=about("a text message"))
+    media_id = fields.String(validate=validate.Length(min=1, max=64), metadata=about("a stored media id"))
+    caption = fields.String(validate=validate.Length(max=1024), metadata=about("with `media_id`"))
+    template = fields.Nested(TemplateSchema,
+                             metadata=about("a template message (the only kind allowed outside the 24-hour window)"))
 
     @validates_schema
     def _one_kind(self, data, **kwargs):
@@ -277,21 +375,22 @@ class AgentMessageSchema(StrictSchema):
             raise ValidationError("`caption` goes with `media_id`", "caption")
 
 
-class QueuedMessageSchema(Schema):
-    message = fields.Nested(MessageSchema)
+class QueuedMessageSchema(ResponseSchema):
+    message = fields.Nested(MessageSchema, required=True, metadata=about("the message, status `queued`"))
 
 
 class TypingSchema(StrictSchema):
-    typing = fields.Boolean(required=True)
+    typing = fields.Boolean(required=True, metadata=about("true while typing, false when stopped"))
 
 
 class ReleaseSchema(StrictSchema):
-    note = fields.String(validate=validate.Length(max=2000), allow_none=True)
+    note = fields.String(validate=validate.Length(max=2000), allow_none=True,
+                         metadata=about("why, for the record"))
 
 
 class TransferSchema(StrictSchema):
-    agent_id = fields.String(validate=validate.Length(min=1, max=40))
-    group = GROUP
+    agent_id = fields.String(validate=validate.Length(min=1, max=40), metadata=about("offer it to this agent"))
+    group = group_field(metadata=about("or offer it to this group"))
 
     @validates_schema
     def _one_target(self, data, **kwargs):
@@ -300,30 +399,33 @@ class TransferSchema(StrictSchema):
 
 
 class CloseSchema(StrictSchema):
-    reason = fields.String(validate=validate.Length(min=1, max=64), allow_none=True)
+    reason = fields.String(validate=validate.Length(min=1, max=64), allow_none=True,
+                           metadata=about("why, for the record"))
 
 
-class CallbackRequestSchema(Schema):
-    id = fields.String()
-    conversation_id = fields.String()
-    group = fields.String(allow_none=True)
-    reason = fields.String()
-    status = fields.String(validate=validate.OneOf(("open", "done")))
-    note = fields.String(allow_none=True)
-    created_at = fields.String()
-    done_at = fields.String(allow_none=True)
-    done_by = fields.String(allow_none=True)
+class CallbackRequestSchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("callback request id (`cb_…`)"))
+    conversation_id = fields.String(required=True, metadata=about("the customer's conversation"))
+    group = fields.String(required=True, allow_none=True, metadata=about("the group nobody from was free"))
+    reason = fields.String(required=True, metadata=about("why it was recorded"))
+    status = fields.String(required=True, validate=validate.OneOf(("open", "done")), metadata=about("open or done"))
+    note = fields.String(required=True, allow_none=True, metadata=about("the agent's note"))
+    created_at = fields.String(required=True, metadata=about(TIME))
+    done_at = fields.String(required=True, allow_none=True, metadata=about(TIME))
+    done_by = fields.String(required=True, allow_none=True, metadata=about("the agent (or token) who called back"))
 
 
-class CallbackListSchema(Schema):
-    items = fields.List(fields.Nested(CallbackRequestSchema))
-    next_cursor = fields.String(allow_none=True)
+class CallbackListSchema(ResponseSchema):
+    items = fields.List(fields.Nested(CallbackRequestSchema), required=True, metadata=about("newest first"))
+    next_cursor = fields.String(required=True, allow_none=True, metadata=about("always null (no paging yet)"))
 
 
 class CallbackDoneSchema(StrictSchema):
-    note = fields.String(validate=validate.Length(max=2000), allow_none=True)
+    note = fields.String(validate=validate.Length(max=2000), allow_none=True,
+                         metadata=about("what came of the call"))
 
 
 class CallbackQueryArgsSchema(StrictSchema):
-    status = fields.String(load_default="open", validate=validate.OneOf(("open", "done")))
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    status = fields.String(load_default="open", validate=validate.OneOf(("open", "done")),
+                           metadata=about("`open` (default) or `done`"))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200), metadata=about("page size"))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
 
 from integrations.whatsapp.base import WebhookRejected
 from routing.ingest import IngestCache, record_webhook
 
-from .api import errors, responds
+from .api import errors, reply, responds
 from .errors import ApiError
 from .schemas import WebhookAckSchema
 
@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 _PATH_PROVIDERS = {"whatsapp": ("cloud_api", "sandbox"), "wasender": ("wasender",)}
+WEBHOOK_ERRORS = {400: ("malformed_payload", "wrong_envelope"), 401: ("invalid_signature",),
+                  404: ("provider_not_enabled",), 413: ("payload_too_large",)}
 
 
 def _runtime():
@@ -33,8 +35,8 @@ def _adapter_for(path_provider: str):
 
 
 @bp.get("/whatsapp")
-@responds(200, description="The hub.challenge, verbatim (text/plain)")
-@errors(403)
+@responds(200, description="The hub.challenge, verbatim", content_type="text/plain")
+@errors(codes={403: ("verification_failed",), 404: ("provider_not_enabled",)})
 def verify_subscription():
     """Meta's subscription handshake."""
     adapter = _adapter_for("whatsapp")
@@ -47,7 +49,7 @@ def verify_subscription():
 
 @bp.post("/whatsapp")
 @responds(200, WebhookAckSchema, "Recorded durably")
-@errors(400, 401, 413, 503)
+@errors(503, codes=WEBHOOK_ERRORS)
 def receive_cloud_api():
     """Cloud API (or sandbox) webhook."""
     return _receive("whatsapp")
@@ -55,7 +57,7 @@ def receive_cloud_api():
 
 @bp.post("/wasender")
 @responds(200, WebhookAckSchema, "Recorded durably")
-@errors(400, 401, 413, 503)
+@errors(503, codes=WEBHOOK_ERRORS)
 def receive_wasender():
     """WASender webhook."""
     return _receive("wasender")
@@ -80,4 +82,4 @@ def _receive(path_provider: str):
     # Durable from here on; the hand-off to the inbound lane happens in the
     # background (and, should it fail, through the cron sweep).
     rt.feeder.submit(result.to_route)
-    return jsonify(result.counts())
+    return reply(result.counts())
