@@ -19,7 +19,10 @@ from rq import Queue
 
 import models
 from config import Settings
+from bot.rules import reply as builtin_bot
+from routing.change import Changes
 from routing.decide import Policy
+from routing.dispatch import dispatch
 from routing.escalation import load_phrases
 from routing.assignment import Reservations
 from routing.lanes import LANES, Lanes, PumpClaim
@@ -93,11 +96,13 @@ class Runtime:
     feeder: InboxFeeder | None = None
     presence: Presence | None = None
     reservations: Reservations | None = None
+    changes: Changes | None = None
 
     def __post_init__(self):
         self.feeder = InboxFeeder(self)
         self.presence = Presence(self.redis, self.settings.REDIS_PREFIX, self.settings.AGENT_HEARTBEAT_TTL)
         self.reservations = Reservations(self.presence)
+        self.changes = Changes(self.settings, dispatch=self.dispatch)
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
@@ -116,7 +121,7 @@ class Runtime:
             sentiment = SentimentAnalyser(settings.SENTIMENT_THRESHOLD, languages)
         policy = Policy(phrases=load_phrases(settings.ESCALATION_PHRASES_FILE or None), sentiment=sentiment,
                         pending_notice_interval=timedelta(seconds=settings.PENDING_NOTICE_INTERVAL),
-                        default_group=settings.DEFAULT_GROUP)
+                        default_group=settings.DEFAULT_GROUP, bot=builtin_bot)
         return cls(settings=settings, redis=redis,
                    lanes=Lanes(redis, settings.REDIS_PREFIX, settings.PUMP_CONCURRENCY, settings.PUMP_LEASE),
                    queues=queues, adapter=make_adapter(settings), policy=policy)
@@ -130,6 +135,10 @@ class Runtime:
 
     def schedule(self, lane: str, key: str) -> None:
         self.start_pump(self.lanes.schedule(lane, key))
+
+    def dispatch(self, effects) -> None:
+        """What a committed change sets in motion (see routing.dispatch)."""
+        dispatch(self, effects)
 
 
 def queue_name(settings: Settings, lane: str) -> str:

@@ -6,7 +6,6 @@ from flask import Blueprint, current_app, g
 from models import Agent, CallbackRequest, Conversation, utcnow, write_transaction
 from routing import agents as agent_service
 from routing.assignment import offer_next
-from routing.dispatch import dispatch
 from routing import timeouts
 
 from .api import body, errors, query, reply, responds
@@ -85,7 +84,7 @@ def set_my_status(data):
         _offer_waiting(rt)
     else:       # leaving: what was offered to them moves on now, not when the offers lapse
         for conversation_id in timeouts.offers_to(agent.id):
-            dispatch(rt, timeouts.expire_offer(rt.settings, conversation_id, withdrawn_from=agent.id))
+            timeouts.expire_offer(rt.changes, conversation_id, withdrawn_from=agent.id)
     (described,) = agent_service.describe(rt.presence, [agent])
     return reply(described)
 
@@ -109,7 +108,7 @@ def heartbeat():
 def _offer_waiting(rt) -> None:
     """An agent just became available: offer what waits now, not at the next tick."""
     for conversation_id in timeouts.waiting_for_offer():
-        dispatch(rt, offer_next(rt.settings, rt.reservations, conversation_id))
+        offer_next(rt.changes, rt.reservations, conversation_id)
 
 
 @bp.get("/callbacks")

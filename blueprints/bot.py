@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app
 
-from routing.apply import CooldownActive, NotFound, StaleTurn, accept_bot_reply
-from routing.dispatch import dispatch
+from routing.bot_turns import accept_bot_reply
 
 from .api import body, errors, reply, responds
 from .auth import require
-from .errors import ApiError
 from .idempotency import idempotent
 from .schemas import BotReplyResultSchema, BotReplySchema
 
@@ -26,18 +24,7 @@ bp = Blueprint("bot", __name__, url_prefix="/api/v1/bot")
 def post_reply(data):
     """Answer a bot turn (refused with 409 stale_turn once control changed)."""
     rt = current_app.extensions["baton"]
-    try:
-        result = accept_bot_reply(rt.settings, data, actor="bot")
-    except NotFound as missing:
-        raise ApiError(404, f"unknown_{missing.what}", f"No such {missing.what} in this conversation.") from None
-    except StaleTurn:
-        raise ApiError(409, "stale_turn", "Control of the conversation changed after this turn was "
-                       "issued; the reply was not sent.", {"turn_id": data["turn_id"]}) from None
-    except CooldownActive as cooldown:
-        raise ApiError(409, "cooldown_active", "An agent just released this conversation; escalation "
-                       "triggers are paused for a few customer messages. Nothing was sent.",
-                       {"cooldown_remaining": cooldown.remaining}) from None
-    dispatch(rt, result.effects)
+    result = accept_bot_reply(rt.changes, data, actor="bot")
     payload = {"status": result.status,
                "message": result.message.to_dict() if result.message else None}
     return reply(payload, 202 if result.status == "queued" else 200)

@@ -9,9 +9,8 @@ from flask import Blueprint, current_app, g
 
 from models import PENDING_AGENT, Channel, Contact, Conversation, Message
 from models.base import as_naive_utc
-from routing.apply import escalate as escalate_conversation
-from routing.apply import load_conversation
-from routing.dispatch import dispatch
+from routing.change import load_conversation
+from routing.escalate import escalate as escalate_conversation
 from routing.visibility import may_see
 
 from .api import body, errors, query, reply, responds
@@ -155,10 +154,9 @@ def escalate(conversation_id, data):
     """Hand the conversation to the humans (→ PENDING_AGENT)."""
     visible_conversation(conversation_id)
     rt = current_app.extensions["baton"]
-    result = escalate_conversation(rt.settings, conversation_id, reason=data["reason"],
+    result = escalate_conversation(rt.changes, conversation_id, reason=data["reason"],
                                    actor=f"{g.token.role}:{g.token.name}", urgency=data.get("urgency"),
                                    group=data.get("group"), note=data.get("note"))
-    dispatch(rt, result.effects)
     return reply({**result.conversation.to_dict(), "changed": result.changed})
 
 

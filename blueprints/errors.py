@@ -41,17 +41,12 @@ def init_app(app: Flask) -> None:
     def _api_error(exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
-    from routing.apply import NotFound
-    from routing.handoff import Refused
+    from routing.errors import DomainError
 
-    @app.errorhandler(Refused)
-    def _refused(exc: Refused):
-        status = {"forbidden": 403, "conflict": 409, "unprocessable": 422}[exc.kind]
-        return error_response(status, exc.code, exc.message, exc.details)
-
-    @app.errorhandler(NotFound)
-    def _not_found(exc: NotFound):
-        return error_response(404, f"unknown_{exc.what}", f"No such {exc.what}.")
+    @app.errorhandler(DomainError)
+    def _refused(exc: DomainError):
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
     @app.errorhandler(ValidationError)
     def _validation(exc: ValidationError):

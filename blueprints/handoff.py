@@ -4,7 +4,6 @@ from __future__ import annotations
 from flask import Blueprint, current_app, g
 
 from routing import handoff
-from routing.dispatch import dispatch
 
 from .api import body, errors, reply, responds
 from .auth import current_viewer, require
@@ -22,11 +21,6 @@ def _actor() -> handoff.Actor:
     return handoff.Actor(agent=g.agent, role=g.token.role)
 
 
-def _done(result: handoff.ActionResult):
-    dispatch(current_app.extensions["baton"], result.effects)
-    return result
-
-
 def _rt():
     return current_app.extensions["baton"]
 
@@ -41,7 +35,7 @@ def claim(conversation_id):
     """Take a waiting conversation (→ AGENT_CONTROLLED, assigned to the caller)."""
     visible_conversation(conversation_id)
     rt = _rt()
-    result = _done(handoff.claim(rt.settings, rt.reservations, conversation_id, _actor()))
+    result = handoff.claim(rt.changes, rt.reservations, conversation_id, _actor())
     return reply(result.conversation.to_dict())
 
 
@@ -60,8 +54,8 @@ def send_message(conversation_id, data):
         # Media upload and storage arrive with the media issue; until then no id exists.
         raise ApiError(422, "unknown_media", "No stored media has this id.", {"media_id": data["media_id"]})
     rt = _rt()
-    result = _done(handoff.send(rt.settings, rt.reservations, conversation_id, _actor(),
-                                text=data.get("text"), template=data.get("template")))
+    result = handoff.send(rt.changes, rt.reservations, conversation_id, _actor(),
+                                text=data.get("text"), template=data.get("template"))
     return reply({"message": result.message.to_dict()}, 202)
 
 
@@ -74,7 +68,7 @@ def send_message(conversation_id, data):
 def typing(conversation_id, data):
     """Show the customer's watchers that you are typing; on a bot conversation it holds the bot."""
     visible_conversation(conversation_id)
-    _done(handoff.typing(_rt().settings, conversation_id, _actor(), data["typing"]))
+    handoff.typing(_rt().changes, conversation_id, _actor(), data["typing"])
     return reply(None, 204)
 
 
@@ -88,7 +82,7 @@ def typing(conversation_id, data):
 def release(conversation_id, data):
     """Hand the conversation back to the bot."""
     visible_conversation(conversation_id)
-    result = _done(handoff.release(_rt().settings, conversation_id, _actor(), note=data.get("note")))
+    result = handoff.release(_rt().changes, conversation_id, _actor(), note=data.get("note"))
     return reply(result.conversation.to_dict())
 
 
@@ -103,8 +97,8 @@ def transfer(conversation_id, data):
     """Re-offer the conversation to another agent or group."""
     visible_conversation(conversation_id)
     rt = _rt()
-    result = _done(handoff.transfer(rt.settings, rt.reservations, conversation_id, _actor(),
-                                    agent_id=data.get("agent_id"), group=data.get("group")))
+    result = handoff.transfer(rt.changes, rt.reservations, conversation_id, _actor(),
+                                    agent_id=data.get("agent_id"), group=data.get("group"))
     return reply(result.conversation.to_dict())
 
 
@@ -118,5 +112,5 @@ def transfer(conversation_id, data):
 def close(conversation_id, data):
     """Close the conversation (a new customer message reopens it with the bot)."""
     visible_conversation(conversation_id)
-    result = _done(handoff.close(_rt().settings, conversation_id, _actor(), reason=data.get("reason")))
+    result = handoff.close(_rt().changes, conversation_id, _actor(), reason=data.get("reason"))
     return reply(result.conversation.to_dict())

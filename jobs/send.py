@@ -8,7 +8,8 @@ from datetime import timedelta
 from integrations.whatsapp.base import OutboundMessage, SendError
 from models import Message, execute_write, utcnow
 from models.prepared import PreparedSelect, update_statement
-from routing.apply import load_conversation, outbound_allowed
+from routing.bot_turns import outbound_allowed
+from routing.change import load_conversation
 from routing.locks import ConversationLock
 
 from .context import job_logger, runtime

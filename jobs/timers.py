@@ -18,7 +18,6 @@ from models import Agent, Delivery, Message, utcnow
 from models.delivery import PENDING
 from routing import timeouts
 from routing.assignment import offer_next
-from routing.dispatch import dispatch
 from routing.lanes import LANES
 
 from .context import job_logger, runtime
@@ -69,39 +68,31 @@ def sweep() -> dict:
     counts["reservations"] = rt.reservations.reconcile()
     idle = timeouts.due_idle(rt.settings, utcnow())
     for conversation_id in idle:
-        dispatch(rt, timeouts.idle_close(rt.settings, conversation_id))
+        timeouts.idle_close(rt.changes, conversation_id)
     counts["idle_closed"] = len(idle)
     return counts
 
 
 def handoff_timers() -> dict:
     rt = runtime()
-    settings = rt.settings
+    settings, changes = rt.settings, rt.changes
     now = utcnow()
     outcomes = {"offers_expired": 0, "offers_withdrawn": 0, "pending_timeouts": 0, "unresponsive": 0,
                 "holds_ended": 0, "offered": 0}
     for conversation_id, agent_id in timeouts.offers_to_absent_agents(rt.presence):
-        effects = timeouts.expire_offer(settings, conversation_id, withdrawn_from=agent_id)
-        outcomes["offers_withdrawn"] += bool(effects.writes)
-        dispatch(rt, effects)
-    steps = (("offers_expired", timeouts.due_offers(now), lambda c: timeouts.expire_offer(settings, c)),
-             ("pending_timeouts", timeouts.due_pending_timeouts(settings, now),
-              lambda c: timeouts.pending_timeout(settings, c)),
-             ("unresponsive", timeouts.due_unresponsive(settings, now),
-              lambda c: timeouts.agent_unresponsive(settings, c)),
-             ("holds_ended", timeouts.due_holds(now), lambda c: timeouts.end_hold(settings, c)))
-    for name, due, apply in steps:
+        outcomes["offers_withdrawn"] += timeouts.expire_offer(changes, conversation_id, withdrawn_from=agent_id)
+    steps = (("offers_expired", timeouts.due_offers(now), timeouts.expire_offer),
+             ("pending_timeouts", timeouts.due_pending_timeouts(settings, now), timeouts.pending_timeout),
+             ("unresponsive", timeouts.due_unresponsive(settings, now), timeouts.agent_unresponsive),
+             ("holds_ended", timeouts.due_holds(now), timeouts.end_hold))
+    for name, due, outcome in steps:
         for conversation_id in due:
-            effects = apply(conversation_id)
-            outcomes[name] += bool(effects.writes)
-            dispatch(rt, effects)
+            outcomes[name] += outcome(changes, conversation_id)
     agent_ids = [agent.id for agent in Agent.select(Agent.id)]
     if not any(rt.presence.online(agent_ids).values()):
         return _logged(outcomes)           # nobody to offer waiting customers to
     for conversation_id in timeouts.waiting_for_offer():
-        effects = offer_next(settings, rt.reservations, conversation_id)
-        outcomes["offered"] += bool(effects.writes)
-        dispatch(rt, effects)
+        outcomes["offered"] += offer_next(changes, rt.reservations, conversation_id)
     return _logged(outcomes)
 
 

@@ -22,6 +22,14 @@ STATES = (BOT_CONTROLLED, PENDING_AGENT, AGENT_CONTROLLED, CLOSED)
 CUSTOMER_SERVICE_WINDOW = timedelta(hours=24)
 
 
+def holder_of(state: str, offered_agent_id: str | None, assigned_agent_id: str | None) -> str | None:
+    if state == PENDING_AGENT:
+        return offered_agent_id
+    if state == AGENT_CONTROLLED:
+        return assigned_agent_id
+    return None
+
+
 class Conversation(BaseModel):
     id = CharField(primary_key=True, default=lambda: new_id("c"))
     channel = ForeignKeyField(Channel, backref="conversations", on_delete="CASCADE")
@@ -54,6 +62,13 @@ class Conversation(BaseModel):
     metadata = JSONField(default=dict)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow, index=True)
+
+    @property
+    def capacity_holder(self) -> str | None:
+        """The agent whose capacity this conversation uses: the one it is
+        offered to while it waits, the one it is assigned to while a human
+        holds it, nobody otherwise."""
+        return holder_of(self.state, self.offered_agent_id, self.assigned_agent_id)
 
     @property
     def window_expires_at(self):

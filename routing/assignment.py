@@ -18,15 +18,13 @@ import logging
 import time
 from datetime import timedelta
 
-from config import Settings
 from models import AGENT_CONTROLLED, PENDING_AGENT, Agent, Conversation, utcnow
+from models.conversation import holder_of
 
-from .apply import _audit, _cas, _notify, load_conversation
-from .effects import Effects, VersionConflict
+from .change import Change, Changes
 from .presence import Presence
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 8
 # A reservation the database does not confirm after this long was left by a
 # process that died between reserving and committing.
 STALE_RESERVATION_SECONDS = 60
@@ -99,7 +97,7 @@ class Reservations:
                                     Conversation.offered_agent_id)
                 .where(Conversation.state.in_((PENDING_AGENT, AGENT_CONTROLLED))))
         for row in rows:
-            owner = row.offered_agent_id if row.state == PENDING_AGENT else row.assigned_agent_id
+            owner = holder_of(row.state, row.offered_agent_id, row.assigned_agent_id)
             if owner in held:
                 held[owner].add(row.id)
         redis, p = self.presence.redis, self.presence
@@ -125,13 +123,13 @@ def agents_of_group(group: str) -> list[Agent]:
     return [agent for agent in Agent.select().order_by(Agent.id) if agent.in_group(group)]
 
 
-def offer_next(settings: Settings, reservations: Reservations, conversation_id: str) -> Effects:
+def offer_next(changes: Changes, reservations: Reservations, conversation_id: str) -> bool:
     """Offer a waiting conversation to the next agent in the rotation (or to
-    nobody, when no one qualifies; the timers try again). Committed here."""
-    for _ in range(MAX_ATTEMPTS):
-        conv = load_conversation(conversation_id)
-        if conv is None or conv.state != PENDING_AGENT or conv.offered_agent_id:
-            return Effects()
+    nobody, when no one qualifies; the timers try again). True when offered."""
+    def plan(change: Change) -> bool:
+        conv, settings = change.conv, change.settings
+        if conv.state != PENDING_AGENT or conv.offered_agent_id:
+            return False
         agents = agents_of_group(conv.group or settings.DEFAULT_GROUP)
         lapsed = list(conv.offers_lapsed or [])
         sticky = conv.last_agent_id if settings.STICKY_ASSIGNMENT and conv.last_agent_id not in lapsed else None
@@ -142,27 +140,18 @@ def offer_next(settings: Settings, reservations: Reservations, conversation_id: 
             lapsed = []
             chosen = reservations.reserve_next(conv.id, agents, None)
         if chosen is None:
-            return Effects()
-        agent = next(a for a in agents if a.id == chosen)
-        try:
-            effects = plan_offer(settings, conv, agent, lapsed)
-            effects.commit()
-            return effects
-        except VersionConflict:
-            reservations.release(chosen, conv.id)
-        except Exception:
-            reservations.release(chosen, conv.id)
-            raise
-    return Effects()
+            return False
+        change.on_rollback(lambda: reservations.release(chosen, conv.id))
+        plan_offer(change, next(a for a in agents if a.id == chosen), lapsed)
+        return True
+    return changes.run(conversation_id, plan)
 
 
-def plan_offer(settings: Settings, conv: Conversation, agent: Agent, lapsed: list[str],
-               actor: str = "system", reason: str = "offered") -> Effects:
-    effects = Effects()
-    now = utcnow()
-    _cas(conv, {"offered_agent_id": agent.id, "offers_lapsed": lapsed,
-                "offer_expires_at": now + timedelta(seconds=settings.OFFER_TIMEOUT)}, effects)
-    effects.update(Agent, {"last_assigned_at": now}, {"id": agent.id})
-    _audit(conv, effects, actor, PENDING_AGENT, PENDING_AGENT, reason, {"agent_id": agent.id})
-    _notify(settings, conv, "handoff.offered", effects, reason=conv.escalation_reason, agent=agent)
-    return effects
+def plan_offer(change: Change, agent: Agent, lapsed: list[str], actor: str = "system") -> None:
+    """Offer the (waiting) conversation to `agent`, whose seat is reserved already."""
+    conv, now = change.conv, utcnow()
+    change.set({"offered_agent_id": agent.id, "offers_lapsed": lapsed,
+                "offer_expires_at": now + timedelta(seconds=change.settings.OFFER_TIMEOUT)})
+    change.effects.update(Agent, {"last_assigned_at": now}, {"id": agent.id})
+    change.audit(actor, PENDING_AGENT, PENDING_AGENT, "offered", {"agent_id": agent.id})
+    change.notify("handoff.offered", reason=conv.escalation_reason, agent=agent)

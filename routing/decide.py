@@ -1,13 +1,17 @@
 """The routing decision: who gets an inbound message, and does control change?
 
 Everything here is pure: plain data in, a `Decision` out, no I/O and no clock
-reads (the caller passes `now`). `routing.apply` turns a decision into rows and
-side effects under the conversation's compare-and-set.
+reads (the caller passes `now`). A decision is the complete change: the new
+state, every column of the conversation that changes, and the effects that
+follow (notices, notifications, a bot turn, an offer, audit entries).
+`routing.inbound` writes it through `routing.change` under the
+conversation's compare-and-set.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Callable
 
 from models.conversation import AGENT_CONTROLLED, BOT_CONTROLLED, CLOSED, PENDING_AGENT
 
@@ -26,6 +30,12 @@ class ConversationView:
     last_pending_notice_at: datetime | None = None
     group: str | None = None
     typing_held: bool = False               # an agent is typing on this bot conversation
+    control_epoch: int = 1
+    last_inbound_at: datetime | None = None
+    held_since: datetime | None = None
+    assigned_agent_id: str | None = None
+    offered_agent_id: str | None = None
+    awaiting_agent_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,7 @@ class InboundView:
     text: str | None = None
     from_me: bool = False
     sentiment_urgency: float | None = None  # set when the text reads angry enough to escalate
+    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,9 @@ class Policy:
     sentiment: object | None = None         # routing.sentiment.SentimentAnalyser, or None (off)
     pending_notice_interval: timedelta = timedelta(minutes=10)
     default_group: str = "support"
+    # The built-in bot, handed in from outside routing (runtime.py):
+    # (bot.turn event body, escalation phrases) -> reply, as POST /api/v1/bot/replies takes it.
+    bot: Callable[[dict, tuple[str, ...]], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,14 +77,52 @@ class Decision:
     notify: tuple[str, ...] = ()            # n8n notify-branch events
     cooldown_remaining: int = 0
     reopened: bool = False
+    # The complete change (filled in by `decide`):
+    columns: dict = field(default_factory=dict)       # conversation columns to compare-and-set
+    held_messages_to: str | None = None               # held messages now belong here
+    free_seat_of: str | None = None                   # agent whose reserved seat is given back
+    offer: bool = False                               # offer the conversation to an agent
+    audits: tuple[tuple[str, str, str], ...] = ()     # (from_state, to_state, reason)
 
     @property
     def changes_state(self) -> bool:
         return self.reopened or self.escalation is not None or self.reason == "agent_takeover"
 
 
+def cleared_handoff() -> dict:
+    """Columns that forget a handoff: back to the bot, or closed."""
+    return {"assigned_agent_id": None, "offered_agent_id": None, "pending_since": None,
+            "escalation_reason": None, "escalation_urgency": None, "escalation_requested_at": None,
+            "bot_failures": 0, "offer_expires_at": None, "offers_lapsed": [], "awaiting_agent_since": None,
+            "typing_agent_id": None, "typing_until": None, "held_since": None}
+
+
+def escalation_columns(reason: str, urgency: float | None, group: str | None, now: datetime) -> dict:
+    """Columns of a conversation that starts waiting for a human."""
+    return {"escalation_reason": reason, "escalation_urgency": urgency, "escalation_requested_at": now,
+            "group": group, "pending_since": now, "last_pending_notice_at": now,
+            "assigned_agent_id": None, "offered_agent_id": None, "offer_expires_at": None,
+            "offers_lapsed": [], "awaiting_agent_since": None, "typing_agent_id": None,
+            "typing_until": None, "last_activity_at": now}
+
+
+def sentiment_applies(conv: ConversationView, msg_type: str, text: str | None, from_me: bool) -> bool:
+    """The sentiment gate: is the customer's mood worth reading for this
+    message? Only readable customer text, only while the bot holds the
+    conversation (or it is closed) outside a release cooldown and a typing hold."""
+    if from_me or not text or msg_type not in READABLE:
+        return False
+    if conv.state == CLOSED:
+        return True
+    return conv.state == BOT_CONTROLLED and not conv.typing_held and conv.cooldown_remaining <= 0
+
+
 def decide(conv: ConversationView, msg: InboundView, policy: Policy, now: datetime) -> Decision:
-    """Route one inbound message given the conversation's current state."""
+    """Route one inbound message given the conversation's current state: the complete change."""
+    return _complete(conv, msg, _route(conv, msg, policy, now), now)
+
+
+def _route(conv: ConversationView, msg: InboundView, policy: Policy, now: datetime) -> Decision:
     reopened = conv.state == CLOSED
     state = BOT_CONTROLLED if reopened else conv.state
 
@@ -103,7 +155,7 @@ def decide(conv: ConversationView, msg: InboundView, policy: Policy, now: dateti
         return Decision(PENDING_AGENT, "queued_for_agent", "explicit_request", reopened=reopened,
                         escalation=Escalation("explicit_request", group=policy.default_group),
                         send_handoff_notice=True, notify=("handoff.requested",))
-    if not in_cooldown and msg.type in READABLE and msg.sentiment_urgency is not None:
+    if msg.sentiment_urgency is not None and sentiment_applies(conv, msg.type, msg.text, msg.from_me):
         return Decision(PENDING_AGENT, "queued_for_agent", "sentiment", reopened=reopened,
                         escalation=Escalation("sentiment", urgency=msg.sentiment_urgency,
                                               group=policy.default_group),
@@ -113,6 +165,44 @@ def decide(conv: ConversationView, msg: InboundView, policy: Policy, now: dateti
                         reopened=reopened, cooldown_remaining=remaining)
     return Decision(BOT_CONTROLLED, "bot", "reopened" if reopened else "inbound", bot_turn=True,
                     reopened=reopened, cooldown_remaining=remaining)
+
+
+def _complete(conv: ConversationView, msg: InboundView, d: Decision, now: datetime) -> Decision:
+    """Add the columns and effects that follow from a routing decision."""
+    columns: dict = {"cooldown_remaining": d.cooldown_remaining, "last_activity_at": now}
+    if not msg.from_me and msg.sent_at is not None and (conv.last_inbound_at is None
+                                                        or msg.sent_at > conv.last_inbound_at):
+        columns["last_inbound_at"] = msg.sent_at
+    if d.routed_to == "held" and conv.held_since is None:
+        columns["held_since"] = now
+    if d.routed_to == "agent" and conv.assigned_agent_id and conv.awaiting_agent_since is None:
+        columns["awaiting_agent_since"] = now      # the assigned agent owes the customer an answer
+    if d.new_state != conv.state:
+        columns.update(state=d.new_state, control_epoch=conv.control_epoch + 1)
+    if d.new_state == BOT_CONTROLLED and d.reopened:
+        columns.update(cleared_handoff())
+    if d.escalation is not None and d.new_state == PENDING_AGENT:
+        columns.update(escalation_columns(d.escalation.reason, d.escalation.urgency, d.escalation.group, now))
+    held_to = free_seat = None
+    if d.reason == "agent_takeover":
+        columns.update(pending_since=None, offered_agent_id=None, offer_expires_at=None,
+                       escalation_reason="agent_takeover", escalation_requested_at=now,
+                       group=d.escalation.group, typing_agent_id=None, typing_until=None)
+        free_seat = conv.offered_agent_id if conv.state == PENDING_AGENT else None
+        if conv.held_since is not None:
+            held_to = "agent"
+            columns.update(held_since=None, typing_agent_id=None, typing_until=None)
+    if d.send_pending_notice:
+        columns["last_pending_notice_at"] = now
+    audits = []
+    start = conv.state
+    if d.reopened:
+        audits.append((CLOSED, BOT_CONTROLLED, "reopened"))
+        start = BOT_CONTROLLED
+    if d.new_state != start:
+        audits.append((start, d.new_state, d.reason))
+    return replace(d, columns=columns, held_messages_to=held_to, free_seat_of=free_seat,
+                   offer=d.new_state == PENDING_AGENT and conv.state != PENDING_AGENT, audits=tuple(audits))
 
 
 @dataclass(frozen=True)

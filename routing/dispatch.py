@@ -1,5 +1,8 @@
 """After a transaction commits: free reservations, schedule lanes, publish
-live events, and offer newly waiting conversations to agents."""
+live events, and offer newly waiting conversations to agents.
+
+`routing.change.Changes` calls this once for each change it commits; a
+second call with the same effects does nothing."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def dispatch(rt, effects: Effects) -> None:
+    if effects.dispatched:
+        return
+    effects.dispatched = True
     for agent_id, conversation_id in effects.releases:
         rt.reservations.release(agent_id, conversation_id)
     for lane, key in effects.schedules:
@@ -24,4 +30,4 @@ def dispatch(rt, effects: Effects) -> None:
     for conversation_id in effects.offers:
         from .assignment import offer_next
 
-        dispatch(rt, offer_next(rt.settings, rt.reservations, conversation_id))
+        offer_next(rt.changes, rt.reservations, conversation_id)   # dispatches its own change

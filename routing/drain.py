@@ -4,13 +4,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Callable
-
 from config import Settings
 
-from .apply import route_message
+from .change import Changes
 from .decide import Policy
-from .effects import Effects
+from .inbound import route_message
 from .lanes import Lanes
 from .locks import ConversationLock
 
@@ -18,8 +16,8 @@ log = logging.getLogger(__name__)
 BATCH = 50
 
 
-def drain_conversation(settings: Settings, policy: Policy, lanes: Lanes, conversation_id: str,
-                       after_commit: Callable[[Effects], None]) -> int:
+def drain_conversation(settings: Settings, changes: Changes, policy: Policy, lanes: Lanes,
+                       conversation_id: str) -> int:
     """Route every message waiting in the inbox; returns how many were routed.
 
     When another worker holds the lock this returns at once: the holder looks
@@ -41,11 +39,10 @@ def drain_conversation(settings: Settings, policy: Policy, lanes: Lanes, convers
                 if time.monotonic() - renewed > settings.LOCK_TTL / 3:
                     lease.extend()
                     renewed = time.monotonic()
-                effects = route_message(settings, policy, conversation_id, message_id)
-                # Effects are dispatched before the message leaves the inbox: a
-                # crash in between re-routes nothing (the row is marked routed)
-                # and loses nothing (the sweep re-dispatches rows).
-                after_commit(effects)
+                # Committed and dispatched before the message leaves the inbox:
+                # a crash in between re-routes nothing (the row is marked
+                # routed) and loses nothing (the sweep re-dispatches rows).
+                route_message(changes, policy, conversation_id, message_id)
                 routed.append(message_id)
         finally:
             waiting = lanes.close_inbox(conversation_id, token, routed)

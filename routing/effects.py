@@ -21,12 +21,9 @@ from models import Conversation, Delivery, Message, db, new_id, utcnow, write_tr
 from models.base import isoformat
 from models.prepared import insert_statement, update_statement
 
+from .errors import VersionConflict
 from .live import live_event
 from .visibility import snapshot
-
-
-class VersionConflict(Exception):
-    """Someone else changed the conversation since we read it."""
 
 
 @dataclass
@@ -38,6 +35,7 @@ class Effects:
     offers: list[str] = field(default_factory=list)           # conversations to offer to an agent
     releases: list[tuple[str, str]] = field(default_factory=list)  # (agent, conversation) reservations to free
     inbox: list[tuple[str, str, float]] = field(default_factory=list)  # messages to route (again)
+    dispatched: bool = False                                  # set once routing.dispatch has run it
 
     def insert(self, row) -> None:
         """Prepare the INSERT of an unsaved model instance."""

@@ -1,7 +1,9 @@
 """Durable timers' outcomes: every deadline lives in a conversation row, the
 cron tick finds the due ones, and each outcome commits under the
-conversation's compare-and-set (so two ticks, or a tick racing an agent,
-apply it at most once). Every outcome is an audit event and a notification.
+conversation's compare-and-set through `routing.change` (so two ticks, or a
+tick racing an agent, apply it at most once). Each outcome re-checks that its
+timer is still due against a fresh read, and answers whether it applied.
+Every outcome is an audit event and a notification.
 
   offer expiry          the offered agent did not accept in OFFER_TIMEOUT → next agent
   pending timeout       nobody took it in PENDING_TIMEOUT → PENDING_TIMEOUT_POLICY
@@ -20,9 +22,9 @@ from config import Settings
 from models import (AGENT_CONTROLLED, BOT_CONTROLLED, CLOSED, PENDING_AGENT, Agent, CallbackRequest,
                     Conversation, new_id, utcnow)
 
-from .apply import _audit, _cas, _cleared_handoff, _notify, load_conversation
-from .effects import Effects, VersionConflict, queue_outbound
-from .handoff import plan_close, plan_end_of_hold
+from .change import Change, Changes
+from .decide import cleared_handoff
+from .handoff import plan_close
 
 log = logging.getLogger(__name__)
 BATCH = 200
@@ -65,30 +67,15 @@ def waiting_for_offer() -> list[str]:
     return [row.id for row in rows]
 
 
-def _apply(conversation_id: str, plan) -> Effects:
-    """Re-read, re-check and plan (`plan(conv, effects)` returns False when
-    the timer is no longer due), then commit; again on a conflict."""
-    for _ in range(8):
-        conv = load_conversation(conversation_id)
-        effects = Effects()
-        if conv is None or not plan(conv, effects):
-            return Effects()
-        try:
-            effects.commit()
-            return effects
-        except VersionConflict:
-            continue
-    return Effects()
-
-
 def _agent(agent_id: str | None) -> Agent | None:
     return Agent.get_or_none(Agent.id == agent_id) if agent_id else None
 
 
-def expire_offer(settings: Settings, conversation_id: str, *, withdrawn_from: str | None = None) -> Effects:
+def expire_offer(changes: Changes, conversation_id: str, *, withdrawn_from: str | None = None) -> bool:
     """The offer lapsed (or, with `withdrawn_from`, that agent went away):
     the next agent gets it."""
-    def plan(conv, effects):
+    def plan(change: Change) -> bool:
+        conv = change.conv
         now = utcnow()
         if conv.state != PENDING_AGENT or conv.offered_agent_id is None:
             return False
@@ -100,13 +87,13 @@ def expire_offer(settings: Settings, conversation_id: str, *, withdrawn_from: st
         reason = "offer_expired" if withdrawn_from is None else "offer_withdrawn"
         lapsed_agent = conv.offered_agent_id
         lapsed = [*(conv.offers_lapsed or []), *([lapsed_agent] if lapsed_agent else [])]
-        _cas(conv, {"offered_agent_id": None, "offer_expires_at": None, "offers_lapsed": lapsed}, effects)
-        _audit(conv, effects, "system", PENDING_AGENT, PENDING_AGENT, reason, {"agent_id": lapsed_agent})
-        _notify(settings, conv, "handoff.timeout", effects, reason=reason, agent=_agent(lapsed_agent))
-        effects.release_reservation(lapsed_agent, conv.id)
-        effects.offer(conv.id)
+        change.set({"offered_agent_id": None, "offer_expires_at": None, "offers_lapsed": lapsed})
+        change.audit("system", PENDING_AGENT, PENDING_AGENT, reason, {"agent_id": lapsed_agent})
+        change.notify("handoff.timeout", reason=reason, agent=_agent(lapsed_agent))
+        change.free_seat(lapsed_agent)
+        change.offer()
         return True
-    return _apply(conversation_id, plan)
+    return changes.run(conversation_id, plan)
 
 
 def offers_to_absent_agents(presence) -> list[tuple[str, str]]:
@@ -123,27 +110,29 @@ def offers_to(agent_id: str) -> list[str]:
     return _due(Conversation.state == PENDING_AGENT, Conversation.offered_agent_id == agent_id)
 
 
-def agent_unresponsive(settings: Settings, conversation_id: str) -> Effects:
-    def plan(conv, effects):
+def agent_unresponsive(changes: Changes, conversation_id: str) -> bool:
+    def plan(change: Change) -> bool:
+        conv, settings = change.conv, change.settings
         now = utcnow()
         limit = now - timedelta(seconds=settings.AGENT_RESPONSE_TIMEOUT)
         if (conv.state != AGENT_CONTROLLED or conv.assigned_agent_id is None
                 or conv.awaiting_agent_since is None or conv.awaiting_agent_since >= limit):
             return False
         silent = conv.assigned_agent_id
-        _cas(conv, {"state": PENDING_AGENT, "control_epoch": conv.control_epoch + 1, "assigned_agent_id": None,
+        change.set({"state": PENDING_AGENT, "control_epoch": conv.control_epoch + 1, "assigned_agent_id": None,
                     "offered_agent_id": None, "offer_expires_at": None, "offers_lapsed": [silent],
-                    "pending_since": now, "awaiting_agent_since": None}, effects)
-        _audit(conv, effects, "system", AGENT_CONTROLLED, PENDING_AGENT, "agent_unresponsive", {"agent_id": silent})
-        _notify(settings, conv, "handoff.timeout", effects, reason="agent_unresponsive", agent=_agent(silent))
-        effects.release_reservation(silent, conv.id)
-        effects.offer(conv.id)
+                    "pending_since": now, "awaiting_agent_since": None})
+        change.audit("system", AGENT_CONTROLLED, PENDING_AGENT, "agent_unresponsive", {"agent_id": silent})
+        change.notify("handoff.timeout", reason="agent_unresponsive", agent=_agent(silent))
+        change.free_seat(silent)
+        change.offer()
         return True
-    return _apply(conversation_id, plan)
+    return changes.run(conversation_id, plan)
 
 
-def pending_timeout(settings: Settings, conversation_id: str) -> Effects:
-    def plan(conv, effects):
+def pending_timeout(changes: Changes, conversation_id: str) -> bool:
+    def plan(change: Change) -> bool:
+        conv, settings = change.conv, change.settings
         now = utcnow()
         if (conv.state != PENDING_AGENT or conv.pending_since is None
                 or conv.pending_since >= now - timedelta(seconds=settings.PENDING_TIMEOUT)):
@@ -153,58 +142,57 @@ def pending_timeout(settings: Settings, conversation_id: str) -> Effects:
         if policy == "reroute" and (not target or target == conv.group):
             # Nowhere left to reroute to (or already rerouted): collect a callback instead.
             policy = "collect_callback"
-        effects.release_reservation(conv.offered_agent_id, conv.id)
+        change.free_seat(conv.offered_agent_id)
         details = {"policy": policy, "waited_seconds": int((now - conv.pending_since).total_seconds()),
                    "from_group": conv.group}
         if policy == "reroute":
-            _cas(conv, {"group": target, "escalation_reason": "timeout_reroute", "pending_since": now,
-                        "offered_agent_id": None, "offer_expires_at": None, "offers_lapsed": []}, effects)
-            _audit(conv, effects, "system", PENDING_AGENT, PENDING_AGENT, "pending_timeout",
-                   {**details, "to_group": target})
-            _notify(settings, conv, "handoff.timeout", effects, reason="pending_timeout")
-            effects.offer(conv.id)
+            change.set({"group": target, "escalation_reason": "timeout_reroute", "pending_since": now,
+                        "offered_agent_id": None, "offer_expires_at": None, "offers_lapsed": []})
+            change.audit("system", PENDING_AGENT, PENDING_AGENT, "pending_timeout", {**details, "to_group": target})
+            change.notify("handoff.timeout", reason="pending_timeout")
+            change.offer()
         elif policy == "collect_callback":
             request = CallbackRequest(id=new_id("cb"), conversation=conv.id, group=conv.group,
                                       reason=conv.escalation_reason or "pending_timeout", status="open",
                                       created_at=now)
-            effects.insert(request)
+            change.effects.insert(request)
             metadata = {**(conv.metadata or {}), "mode": "collect_callback", "callback_request_id": request.id}
-            _cas(conv, {**_cleared_handoff(), "state": BOT_CONTROLLED, "control_epoch": conv.control_epoch + 1,
+            change.set({**cleared_handoff(), "state": BOT_CONTROLLED, "control_epoch": conv.control_epoch + 1,
                         "cooldown_remaining": settings.COOLDOWN_INTERACTIONS, "metadata": metadata,
-                        "group": conv.group}, effects)
-            _audit(conv, effects, "system", PENDING_AGENT, BOT_CONTROLLED, "pending_timeout",
-                   {**details, "callback_request_id": request.id})
-            queue_outbound(conv, effects, sender="system", text=settings.CALLBACK_NOTICE)
-            _notify(settings, conv, "handoff.timeout", effects, reason="pending_timeout")
+                        "group": conv.group})
+            change.audit("system", PENDING_AGENT, BOT_CONTROLLED, "pending_timeout",
+                         {**details, "callback_request_id": request.id})
+            change.say(sender="system", text=settings.CALLBACK_NOTICE)
+            change.notify("handoff.timeout", reason="pending_timeout")
         else:
-            _audit(conv, effects, "system", PENDING_AGENT, PENDING_AGENT, "pending_timeout", details)
-            _notify(settings, conv, "handoff.timeout", effects, reason="pending_timeout")
-            queue_outbound(conv, effects, sender="system", text=settings.TIMEOUT_CLOSE_NOTICE)
-            plan_close(settings, conv, effects, actor="system", reason="pending_timeout", by={"type": "system"})
+            change.audit("system", PENDING_AGENT, PENDING_AGENT, "pending_timeout", details)
+            change.notify("handoff.timeout", reason="pending_timeout")
+            change.say(sender="system", text=settings.TIMEOUT_CLOSE_NOTICE)
+            plan_close(change, actor="system", reason="pending_timeout", by={"type": "system"})
         return True
-    return _apply(conversation_id, plan)
+    return changes.run(conversation_id, plan)
 
 
-def end_hold(settings: Settings, conversation_id: str) -> Effects:
-    def plan(conv, effects):
+def end_hold(changes: Changes, conversation_id: str) -> bool:
+    def plan(change: Change) -> bool:
+        conv = change.conv
         if conv.held_since is None or (conv.typing_until is not None and conv.typing_until >= utcnow()):
             return False
         typist = conv.typing_agent_id
-        plan_end_of_hold(conv, effects)
-        _audit(conv, effects, "system", conv.state, conv.state, "typing_expired",
-               {"messages": len(effects.inbox), "agent_id": typist})
-        _notify(settings, conv, "handoff.timeout", effects, reason="typing_expired", agent=_agent(typist))
+        routed_again = change.route_held_again()
+        change.audit("system", conv.state, conv.state, "typing_expired",
+                     {"messages": routed_again, "agent_id": typist})
+        change.notify("handoff.timeout", reason="typing_expired", agent=_agent(typist))
         return True
-    return _apply(conversation_id, plan)
+    return changes.run(conversation_id, plan)
 
 
-def idle_close(settings: Settings, conversation_id: str) -> Effects:
-    def plan(conv, effects):
+def idle_close(changes: Changes, conversation_id: str) -> bool:
+    def plan(change: Change) -> bool:
+        conv, settings = change.conv, change.settings
         limit = utcnow() - timedelta(seconds=settings.IDLE_CLOSE_AFTER)
         if conv.state == CLOSED or conv.last_activity_at is None or conv.last_activity_at >= limit:
             return False
-        effects.release_reservation(conv.offered_agent_id if conv.state == PENDING_AGENT
-                                    else conv.assigned_agent_id, conv.id)
-        plan_close(settings, conv, effects, actor="system", reason="idle", by={"type": "system"})
+        plan_close(change, actor="system", reason="idle", by={"type": "system"})
         return True
-    return _apply(conversation_id, plan)
+    return changes.run(conversation_id, plan)

@@ -6,8 +6,7 @@ import pytest
 
 from jobs.context import set_runtime
 from models import Channel, Contact, Conversation
-from routing.apply import escalate
-from routing.dispatch import dispatch
+from routing.escalate import escalate
 from routing.handoff import Actor, claim, close, release
 from tests.handoff_support import Team
 
@@ -36,8 +35,7 @@ def new_conversations(count: int) -> list[str]:
 
 
 def escalate_and_see_who_is_offered(rt, conversation_id: str) -> str | None:
-    result = escalate(rt.settings, conversation_id, reason="explicit_request", actor="test")
-    dispatch(rt, result.effects)
+    escalate(rt.changes, conversation_id, reason="explicit_request", actor="test")
     return Conversation.get_by_id(conversation_id).offered_agent_id
 
 
@@ -70,7 +68,7 @@ def test_round_robin_is_fair_over_1000_escalations_with_agents_coming_and_going(
         assert offered is not None
         phase_counts[offered] += 1
         totals[offered] += 1
-        dispatch(rt, close(rt.settings, conversation_id, SYSTEM).effects)   # capacity never binds here
+        close(rt.changes, conversation_id, SYSTEM)   # capacity never binds here
     assert sum(totals.values()) == 1000
     assert len(totals) == len(names)
 
@@ -95,7 +93,7 @@ def test_a_full_agent_is_skipped_until_capacity_frees(desk, team):
     assert {escalate_and_see_who_is_offered(rt, a), escalate_and_see_who_is_offered(rt, b)} == {ana.id, bo.id}
     assert escalate_and_see_who_is_offered(rt, c) is None
     holder = Conversation.get_by_id(a).offered_agent_id
-    dispatch(rt, close(rt.settings, a, SYSTEM).effects)
+    close(rt.changes, a, SYSTEM)
     from jobs import timers
     timers.handoff_timers()
     assert Conversation.get_by_id(c).offered_agent_id == holder
@@ -109,8 +107,8 @@ def served_then_released(rt, team) -> tuple[str, str]:
     (conversation_id,) = new_conversations(1)
     first = escalate_and_see_who_is_offered(rt, conversation_id)
     agent = ana if first == ana.id else bo
-    dispatch(rt, claim(rt.settings, rt.reservations, conversation_id, Actor(agent, "agent")).effects)
-    dispatch(rt, release(rt.settings, conversation_id, Actor(agent, "agent")).effects)
+    claim(rt.changes, rt.reservations, conversation_id, Actor(agent, "agent"))
+    release(rt.changes, conversation_id, Actor(agent, "agent"))
     Conversation.update(cooldown_remaining=0).where(Conversation.id == conversation_id).execute()
     return conversation_id, agent.id
 

@@ -1,0 +1,102 @@
+"""Bot turns and bot replies, behind the turn guard.
+
+A `bot.turn` records the `control_epoch` it was issued in. A reply is
+accepted only while the bot still holds that control (`bot_may_speak`), and
+the outbound lane checks again just before sending (`outbound_allowed`), so
+a bot can never talk over a human.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from models import BotTurn, Conversation, Message, new_id, utcnow
+
+from .change import Change, Changes, view_of
+from .decide import Policy, bot_may_speak, decide_escalation
+from .errors import CooldownActive, NotFound, StaleTurn
+from .escalate import plan_escalation
+from .notifications import turn_fields
+
+log = logging.getLogger(__name__)
+
+
+def issue_bot_turn(change: Change, policy: Policy, message: Message) -> None:
+    """Ask the bot to answer `message`: the AI branch when N8N_BOT_URL is
+    set, else the built-in bot, whose answer commits with the routing (a
+    message is routed and answered together or not at all)."""
+    settings, conv = change.settings, change.conv
+    mode = (conv.metadata or {}).get("mode", "normal")
+    turn = BotTurn(id=new_id("t"), conversation=conv.id, message_id=message.id,
+                   control_epoch=conv.control_epoch, mode=mode, created_at=utcnow())
+    change.effects.insert(turn)
+    fields = turn_fields(settings, conv, message, turn)
+    if settings.N8N_BOT_URL:
+        change.deliver(settings.N8N_BOT_URL, "bot.turn", fields)
+        return
+    if policy.bot is None:
+        return
+    reply = policy.bot({"event": "bot.turn", **fields}, policy.phrases)
+    try:
+        apply_bot_reply(change, turn, reply, "builtin-bot")
+    except CooldownActive:           # refused before anything was written
+        log.info("built-in bot asked to escalate %s during its cooldown", conv.id)
+
+
+@dataclass
+class BotReplyResult:
+    status: str                      # queued | escalated
+    conversation: Conversation
+    message: Message | None
+
+
+def accept_bot_reply(changes: Changes, reply: dict, actor: str = "bot") -> BotReplyResult:
+    """Apply a bot's answer to a turn, refusing it (StaleTurn) when control
+    changed. A bot may answer one turn with several messages."""
+    def plan(change: Change) -> BotReplyResult:
+        turn = BotTurn.get_or_none((BotTurn.id == reply["turn_id"]) & (BotTurn.conversation == change.conv.id))
+        if turn is None:
+            raise NotFound("turn")
+        return apply_bot_reply(change, turn, reply, actor)
+    return changes.run(reply["conversation_id"], plan)
+
+
+def apply_bot_reply(change: Change, turn: BotTurn, reply: dict, actor: str) -> BotReplyResult:
+    settings, conv = change.settings, change.conv
+    if not bot_may_speak(conv.state, conv.control_epoch, turn.control_epoch):
+        raise StaleTurn(turn.id)
+    if reply.get("escalate") and not decide_escalation(view_of(conv), automatic=True).changed:
+        raise CooldownActive(conv.cooldown_remaining)   # the turn guard passed: the bot holds it
+    metadata = dict(conv.metadata or {})
+    metadata.update(reply.get("metadata") or {})
+    if reply.get("intent"):
+        metadata["last_intent"] = reply["intent"]
+    if reply.get("language"):
+        metadata["preferred_language"] = reply["language"]
+    failures = conv.bot_failures + 1 if reply.get("intent") == "fallback" else 0
+    # Always compare-and-set, even with nothing to change: a handoff committed
+    # after we read the conversation then makes this reply a clean 409.
+    change.set({"metadata": metadata, "bot_failures": failures})
+    change.effects.update(BotTurn, {"answered_at": utcnow()}, {"id": turn.id})
+    if (not reply.get("escalate") and failures >= settings.BOT_FAILURE_LIMIT
+            and decide_escalation(view_of(conv), automatic=True).changed):
+        # The bot keeps not understanding: its answer goes out, then a human takes over.
+        message = None
+        if reply.get("text"):
+            message = change.say(sender="bot", text=reply["text"], turn_id=turn.id)
+        plan_escalation(change, reason="bot_failures", actor=actor, group=reply.get("group"),
+                        note=f"{failures} fallback answers in a row", automatic=True)
+        return BotReplyResult("escalated", conv, message)
+    if reply.get("escalate"):
+        plan_escalation(change, reason=reply.get("reason") or "bot", actor=actor, urgency=reply.get("urgency"),
+                        group=reply.get("group"), automatic=True, notice_text=reply.get("text"))
+        return BotReplyResult("escalated", conv, None)
+    message = change.say(sender="bot", text=reply["text"], turn_id=turn.id, control_epoch=turn.control_epoch)
+    return BotReplyResult("queued", conv, message)
+
+
+def outbound_allowed(message: Message, conv: Conversation) -> bool:
+    """At send time: a bot reply goes out only while its turn's control still holds."""
+    if message.sender != "bot" or message.control_epoch is None:
+        return True
+    return bot_may_speak(conv.state, conv.control_epoch, message.control_epoch)

@@ -1,0 +1,46 @@
+"""The bodies of the events Baton sends to n8n: what the notification branch
+(N8N_NOTIFY_URL) and the AI branch (N8N_BOT_URL) receive. `routing.effects`
+adds `event`, `delivery_id` and `occurred_at` when it records a delivery."""
+from __future__ import annotations
+
+from config import Settings
+from models import Agent, BotTurn, Conversation, Message
+from models.prepared import PreparedSelect
+
+_HISTORY = PreparedSelect(lambda conversation_id, limit: (
+    Message.select()
+    .where(Message.conversation == conversation_id)
+    .order_by(Message.sent_at.desc(), Message.id.desc())
+    .limit(limit)))
+
+
+def console_url(settings: Settings, conversation_id: str) -> str:
+    return f"{settings.PUBLIC_BASE_URL}/console/conversations/{conversation_id}"
+
+
+def notification_fields(settings: Settings, conv: Conversation, event_type: str, *,
+                        message: Message | None = None, reason: str | None = None, by: dict | None = None,
+                        agent: Agent | None = None) -> dict:
+    """`handoff.*` events name the agent, the reason and the console page;
+    `message.for_agent` carries the message; the others say who acted (`by`)."""
+    fields: dict = {"conversation": conv.to_dict()}
+    agent_dict = agent.to_dict() if agent is not None else None
+    if event_type == "message.for_agent":
+        fields.update(message=message.to_dict(), agent=agent_dict)
+    elif event_type.startswith("handoff."):
+        fields.update(agent=agent_dict, reason=reason, console_url=console_url(settings, conv.id))
+    else:
+        fields["by"] = by
+    return fields
+
+
+def turn_fields(settings: Settings, conv: Conversation, message: Message, turn: BotTurn) -> dict:
+    """The `bot.turn` body: the conversation, the message to answer, the recent history."""
+    return {"conversation": conv.to_dict(), "message": message.to_dict(), "turn_id": turn.id,
+            "history": history(conv.id, settings.BOT_HISTORY), "mode": turn.mode,
+            "reply_url": f"{settings.PUBLIC_BASE_URL}/api/v1/bot/replies"}
+
+
+def history(conversation_id: str, limit: int) -> list[dict]:
+    """The conversation's last `limit` messages, oldest first."""
+    return [m.to_dict() for m in reversed(_HISTORY.rows(conversation_id, limit))]
