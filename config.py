@@ -7,7 +7,7 @@ instead of surfacing as a confusing failure later.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,92 +22,127 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
+def setting(default: Any, meaning: str) -> Any:
+    """A Settings field: its default and what it means (`Settings.help(name)`)."""
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass(frozen=True)
 class Settings:
-    DATABASE_URL: str = f"sqlite:///{INSTANCE_DIR / 'baton.db'}"
-    # PostgreSQL connections each web or worker process may hold at once;
-    # a request waits up to 10 s for one, then gets 503 database_unavailable.
-    DATABASE_POOL_SIZE: int = 20
-    REDIS_URL: str = "redis://127.0.0.1:6379/0"
-    # Prefix of every Redis key and RQ queue name Baton owns, so two installs
-    # (or a test run) can share one Redis without touching each other's data.
-    REDIS_PREFIX: str = "baton"
+    """Every setting, with its type, default and meaning (`help`, listed in docs/settings.md)."""
 
-    WHATSAPP_PROVIDER: str = "sandbox"
-    WHATSAPP_APP_SECRET: str = ""
-    WHATSAPP_VERIFY_TOKEN: str = ""
-    WHATSAPP_ACCESS_TOKEN: str = ""
-    WHATSAPP_API_BASE: str = "https://graph.facebook.com/v23.0"
-    WHATSAPP_MPS: int = 80
-    WASENDER_API_KEY: str = ""
-    WASENDER_WEBHOOK_SECRET: str = ""
-    WASENDER_API_BASE: str = "https://www.wasenderapi.com"
-    SANDBOX_PHONE_NUMBER_ID: str = "sandbox-1"
+    DATABASE_URL: str = setting(f"sqlite:///{INSTANCE_DIR / 'baton.db'}",
+                                "Where Baton keeps conversations, messages and tokens: `sqlite:///<path>` or "
+                                "`postgresql://user:pass@host/db`.")
+    DATABASE_POOL_SIZE: int = setting(20, "PostgreSQL connections each web or worker process may hold at once; a "
+                                          "request waits up to 10 s for one, then gets 503 `database_unavailable`.")
+    REDIS_URL: str = setting("redis://127.0.0.1:6379/0",
+                             "The Redis that holds queues, inboxes, locks, presence and live events.")
+    REDIS_PREFIX: str = setting("baton", "Prefix of every Redis key and RQ queue Baton owns, so two installs (or a "
+                                         "test run) can share one Redis without touching each other's data.")
 
-    N8N_BOT_URL: str = ""
-    N8N_NOTIFY_URL: str = ""
-    BATON_EVENT_SECRET: str = ""
-    EVENT_MAX_ATTEMPTS: int = 8
-    EVENT_TIMEOUT: float = 10.0
+    WHATSAPP_PROVIDER: str = setting("sandbox", "Which WhatsApp connection to speak: `sandbox` (records sends in "
+                                                "the outbox), `cloud_api` (Meta) or `wasender`.")
+    WHATSAPP_APP_SECRET: str = setting("", "Meta app secret that signs webhooks (X-Hub-Signature-256); the sandbox "
+                                           "signs its simulated webhooks with it too.")
+    WHATSAPP_VERIFY_TOKEN: str = setting("", "The token Meta echoes in the `GET /webhooks/whatsapp` subscription "
+                                             "handshake.")
+    WHATSAPP_ACCESS_TOKEN: str = setting("", "Bearer token for sending and for fetching media through the Graph "
+                                             "API.")
+    WHATSAPP_API_BASE: str = setting("https://graph.facebook.com/v23.0",
+                                     "Base URL of the Graph API, version included.")
+    WHATSAPP_MPS: int = setting(80, "Messages per second the provider accepts from this number; reserved for "
+                                    "the send-rate scheduler (today a 429 is retried with backoff).")
+    WASENDER_API_KEY: str = setting("", "WASender API key used to send messages and decrypt media.")
+    WASENDER_WEBHOOK_SECRET: str = setting("", "Shared secret WASender sends in X-Webhook-Signature with each "
+                                               "webhook.")
+    WASENDER_API_BASE: str = setting("https://www.wasenderapi.com", "Base URL of the WASender API.")
+    SANDBOX_PHONE_NUMBER_ID: str = setting("sandbox-1", "The business number id the sandbox provider pretends to "
+                                                        "send from (and `simulate` writes to).")
 
-    PUBLIC_BASE_URL: str = "http://127.0.0.1:8000"
-    MEDIA_STORAGE_URL: str = f"file://{INSTANCE_DIR / 'media'}"
-    MEDIA_URL_TTL: int = 300
+    N8N_BOT_URL: str = setting("", "n8n webhook that receives `bot.turn` events (the AI branch); empty uses the "
+                                   "built-in rule bot.")
+    N8N_NOTIFY_URL: str = setting("", "n8n webhook that receives notifications for people (`handoff.offered`, "
+                                      "`message.for_agent`, …); empty sends none.")
+    BATON_EVENT_SECRET: str = setting("", "Key of the HMAC-SHA256 `X-Baton-Signature` on every event posted to "
+                                          "n8n.")
+    EVENT_MAX_ATTEMPTS: int = setting(8, "Tries of one n8n delivery before it lands on the failed list.")
+    EVENT_TIMEOUT: float = setting(10.0, "Seconds to wait for n8n to answer one delivery.")
 
-    PENDING_TIMEOUT: int = 300
-    PENDING_TIMEOUT_POLICY: str = "reroute"
-    PENDING_TIMEOUT_GROUP: str = ""
-    OFFER_TIMEOUT: int = 60
-    AGENT_RESPONSE_TIMEOUT: int = 300
-    AGENT_HEARTBEAT_TTL: int = 60
-    AGENT_TYPING_TTL: int = 15
-    COOLDOWN_INTERACTIONS: int = 3
-    IDLE_CLOSE_AFTER: int = 86400
-    PENDING_NOTICE_INTERVAL: int = 600
-    BOT_HISTORY: int = 10
-    ESCALATION_PHRASES_FILE: str = ""
-    DEFAULT_GROUP: str = "support"
-    # Offer a returning customer to the agent who served them last, when that
-    # agent is online with free capacity.
-    STICKY_ASSIGNMENT: bool = True
-    # The bot reporting `intent: "fallback"` this many turns in a row escalates.
-    BOT_FAILURE_LIMIT: int = 3
-    # VADER compound score (-1 … 0, exclusive) at or below which a customer's
-    # text escalates; languages the analyser reads (comma-separated: only
-    # English today; empty turns the trigger off).
-    SENTIMENT_THRESHOLD: float = -0.6
-    SENTIMENT_LANGUAGES: str = "en"
+    PUBLIC_BASE_URL: str = setting("http://127.0.0.1:8000", "Baton's address as others reach it; builds "
+                                                            "`reply_url` and `console_url` in events.")
+    MEDIA_STORAGE_URL: str = setting(f"file://{INSTANCE_DIR / 'media'}",
+                                     "Where copies of customers' media will be kept (reserved: media storage is "
+                                     "not built yet).")
+    MEDIA_URL_TTL: int = setting(300, "Lifetime in seconds of a signed media link (reserved: media storage is not "
+                                      "built yet).")
 
-    SECRET_KEY: str = ""
-    METRICS_TOKEN: str = ""
-    MAX_WEBHOOK_BYTES: int = 3 * 1024 * 1024
-    SEND_MAX_ATTEMPTS: int = 6
-    # Seconds a conversation lock lives without renewal; a crashed worker's
-    # lock frees itself after this long.
-    LOCK_TTL: float = 30.0
-    # Messages recorded but not routed this many seconds later are re-queued
-    # by the cron sweep (Redis lost the inbox, or a worker died mid-drain).
-    REQUEUE_AFTER: int = 10
-    # How long one pump job keeps draining before handing over to a fresh job.
-    PUMP_BUDGET_SECONDS: float = 2.0
-    # Pump jobs running at once per lane. With the Procfile's two workers, one
-    # per lane keeps inbound and outbound flowing side by side; raise it when
-    # you run more workers than lanes.
-    PUMP_CONCURRENCY: int = 1
-    # An idle pump waits this long for more work before its job ends, so under
-    # steady traffic one job serves many messages.
-    PUMP_LINGER: float = 0.1
-    # A pump that stops renewing its slot (worker killed) frees it after this long.
-    PUMP_LEASE: float = 30.0
+    PENDING_TIMEOUT: int = setting(300, "Seconds a customer may wait for a human before PENDING_TIMEOUT_POLICY "
+                                        "applies.")
+    PENDING_TIMEOUT_POLICY: str = setting("reroute", "What happens when nobody takes a waiting customer in time: "
+                                                     "`reroute` (to PENDING_TIMEOUT_GROUP), `collect_callback` or "
+                                                     "`close`.")
+    PENDING_TIMEOUT_GROUP: str = setting("", "The group `reroute` offers to; empty (or a second timeout there) "
+                                             "collects a callback instead.")
+    OFFER_TIMEOUT: int = setting(60, "Seconds an agent has to accept an offer before it moves to the next agent.")
+    AGENT_RESPONSE_TIMEOUT: int = setting(300, "Seconds the assigned agent may leave the customer unanswered "
+                                               "before the conversation is offered to someone else.")
+    AGENT_HEARTBEAT_TTL: int = setting(60, "Seconds a heartbeat keeps an online agent in the rotation.")
+    AGENT_TYPING_TTL: int = setting(15, "Seconds a typing notice lasts (and holds the bot) unless renewed.")
+    COOLDOWN_INTERACTIONS: int = setting(3, "Customer messages after a release during which no automatic "
+                                            "escalation trigger fires.")
+    IDLE_CLOSE_AFTER: int = setting(86400, "Seconds without activity after which a conversation is closed.")
+    PENDING_NOTICE_INTERVAL: int = setting(600, "Least seconds between two PENDING_NOTICE messages to a customer "
+                                                "who keeps writing while waiting.")
+    BOT_HISTORY: int = setting(10, "How many earlier messages a `bot.turn` event carries in `history`.")
+    ESCALATION_PHRASES_FILE: str = setting("", "A file of extra phrases that mean \"I want a human\", one a line "
+                                               "(`=` for a whole message); empty uses the built-in list only.")
+    DEFAULT_GROUP: str = setting("support", "The agent group an escalation goes to when none is named.")
+    STICKY_ASSIGNMENT: bool = setting(True, "Offer a returning customer to the agent who served them last, when "
+                                            "that agent is online with free capacity.")
+    BOT_FAILURE_LIMIT: int = setting(3, "The bot reporting `intent: \"fallback\"` this many turns in a row "
+                                        "escalates to a human.")
+    SENTIMENT_THRESHOLD: float = setting(-0.6, "VADER compound score (at least -1, below 0) at or below which a "
+                                               "customer's text escalates as angry.")
+    SENTIMENT_LANGUAGES: str = setting("en", "Comma-separated languages the sentiment trigger reads (only English "
+                                             "today); empty turns the trigger off.")
 
-    HANDOFF_NOTICE: str = "Thanks! I'm connecting you with a member of our team. They'll reply here shortly."
-    PENDING_NOTICE: str = "You're in the queue — a member of our team will be with you soon."
-    CALLBACK_NOTICE: str = ("Sorry, our team is busy right now. Leave your name, a phone number and a good "
-                            "time to call, and we'll get back to you.")
-    TIMEOUT_CLOSE_NOTICE: str = ("Sorry, nobody from our team is available right now. Please write to us "
-                                 "again later — we'll be glad to help.")
-    LOG_LEVEL: str = "INFO"
-    TESTING: bool = False
+    SECRET_KEY: str = setting("", "Flask's secret key (for signed cookies; Baton's API itself uses bearer tokens).")
+    METRICS_TOKEN: str = setting("", "When set, `GET /metrics` needs `Authorization: Bearer <METRICS_TOKEN>`.")
+    MAX_WEBHOOK_BYTES: int = setting(3 * 1024 * 1024, "Largest request body accepted, in bytes; bigger gets 413.")
+    SEND_MAX_ATTEMPTS: int = setting(6, "Tries of one outbound message on retryable provider errors (429, 5xx) "
+                                        "before it is marked failed.")
+    LOCK_TTL: float = setting(30.0, "Seconds a conversation lock lives without renewal; a crashed worker's lock "
+                                    "frees itself after this long.")
+    REQUEUE_AFTER: int = setting(10, "Seconds after which the cron sweep re-queues a message recorded but not "
+                                     "routed (Redis lost the inbox, or a worker died mid-drain).")
+    PUMP_BUDGET_SECONDS: float = setting(2.0, "How long one pump job keeps draining before handing over to a fresh "
+                                              "job.")
+    PUMP_CONCURRENCY: int = setting(1, "Pump jobs running at once per lane; raise it when you run more RQ workers "
+                                       "than lanes.")
+    PUMP_LINGER: float = setting(0.1, "Seconds an idle pump waits for more work before its job ends, so steady "
+                                      "traffic is served by few jobs.")
+    PUMP_LEASE: float = setting(30.0, "Seconds after which the slot of a pump that stopped renewing it (worker "
+                                      "killed) is free again.")
+
+    HANDOFF_NOTICE: str = setting("Thanks! I'm connecting you with a member of our team. They'll reply here "
+                                  "shortly.", "What the customer is told when their conversation goes to the "
+                                              "humans.")
+    PENDING_NOTICE: str = setting("You're in the queue — a member of our team will be with you soon.",
+                                  "What a customer who writes while waiting is told (at most every "
+                                  "PENDING_NOTICE_INTERVAL).")
+    CALLBACK_NOTICE: str = setting("Sorry, our team is busy right now. Leave your name, a phone number and a good "
+                                   "time to call, and we'll get back to you.",
+                                   "What the customer is told when the `collect_callback` policy applies.")
+    TIMEOUT_CLOSE_NOTICE: str = setting("Sorry, nobody from our team is available right now. Please write to us "
+                                        "again later — we'll be glad to help.",
+                                        "What the customer is told when the `close` policy ends a wait.")
+    LOG_LEVEL: str = setting("INFO", "Python log level of every process (`DEBUG` also shows RQ's per-job lines).")
+    TESTING: bool = setting(False, "Flask's testing mode; the test suite sets it.")
+
+    @staticmethod
+    def help(name: str) -> str:
+        return next(f.metadata.get("help", "") for f in fields(Settings) if f.name == name)
 
     @property
     def is_sqlite(self) -> bool:
