@@ -12,12 +12,24 @@ from collections import Counter
 import orjson
 import pytest
 
-from integrations.whatsapp.base import MESSAGE_TYPES, InboundMessage, StatusUpdate, WebhookRejected
+from integrations.whatsapp.base import (
+    MESSAGE_TYPES,
+    InboundMessage,
+    StatusUpdate,
+    WebhookRejected,
+)
 from integrations.whatsapp.cloud_api import CloudApiAdapter
 from integrations.whatsapp.wasender import WasenderAdapter
 from models import Contact, Conversation, Message, UnsupportedUpdate
 from tests.fixtures.samples import (
-    PROVIDERS, Sample, cloud_headers, expectation_files, expectation_path, fixture_files, sample, samples,
+    PROVIDERS,
+    Sample,
+    cloud_headers,
+    expectation_files,
+    expectation_path,
+    fixture_files,
+    sample,
+    samples,
     wasender_headers,
 )
 from tests.support import TEST_APP_SECRET

@@ -1,13 +1,15 @@
-"""Every shared provider sample through the adapters' verify() and parse().
+"""Provider webhooks through the adapters' verify() and parse().
 
-Samples live in /work/shared/payloads (override with BATON_PAYLOADS_DIR).
-Sending and media downloads are in test_provider_sends.py.
-WASender `api__*` files are REST request/response examples, not webhooks: the
-adapter answers them with 400 (no `event`, or no `data`), which is what they get here.
+Two sources: Baton's own fixtures (tests/fixtures/, always there) for tests that
+only need a body of some shape, and the third-party corpus in ../shared/payloads
+(override with BATON_PAYLOADS_DIR), an extra check whose tests are skipped when
+it is not beside the repository. The table-driven run over our own fixtures is
+in test_fixture_samples.py; sending and media downloads are in test_provider_sends.py.
+WASender `api__*` corpus files are REST request/response examples, not webhooks:
+the adapter answers them with 400 (no `event`, or no `data`), which is what they get here.
 """
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,30 +20,31 @@ from werkzeug.datastructures import EnvironHeaders
 from integrations.whatsapp.base import WebhookRejected
 from integrations.whatsapp.cloud_api import CloudApiAdapter
 from integrations.whatsapp.wasender import WasenderAdapter
+from tests.fixtures.samples import (
+    CORPUS,
+    corpus_files,
+    needs_corpus,
+    sample,
+    signature_vectors,
+    vector_id,
+)
 
-PAYLOADS = Path(os.environ.get("BATON_PAYLOADS_DIR")
-                or Path(__file__).resolve().parents[1].parent / "shared" / "payloads")
+PAYLOADS = CORPUS
 CLOUD = PAYLOADS / "cloud_api"
 WASENDER = PAYLOADS / "wasender"
-
-
-def _files(folder: Path, pattern: str = "*") -> list[Path]:
-    return sorted(p for p in folder.glob(pattern) if p.is_file()) if folder.is_dir() else []
 
 
 def _ids(paths: list[Path]) -> list[str]:
     return [str(p.relative_to(PAYLOADS)) for p in paths]
 
 
-CLOUD_SAMPLES = _files(CLOUD, "*.json")
-CLOUD_MALFORMED = _files(CLOUD / "malformed")
-SIGNED_BODIES = _files(CLOUD / "signed", "*.body.json")
-SIGNED_VECTORS = _files(CLOUD / "signed", "*.vector.json")
-WASENDER_EVENTS = [p for p in _files(WASENDER, "*.json") if not p.name.startswith("api__")]
-WASENDER_API_EXAMPLES = _files(WASENDER, "api__*")
-WASENDER_MALFORMED = _files(WASENDER / "malformed")
-
-pytestmark = pytest.mark.skipif(not PAYLOADS.is_dir(), reason=f"no payload samples at {PAYLOADS}")
+CLOUD_SAMPLES = corpus_files("cloud_api", "*.json")
+CLOUD_MALFORMED = corpus_files("cloud_api/malformed")
+SIGNED_BODIES = corpus_files("cloud_api/signed", "*.body.json")
+SIGNED_VECTORS = corpus_files("cloud_api/signed", "*.vector.json")
+WASENDER_EVENTS = [p for p in corpus_files("wasender", "*.json") if not p.name.startswith("api__")]
+WASENDER_API_EXAMPLES = corpus_files("wasender", "api__*")
+WASENDER_MALFORMED = corpus_files("wasender/malformed")
 
 cloud = CloudApiAdapter(app_secret="test-app-secret", verify_token="let-me-in")
 wasender = WasenderAdapter(webhook_secret="wasender-secret")
@@ -59,10 +62,16 @@ def wasender_body(name: str) -> dict:
     return orjson.loads((WASENDER / name).read_bytes())
 
 
+def our_wasender_body(name: str) -> dict:
+    """One of Baton's own WASender fixtures, as a dict to change."""
+    return orjson.loads(sample("wasender", name).raw)
+
+
 def utc(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, tz=timezone.utc)
 
 
+@needs_corpus
 def test_every_sample_file_is_claimed_by_a_test():
     claimed = set(CLOUD_SAMPLES + CLOUD_MALFORMED + SIGNED_BODIES + SIGNED_VECTORS
                   + WASENDER_EVENTS + WASENDER_API_EXAMPLES + WASENDER_MALFORMED)
@@ -72,12 +81,14 @@ def test_every_sample_file_is_claimed_by_a_test():
 
 # ---- Cloud API: every sample ------------------------------------------------
 
+@needs_corpus
 @pytest.mark.parametrize("path", CLOUD_SAMPLES + SIGNED_BODIES, ids=_ids(CLOUD_SAMPLES + SIGNED_BODIES))
 def test_cloud_sample_yields_something_routable_or_ignorable(path):
     parsed = cloud.parse(path.read_bytes())
     assert len(parsed.messages) + len(parsed.statuses) + len(parsed.ignored) >= 1
 
 
+@needs_corpus
 @pytest.mark.parametrize("path", CLOUD_MALFORMED, ids=_ids(CLOUD_MALFORMED))
 def test_broken_cloud_body_is_a_400(path):
     with pytest.raises(WebhookRejected) as rejected:
@@ -95,6 +106,7 @@ def test_a_body_outside_the_cloud_envelope_is_a_400(body):
 
 # ---- Cloud API: what customers send -----------------------------------------
 
+@needs_corpus
 def test_customer_says_hi_and_baton_sees_who_where_and_when():
     [message] = cloud_sample("bindambc__textMessage.json").messages
     assert (message.type, message.text, message.wa_id) == ("text", "hi everyone!", "1111111111111")
@@ -102,6 +114,7 @@ def test_customer_says_hi_and_baton_sees_who_where_and_when():
     assert message.sent_at == utc(1672947578) and message.from_me is False
 
 
+@needs_corpus
 def test_customer_sends_a_photo_and_its_media_id_and_type_are_kept():
     [message] = cloud_sample("bindambc__imageMessage.json").messages
     assert message.type == "image"
@@ -109,26 +122,31 @@ def test_customer_sends_a_photo_and_its_media_id_and_type_are_kept():
     assert message.media["mime_type"] == "image/jpeg"
 
 
+@needs_corpus
 def test_customer_captions_a_photo_and_the_caption_is_the_text():
     [message] = cloud_sample("netflie__can_build_an_image_notification.json").messages
     assert message.text == "CAPTION_TEXT"
 
 
+@needs_corpus
 def test_customer_sends_a_document_and_its_filename_is_kept():
     [message] = cloud_sample("bindambc__documentMessage.json").messages
     assert message.media["filename"] == "4_641947.pdf"
 
 
+@needs_corpus
 def test_media_url_in_the_webhook_is_kept_for_download():
     [message] = cloud_sample("pywa__message__media_with_url.json").messages
     assert message.media["url"].startswith("https://lookaside.fbsbx.com/")
 
 
+@needs_corpus
 def test_customer_reacts_with_a_thumbs_up():
     [message] = cloud_sample("bindambc__reactMessage.json").messages
     assert (message.type, message.text) == ("reaction", "👍")
 
 
+@needs_corpus
 @pytest.mark.parametrize("name", ["netflie__can_build_a_removed_reaction_notification.json",
                                   "pywa__message__unreaction_empty.json",
                                   "pywa__message__unreaction_no_emoji.json"])
@@ -142,42 +160,50 @@ def test_customer_takes_a_reaction_back_and_it_has_no_text(name):
     ("netflie__can_build_a_list_notification.json", "list_reply_title"),
     ("netflie__can_build_a_flow_notification.json", "Sent"),
 ])
+@needs_corpus
 def test_customer_answers_an_interactive_message_with_its_title(name, text):
     [message] = cloud_sample(name).messages
     assert (message.type, message.text) == ("interactive", text)
 
 
+@needs_corpus
 def test_customer_taps_a_template_quick_reply():
     [message] = cloud_sample("bindambc__buttonMessage.json").messages
     assert (message.type, message.text) == ("button", "SIM")
 
 
+@needs_corpus
 def test_customer_shares_a_place_described_by_name_and_address():
     [message] = cloud_sample("pywa__message__chosen_location.json").messages
     assert message.text == "Facebook HQ, 1 Hacker Way, Menlo Park, CA 94025"
     assert message.raw["location"]["latitude"] == 37.4611978
 
 
+@needs_corpus
 def test_customer_changes_number_and_the_notice_is_a_system_message():
     [message] = cloud_sample("pywa__system__phone_number_change.json").messages
     assert message.type == "system" and "changed from" in message.text and message.contact_name is None
 
 
+@needs_corpus
 def test_customer_known_only_by_bsuid_is_keyed_by_user_id():
     [message] = cloud_sample("netflie__can_build_a_notification_with_bsuid_only_and_no_from.json").messages
     assert (message.wa_id, message.contact_name) == ("BSUID_123", "NAME")
 
 
+@needs_corpus
 def test_integer_timestamps_are_unix_seconds_too():
     [message] = cloud_sample("netflie__can_build_a_button_notification.json").messages
     assert message.sent_at == utc(1669233778)
 
 
+@needs_corpus
 def test_two_changes_in_one_post_give_two_messages():
     messages = cloud_sample("netflie__can_build_multiple_text_notification.json").messages
     assert [m.text for m in messages] == ["MESSAGE_BODY", "MESSAGE_BODY2"]
 
 
+@needs_corpus
 @pytest.mark.parametrize("name", ["netflie__can_build_an_unknown_notification.json",
                                   "pywa__message__unsupported_with_type.json",
                                   "pywa__deleted_message__revoke.json"])
@@ -186,12 +212,14 @@ def test_a_message_type_baton_does_not_know_is_unsupported(name):
     assert message.type == "unsupported"
 
 
+@needs_corpus
 def test_business_replies_from_the_phone_app_and_baton_sees_an_echo():
     [message] = cloud_sample("pywa__outgoing_message__text.json").messages
     assert message.from_me is True
     assert (message.wa_id, message.text) == ("<WHATSAPP_USER_PHONE_NUMBER>", "Test message")
 
 
+@needs_corpus
 def test_system_level_errors_are_ignored_beside_the_message():
     parsed = cloud_sample("pywa__message__interactive_message_with_err.json")
     assert len(parsed.messages) == 1 and [i.kind for i in parsed.ignored] == ["errors"]
@@ -220,23 +248,27 @@ def test_a_message_without_id_is_ignored_not_fatal():
 
 # ---- Cloud API: statuses and other fields -----------------------------------
 
+@needs_corpus
 def test_send_fails_after_24h_and_the_status_keeps_metas_error():
     [status] = cloud_sample("bindambc__reEngagementMessageError.json").statuses
     assert (status.status, status.recipient_wa_id) == ("failed", "5511111111111")
     assert status.error == {"code": 131047, "title": "Re-engagement message"}
 
 
+@needs_corpus
 def test_delivered_status_is_tied_to_the_wamid():
     [status] = cloud_sample("bindambc__textMessageStatusDelivered.json").statuses
     assert status.status == "delivered" and status.provider_message_id.startswith("wamid.")
     assert status.timestamp == utc(1673020317)
 
 
+@needs_corpus
 def test_a_played_voice_note_counts_as_read():
     [status] = cloud_sample("pywa__message_status__played.json").statuses
     assert status.status == "read"
 
 
+@needs_corpus
 def test_call_events_are_ignored_not_taken_for_message_statuses():
     parsed = cloud_sample("pywa__call_status__call_status.json")
     assert parsed.statuses == [] and [i.kind for i in parsed.ignored] == ["field:calls"]
@@ -248,6 +280,7 @@ def test_call_events_are_ignored_not_taken_for_message_statuses():
     ("bindambc__qualityUpdate.json", "field:phone_number_quality_update"),
     ("pywa__user_marketing_preferences__signup.json", "field:user_preferences"),
 ])
+@needs_corpus
 def test_account_notices_are_ignored_by_field_name(name, kind):
     parsed = cloud_sample(name)
     assert (parsed.messages, parsed.statuses, [i.kind for i in parsed.ignored]) == ([], [], [kind])
@@ -255,37 +288,40 @@ def test_account_notices_are_ignored_by_field_name(name, kind):
 
 # ---- Cloud API: signature and handshake -------------------------------------
 
-def _vector() -> tuple[str, str, bytes]:
-    vector = orjson.loads(SIGNED_VECTORS[0].read_bytes())
-    body = (SIGNED_VECTORS[0].parent / vector["body_file"]).read_bytes()
-    return vector["app_secret"], vector["x_hub_signature_256"], body
+VECTORS = signature_vectors()   # ours always, the corpus's when it is there
 
 
-@pytest.mark.skipif(not SIGNED_VECTORS, reason="no signed vector")
-def test_metas_real_signature_is_accepted():
-    secret, signature, body = _vector()
+def _vector(path: Path) -> tuple[str, str, bytes]:
+    vector = orjson.loads(path.read_bytes())
+    return vector["app_secret"], vector["x_hub_signature_256"], (path.parent / vector["body_file"]).read_bytes()
+
+
+@pytest.mark.parametrize("path", VECTORS, ids=vector_id)
+def test_a_known_answer_signature_is_accepted(path):
+    secret, signature, body = _vector(path)
     CloudApiAdapter(app_secret=secret).verify({"X-Hub-Signature-256": signature}, body)
 
 
-@pytest.mark.skipif(not SIGNED_VECTORS, reason="no signed vector")
-def test_one_changed_byte_breaks_the_signature():
-    secret, signature, body = _vector()
-    tampered = body.replace(b"PyWa.", b"PyWa!")
+@pytest.mark.parametrize("path", VECTORS, ids=vector_id)
+def test_one_changed_byte_breaks_the_signature(path):
+    secret, signature, body = _vector(path)
+    middle = len(body) // 2
+    tampered = body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1:]
     with pytest.raises(WebhookRejected) as rejected:
         CloudApiAdapter(app_secret=secret).verify({"X-Hub-Signature-256": signature}, tampered)
     assert (rejected.value.status, rejected.value.code) == (401, "invalid_signature")
 
 
-@pytest.mark.skipif(not SIGNED_VECTORS, reason="no signed vector")
-def test_a_signature_made_with_another_secret_is_refused():
-    _, signature, body = _vector()
+@pytest.mark.parametrize("path", VECTORS, ids=vector_id)
+def test_a_signature_made_with_another_secret_is_refused(path):
+    _, signature, body = _vector(path)
     with pytest.raises(WebhookRejected):
         CloudApiAdapter(app_secret="someone-else").verify({"X-Hub-Signature-256": signature}, body)
 
 
-@pytest.mark.skipif(not SIGNED_VECTORS, reason="no signed vector")
-def test_the_signature_header_is_found_whatever_its_case():
-    secret, signature, body = _vector()
+@pytest.mark.parametrize("path", VECTORS, ids=vector_id)
+def test_the_signature_header_is_found_whatever_its_case(path):
+    secret, signature, body = _vector(path)
     environ = {"HTTP_X_HUB_SIGNATURE_256": signature}
     CloudApiAdapter(app_secret=secret).verify(EnvironHeaders(environ), body)
     CloudApiAdapter(app_secret=secret).verify({"x-hub-signature-256": signature}, body)
@@ -312,12 +348,14 @@ def test_no_verify_token_configured_means_no_subscription():
 
 # ---- WASender: every sample --------------------------------------------------
 
+@needs_corpus
 @pytest.mark.parametrize("path", WASENDER_EVENTS, ids=_ids(WASENDER_EVENTS))
 def test_wasender_event_yields_something_routable_or_ignorable(path):
     parsed = wasender.parse(path.read_bytes())
     assert len(parsed.messages) + len(parsed.statuses) + len(parsed.ignored) >= 1
 
 
+@needs_corpus
 @pytest.mark.parametrize("path", WASENDER_API_EXAMPLES + WASENDER_MALFORMED,
                          ids=_ids(WASENDER_API_EXAMPLES + WASENDER_MALFORMED))
 def test_rest_examples_and_commented_json_are_not_webhooks(path):
@@ -326,6 +364,7 @@ def test_rest_examples_and_commented_json_are_not_webhooks(path):
     assert rejected.value.status == 400
 
 
+@needs_corpus
 @pytest.mark.parametrize("name, wa_id", [("messages.received__pn.json", "1234567890"),
                                          ("messages.received__lid.json", "5551234567"),
                                          ("messages-personal.received.json", "1234567890")])
@@ -334,16 +373,19 @@ def test_wasender_customer_is_keyed_by_phone_number_even_in_lid_chats(name, wa_i
     assert (message.wa_id, message.type, message.from_me) == (wa_id, "text", False)
 
 
+@needs_corpus
 def test_wasender_messages_as_an_array_are_each_delivered():
     [message] = wasender_sample("messages.upsert__array.json").messages
     assert (message.provider_message_id, message.text) == ("message-id-123", "Hello!")
 
 
+@needs_corpus
 def test_wasender_legacy_body_without_event_is_still_a_message():
     [message] = wasender_sample("legacy__messages.upsert_help_article.json").messages
     assert (message.contact_name, message.sent_at) == ("John Doe", utc(1678886400))
 
 
+@needs_corpus
 @pytest.mark.parametrize("name", ["messages-group.received.json", "messages-newsletter.received.json"])
 def test_wasender_group_and_channel_posts_are_ignored(name):
     parsed = wasender_sample(name)
@@ -351,15 +393,15 @@ def test_wasender_group_and_channel_posts_are_ignored(name):
 
 
 def test_business_types_on_the_phone_and_wasender_reports_an_echo():
-    body = wasender_body("messages.upsert__array.json")
-    body["data"]["messages"][0]["key"]["fromMe"] = True
-    body["data"]["messages"][0]["pushName"] = "Our Shop"
+    body = our_wasender_body("messages.received__text")
+    body["data"]["messages"]["key"]["fromMe"] = True
+    body["data"]["messages"]["pushName"] = "Our Shop"
     [message] = wasender.parse(orjson.dumps(body)).messages
-    assert (message.from_me, message.wa_id, message.contact_name) == (True, "5551234567", None)
+    assert (message.from_me, message.wa_id, message.contact_name) == (True, "15550002201", None)
 
 
 def test_wasender_photo_keeps_what_decrypting_it_needs():
-    body = wasender_body("messages.received__pn.json")
+    body = our_wasender_body("messages.received__text")
     body["data"]["messages"].update(messageBody="look", message={"imageMessage": {
         "url": "https://mmg.whatsapp.net/x.enc", "mimetype": "image/jpeg", "mediaKey": "a2V5",
         "caption": "look"}})
@@ -369,39 +411,42 @@ def test_wasender_photo_keeps_what_decrypting_it_needs():
 
 
 def test_wasender_status_update_never_stores_the_session_key_and_reads_ms_timestamps():
-    [status] = wasender_sample("messages.update__status2.json").statuses
-    assert (status.status, status.provider_message_id) == ("sent", "34874643876")
-    assert status.phone_number_id == "wasender"
-    assert status.timestamp == utc(1747775431)
+    body = our_wasender_body("messages.update__read")
+    [status] = wasender.parse(orjson.dumps(body)).statuses
+    assert (status.status, status.provider_message_id) == ("read", "3EB0BATONFXOUT03")
+    assert status.phone_number_id == "wasender" and body["sessionId"] not in repr(status)
+    assert status.timestamp == utc(body["timestamp"] // 1000)
 
 
 @pytest.mark.parametrize("ack, status", [(0, "failed"), (2, "sent"), (3, "delivered"),
                                          (4, "read"), (5, "read"), ("DELIVERY_ACK", "delivered")])
 def test_wasender_ack_levels_map_to_baton_statuses(ack, status):
-    body = wasender_body("messages.update__status2.json")
+    body = our_wasender_body("messages.update__read")
     body["data"]["update"]["status"] = ack
     assert wasender.parse(orjson.dumps(body)).statuses[0].status == status
 
 
 def test_wasender_pending_ack_is_not_a_status():
-    body = wasender_body("messages.update__status2.json")
+    body = our_wasender_body("messages.update__read")
     body["data"]["update"]["status"] = 1
     assert wasender.parse(orjson.dumps(body)).statuses == []
 
 
 def test_wasender_read_receipt_in_a_private_chat_is_a_read_status():
-    body = wasender_body("message-receipt.update__read.json")
-    body["data"]["message"]["key"]["remoteJid"] = "5551234567@s.whatsapp.net"
+    body = our_wasender_body("message-receipt.update__group")
+    body["data"]["message"]["key"]["remoteJid"] = "15550002209@s.whatsapp.net"
     [status] = wasender.parse(orjson.dumps(body)).statuses
-    assert (status.status, status.recipient_wa_id, status.timestamp) == ("read", "5551234567",
-                                                                         utc(1234567890))
+    assert (status.status, status.recipient_wa_id, status.timestamp) == (
+        "read", "15550002209", utc(body["data"]["message"]["receipt"]["readTimestamp"]))
 
 
+@needs_corpus
 def test_wasender_group_receipts_are_ignored():
     parsed = wasender_sample("message-receipt.update__read.json")
     assert parsed.statuses == [] and len(parsed.ignored) == 1
 
 
+@needs_corpus
 def test_wasender_message_sent_confirms_a_send_and_a_failed_one_is_ignored():
     assert wasender_sample("message.sent__success.json").statuses[0].status == "sent"
     assert wasender_sample("message.sent__failed.json").statuses == []
