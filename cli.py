@@ -1,8 +1,6 @@
 """`flask --app app baton …`: schema, tokens, the sandbox simulator, outbox, deliveries."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import time
@@ -13,6 +11,7 @@ import requests
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from integrations.signing import signature
 from models import (
     ApiToken,
     Channel,
@@ -39,7 +38,7 @@ def _rt():
 
 @baton.command("init-db")
 def init_db():
-    """Create or migrate the schema (safe to re-run)."""
+    """Create the schema or apply pending migrations (safe to re-run)."""
     from models.schema import init_schema
 
     _rt()
@@ -47,6 +46,18 @@ def init_db():
     for line in changes:
         click.echo(line)
     click.echo("schema is up to date" if not changes else f"{len(changes)} change(s) applied")
+
+
+@baton.command("migrations")
+def migrations():
+    """List schema migrations: applied (with when) and pending."""
+    from models.schema import migration_status
+
+    _rt()
+    for row in migration_status():
+        when = "pending" if row.applied is None else f"applied {row.applied:%Y-%m-%d %H:%M:%S}"
+        newer = "  (no file here: applied by a newer Baton)" if row.path is None else ""
+        click.echo(f"{row.name:<40} {when}{newer}")
 
 
 @baton.group("token")
@@ -108,8 +119,8 @@ def signed_text_webhook(settings, wa_id: str, text: str, name: str, message_id: 
                           "timestamp": str(timestamp or int(time.time())), "type": "text",
                           "text": {"body": text}}]}}]}]}
     raw = orjson.dumps(body)
-    signature = hmac.new(settings.WHATSAPP_APP_SECRET.encode(), raw, hashlib.sha256).hexdigest()
-    return raw, {"Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"}
+    return raw, {"Content-Type": "application/json",
+                 "X-Hub-Signature-256": signature(settings.WHATSAPP_APP_SECRET, raw)}
 
 
 @baton.command("simulate")

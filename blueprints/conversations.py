@@ -8,7 +8,7 @@ import orjson
 from flask import Blueprint, current_app, g
 
 from models import PENDING_AGENT, Channel, Contact, Conversation, Message
-from models.base import as_naive_utc
+from models.base import parse_time
 from routing.change import load_conversation
 from routing.escalate import escalate as escalate_conversation
 from routing.visibility import may_see
@@ -139,7 +139,7 @@ def _position(conversation_id: str, value: str, before: bool = False) -> tuple[d
 
 def _parse_time(value: str) -> datetime:
     try:
-        return as_naive_utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+        return parse_time(value)
     except ValueError:
         raise ApiError(400, "bad_time", f"{value!r} is neither a message id nor an ISO 8601 time.") from None
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hmac
-from datetime import datetime
 
 import peewee
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -11,7 +10,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery, Message, db, utcnow
-from models.base import as_naive_utc
+from models.base import parse_time
 from routing.lanes import LANES
 
 from .api import build_spec, errors, reply, responds
@@ -83,15 +82,12 @@ def metrics():
     oldest = (Conversation.select(peewee.fn.MIN(Conversation.pending_since))
               .where(Conversation.state == PENDING_AGENT).scalar())
     Gauge("baton_pending_oldest_seconds", "How long the longest-waiting customer has waited for a human",
-          registry=registry).set((utcnow() - as_naive_utc(_as_datetime(oldest))).total_seconds() if oldest else 0)
+          registry=registry).set((utcnow() - parse_time(oldest)).total_seconds() if oldest else 0)
     Gauge("baton_callback_requests_open", "Callback requests nobody has handled yet",
           registry=registry).set(CallbackRequest.select().where(CallbackRequest.status == "open").count())
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 
-def _as_datetime(value):
-    """MIN() over a DateTimeField comes back as text on SQLite."""
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 @bp.get("/openapi.json")

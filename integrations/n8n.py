@@ -1,25 +1,20 @@
 """Posting Baton events to n8n webhooks, signed with BATON_EVENT_SECRET."""
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 import requests
+
+from .signing import signature
 
 
 class DeliveryFailed(Exception):
     """n8n did not take the event (non-2xx, timeout, connection error)."""
 
 
-def sign(body: bytes, secret: str) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 def post_event(session: requests.Session, url: str, body: bytes, *, event_type: str, delivery_id: str,
                secret: str, timeout: float) -> int:
     """POST one event; returns the HTTP status or raises DeliveryFailed."""
     headers = {"Content-Type": "application/json; charset=utf-8", "X-Baton-Event": event_type,
-               "X-Baton-Delivery": delivery_id, "X-Baton-Signature": sign(body, secret),
+               "X-Baton-Delivery": delivery_id, "X-Baton-Signature": signature(secret, body),
                "User-Agent": "Baton/1.0"}
     try:
         response = session.post(url, data=body, headers=headers, timeout=timeout)

@@ -11,10 +11,10 @@ handoff_timers() — every second: offers, pending timeouts, unresponsive
 """
 from __future__ import annotations
 
-from calendar import timegm
 from datetime import timedelta
 
 from models import Agent, Delivery, Message, utcnow
+from models.base import epoch_seconds
 from models.delivery import PENDING
 from routing import timeouts
 from routing.assignment import offer_next
@@ -43,7 +43,7 @@ def sweep() -> dict:
                 .order_by(Message.received_at)
                 .limit(SWEEP_LIMIT))
     counts = {"inbound": 0, "outbound": 0, "events": 0}
-    items = [(m.conversation_id, m.id, timegm(m.sent_at.timetuple()) + m.sent_at.microsecond / 1e6)
+    items = [(m.conversation_id, m.id, epoch_seconds(m.sent_at))
              for m in unrouted]
     for start in range(0, len(items), 200):
         rt.start_pump(rt.lanes.schedule_inbound_many(items[start:start + 200]))

@@ -9,6 +9,7 @@ import fcntl
 import os
 import threading
 import time
+from calendar import timegm
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
@@ -53,13 +54,25 @@ def as_naive_utc(moment: datetime) -> datetime:
     return moment
 
 
-def isoformat(moment: datetime | None) -> str | None:
+def parse_time(value: datetime | str) -> datetime:
+    """Naive UTC from a datetime or ISO 8601 text (`Z` or any offset; SQLite
+    hands back text for raw queries and aggregates). Raises ValueError on
+    text that is not a time, and OverflowError on one outside datetime's range."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    return as_naive_utc(value)
+
+
+def epoch_seconds(moment: datetime) -> float:
+    """A naive-UTC datetime as seconds since the epoch."""
+    return timegm(moment.timetuple()) + moment.microsecond / 1e6
+
+
+def isoformat(moment: datetime | str | None) -> str | None:
     """ISO 8601 UTC with `Z`, as the contract wants."""
     if moment is None:
         return None
-    if isinstance(moment, str):  # SQLite may hand back text for raw queries
-        moment = datetime.fromisoformat(moment)
-    return as_naive_utc(moment).isoformat(timespec="milliseconds") + "Z"
+    return parse_time(moment).isoformat(timespec="milliseconds") + "Z"
 
 
 class JSONField(peewee.TextField):

@@ -20,12 +20,12 @@ nothing and a rollback leaves no trace.
 from __future__ import annotations
 
 import logging
-from calendar import timegm
 from datetime import datetime
 from typing import Callable, TypeVar
 
 from config import Settings
 from models import BOT_CONTROLLED, Agent, Channel, Contact, Conversation, Event, Message, new_id, utcnow
+from models.base import epoch_seconds
 from models.prepared import PreparedSelect
 
 from .decide import ConversationView
@@ -173,11 +173,6 @@ def view_of(conv: Conversation, now: datetime | None = None) -> ConversationView
 
 def typing_held(conv: Conversation, now: datetime) -> bool:
     return conv.state == BOT_CONTROLLED and conv.typing_until is not None and conv.typing_until > now
-
-
-def epoch_seconds(moment) -> float:
-    """A naive-UTC datetime as seconds since the epoch (the inbox's order key)."""
-    return timegm(moment.timetuple()) + moment.microsecond / 1e6
 
 
 class Changes:

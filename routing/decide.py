@@ -84,10 +84,6 @@ class Decision:
     offer: bool = False                               # offer the conversation to an agent
     audits: tuple[tuple[str, str, str], ...] = ()     # (from_state, to_state, reason)
 
-    @property
-    def changes_state(self) -> bool:
-        return self.reopened or self.escalation is not None or self.reason == "agent_takeover"
-
 
 def cleared_handoff() -> dict:
     """Columns that forget a handoff: back to the bot, or closed."""

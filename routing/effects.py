@@ -60,17 +60,6 @@ class Effects:
         if agent_id and (agent_id, conversation_id) not in self.releases:
             self.releases.append((agent_id, conversation_id))
 
-    def merge(self, other: "Effects") -> None:
-        """Take over what `other` (already committed) still has to dispatch."""
-        for lane, key in other.schedules:
-            self.schedule(lane, key)
-        self.live.extend(other.live)
-        self.inbox.extend(other.inbox)
-        for conversation_id in other.offers:
-            self.offer(conversation_id)
-        for agent_id, conversation_id in other.releases:
-            self.release_reservation(agent_id, conversation_id)
-
     def commit(self) -> None:
         """Run the prepared statements in one write transaction; a
         compare-and-set that changes no row raises VersionConflict (and rolls

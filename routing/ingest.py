@@ -8,13 +8,13 @@ CONFLICT DO NOTHING, then read the winner's row.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import peewee
 
 from integrations.whatsapp.base import InboundMessage, ParsedWebhook, StatusUpdate
 from models import Channel, Contact, Conversation, Message, UnsupportedUpdate, db, new_id, write_transaction
-from models.base import as_naive_utc, utcnow
+from models.base import as_naive_utc, epoch_seconds, utcnow
 from models.message import STATUS_RANK
 from models.prepared import PreparedSelect
 
@@ -162,7 +162,7 @@ def _record_message(provider: str, message: InboundMessage, cache: IngestCache, 
         result.ignored += 1
     else:
         result.messages += 1
-    result.to_route.append((conversation_id, message_id, _timestamp(sent_at)))
+    result.to_route.append((conversation_id, message_id, epoch_seconds(sent_at)))
 
 
 _INSERT_FIELDS = ("id", "conversation", "channel", "direction", "sender", "type", "text", "media", "extra",
@@ -197,12 +197,6 @@ def _is_our_own_echo(conversation_id: str, message: InboundMessage) -> bool:
                    & (Message.sender != "agent") & (Message.text == message.text)
                    & (Message.received_at >= utcnow() - ECHO_WINDOW))
             .exists())
-
-
-def _timestamp(moment: datetime) -> float:
-    from calendar import timegm
-
-    return timegm(moment.timetuple()) + moment.microsecond / 1e6
 
 
 def _record_status(provider: str, status: StatusUpdate, cache: IngestCache) -> None:

@@ -6,7 +6,6 @@ Sending and media go through the Graph API with a Bearer token.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from datetime import datetime, timezone
@@ -15,6 +14,7 @@ from typing import Any, Mapping
 import orjson
 import requests
 
+from ..signing import signature_matches
 from .base import (
     MEDIA_TYPES,
     IgnoredUpdate,
@@ -104,8 +104,7 @@ class CloudApiAdapter:
         if not self.app_secret or not match:
             # An empty secret would make every signature forgeable, so it never passes.
             raise WebhookRejected(401, "invalid_signature", "missing or malformed X-Hub-Signature-256")
-        expected = hmac.new(self.app_secret.encode(), raw_body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected.encode(), match.group(1).lower().encode()):
+        if not signature_matches(self.app_secret, raw_body, f"sha256={match.group(1)}"):
             raise WebhookRejected(401, "invalid_signature", "X-Hub-Signature-256 does not match the body")
 
     def check_handshake(self, mode: str | None, token: str | None, challenge: str | None) -> bool:
