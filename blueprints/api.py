@@ -158,7 +158,8 @@ def build_spec(app: Flask) -> dict:
             if "body" in meta:
                 operation["requestBody"] = {"required": not meta.get("body_optional"), "content": {
                     "application/json": {"schema": meta["body"]}}}
-            parameters = [{"in": "path", "name": arg, "required": True, "schema": {"type": "string"}}
+            parameters = [{"in": "path", "name": arg, "required": True, "schema": {"type": "string"},
+                           "description": f"the {arg.removesuffix('_id').replace('_', ' ')}'s id"}
                           for arg in sorted(rule.arguments)]
             if "query" in meta:
                 parameters.append({"in": "query", "schema": meta["query"]})
