@@ -131,3 +131,73 @@ def test_typing_holds_and_sentiment(story, view, msg, new_state, routed_to, reas
     assert (decision.new_state, decision.routed_to, decision.reason) == (new_state, routed_to, reason)
     assert (decision.escalation.urgency if decision.escalation else None) == urgency
     assert decision.bot_turn is bot_turn
+
+
+# -- the complete change: columns, held messages, seats, offers and audit entries -------------
+
+SENT = NOW - timedelta(seconds=5)
+LATER = InboundView("text", "hello there", sent_at=SENT)
+
+
+def test_an_ordinary_message_records_activity_and_the_service_window():
+    d = decide(ConversationView(BOT, control_epoch=4), LATER, POLICY, NOW)
+    assert d.columns == {"cooldown_remaining": 0, "last_activity_at": NOW, "last_inbound_at": SENT}
+    assert (d.audits, d.offer, d.free_seat_of, d.held_messages_to) == ((), False, None, None)
+
+
+def test_an_older_message_does_not_move_the_service_window_back():
+    d = decide(ConversationView(BOT, last_inbound_at=NOW), LATER, POLICY, NOW)
+    assert "last_inbound_at" not in d.columns
+
+
+def test_an_escalation_moves_control_and_fills_every_handoff_column():
+    d = decide(ConversationView(BOT, control_epoch=4, group="vip"), InboundView("text", HUMAN.text, sent_at=SENT),
+               POLICY, NOW)
+    assert d.columns["state"] == PENDING and d.columns["control_epoch"] == 5
+    assert {k: d.columns[k] for k in ("escalation_reason", "pending_since", "last_pending_notice_at", "group",
+                                       "offered_agent_id", "assigned_agent_id", "offers_lapsed")} == {
+        "escalation_reason": "explicit_request", "pending_since": NOW, "last_pending_notice_at": NOW,
+        "group": POLICY.default_group, "offered_agent_id": None, "assigned_agent_id": None, "offers_lapsed": []}
+    assert d.offer and d.audits == ((BOT, PENDING, "explicit_request"),)
+
+
+def test_reopening_clears_the_old_handoff_and_is_audited_twice_when_it_escalates():
+    d = decide(ConversationView(CLOSED, control_epoch=2), HUMAN, POLICY, NOW)
+    assert d.audits == ((CLOSED, BOT, "reopened"), (BOT, PENDING, "explicit_request"))
+    d = decide(ConversationView(CLOSED, control_epoch=2), HELLO, POLICY, NOW)
+    assert d.audits == ((CLOSED, BOT, "reopened"),)
+    assert d.columns["state"] == BOT and d.columns["bot_failures"] == 0 and d.columns["held_since"] is None
+
+
+def test_a_takeover_while_offered_frees_the_offered_seat_and_takes_the_held_messages():
+    view = ConversationView(PENDING, offered_agent_id="a_1", held_since=NOW, control_epoch=7)
+    d = decide(view, ECHO, POLICY, NOW)
+    assert (d.free_seat_of, d.held_messages_to) == ("a_1", "agent")
+    assert d.columns["state"] == AGENT and d.columns["offered_agent_id"] is None
+    assert d.columns["held_since"] is None and "last_inbound_at" not in d.columns   # an echo is not the customer
+
+
+def test_the_assigned_agent_owes_an_answer_from_the_first_unanswered_message():
+    d = decide(ConversationView(AGENT, assigned_agent_id="a_1"), LATER, POLICY, NOW)
+    assert d.columns["awaiting_agent_since"] == NOW
+    d = decide(ConversationView(AGENT, assigned_agent_id="a_1", awaiting_agent_since=SENT), LATER, POLICY, NOW)
+    assert "awaiting_agent_since" not in d.columns
+
+
+@pytest.mark.parametrize("story, view, msg, applies", [
+    ("readable customer text while the bot holds it", ConversationView(BOT), HELLO, True),
+    ("a closed conversation (it reopens with the bot)", ConversationView(CLOSED), HELLO, True),
+    ("not during the release cooldown", ConversationView(BOT, cooldown_remaining=1), HELLO, False),
+    ("not during a typing hold", ConversationView(BOT, typing_held=True), HELLO, False),
+    ("not while humans have it", ConversationView(PENDING), HELLO, False),
+    ("not for an echo from the business phone", ConversationView(BOT), ECHO, False),
+    ("not for a picture", ConversationView(BOT), InboundView("image", "caption"), False),
+    ("not for empty text", ConversationView(BOT), InboundView("text", ""), False),
+])
+def test_the_sentiment_gate(story, view, msg, applies):
+    from routing.decide import sentiment_applies
+
+    assert sentiment_applies(view, msg.type, msg.text, msg.from_me) is applies
+    angry = InboundView(msg.type, msg.text, msg.from_me, sentiment_urgency=0.9)
+    escalated = decide(view, angry, POLICY, NOW).reason == "sentiment"
+    assert escalated is applies
