@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests.fakes.fixtures import graph_api, wasender_api  # noqa: F401
-from tests.support import TEST_APP_SECRET, RedisServer, run_jobs
+from tests.support import TEST_APP_SECRET, RedisServer, ServedApp, run_jobs, using_postgres
 
 PG_ADMIN_DSN = os.environ.get("BATON_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -39,13 +39,9 @@ def postgres_database():
     admin.close()
 
 
-def _using_postgres() -> bool:
-    return os.environ.get("BATON_TEST_DATABASE", "sqlite") == "postgres"
-
-
 @pytest.fixture
 def database_url(request, tmp_path):
-    if _using_postgres():
+    if using_postgres():
         return request.getfixturevalue("postgres_database")
     return f"sqlite:///{tmp_path / 'baton.db'}"
 
@@ -73,7 +69,7 @@ def app(settings_overrides):
 
     application = create_app(settings_overrides)
     db.connect(reuse_if_open=True)
-    if _using_postgres():
+    if using_postgres():
         init_schema()
         tables = ", ".join(f'"{m._meta.table_name}"' for m in ALL_MODELS)
         db.execute_sql(f"TRUNCATE {tables} CASCADE")
@@ -145,33 +141,56 @@ def live_server(app, monkeypatch):
     """The test app over real HTTP on 127.0.0.1 (a thread per request). Live
     streams send keep-alives often, so one whose client has gone notices it
     (its next write fails) and the server stops without waiting out 15 s."""
-    import threading
-
-    from werkzeug.serving import make_server
-
     from blueprints import events
 
     monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.2)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
+    with ServedApp(app, "baton") as served:
+        yield served.url
+
+
+@pytest.fixture
+def make_desk(app_factory, n8n):
+    """Factory: make_desk(**settings) is a test app for the human side, set as the
+    jobs' runtime: notifications go to the fake n8n (`notify`), and the sentiment
+    trigger is off (stories escalate by asking). A setting given as None keeps its
+    default (make_desk(SENTIMENT_LANGUAGES=None): sentiment on)."""
+    from jobs.context import set_runtime
+
+    def make(**settings):
+        chosen = {"N8N_NOTIFY_URL": n8n.url_for("notify"), "SENTIMENT_LANGUAGES": "", **settings}
+        app = app_factory(**{k: v for k, v in chosen.items() if v is not None})
+        set_runtime(app.extensions["baton"])
+        return app
+    return make
+
+
+@pytest.fixture
+def desk(make_desk):
+    """The human side's test app with the default settings (see make_desk)."""
+    return make_desk()
+
+
+@pytest.fixture
+def team(desk):
+    """The desk's agents (tests.handoff_support.Team); none until added."""
+    from tests.handoff_support import Team
+
+    return Team(desk)
 
 
 @pytest.fixture
 def start_baton(app, settings_overrides, tmp_path, request):
     """Factory: start_baton(web_workers=2, rq_workers=2, cron=True, **extra_settings) runs
-    Baton as real processes (tests/harness.py). All are stopped after the test; their
-    logs are printed when it failed."""
-    from tests.harness import BatonProcesses
+    Baton as real processes (tests/harness.py) on the test's database and Redis, with
+    short leases (a killed or frozen process's claims free up fast). All are stopped
+    after the test; their logs are printed when it failed."""
+    from tests.harness import SHORT_LEASES, BatonProcesses
 
     started: list = []
     failed_before = request.session.testsfailed
 
     def start(web_workers: int = 2, rq_workers: int = 2, cron: bool = True, **extra_settings):
-        procs = BatonProcesses({**settings_overrides, **extra_settings}, web_workers=web_workers,
+        procs = BatonProcesses({**settings_overrides, **SHORT_LEASES, **extra_settings}, web_workers=web_workers,
                                rq_workers=rq_workers, cron=cron, log_dir=tmp_path / f"processes{len(started)}")
         started.append(procs)
         return procs

@@ -14,8 +14,12 @@ configured through environment variables exactly like production.
 `init_db=True` runs `flask --app app baton init-db` first (tests using the `app`
 fixture already have the schema). Every process writes its stdout+stderr to its own
 file under `log_dir`; `logs()` returns their tails (attach it to assertion messages);
-`wait_until()` / `settle()` poll against a deadline and fail with the logs; `stop()`
-sends SIGTERM, waits, and SIGKILLs whatever is left.
+`wait_until()` / `settle()` poll against a deadline and fail with the logs
+(`settle_quiet(rt)`: until no work is left anywhere); `stop()` sends SIGTERM, waits,
+and SIGKILLs whatever is left. Tests get BatonProcesses from conftest's `start_baton`.
+
+Below the class: talking to the processes over HTTP (`post_all`, `customers_say`,
+`agent_add_with_cli`) and reading whether work is left (`quiet`, `state_summary`).
 """
 from __future__ import annotations
 
@@ -24,18 +28,23 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import requests
 
-from tests.support import env_for, free_port
+from tests.support import env_for, free_port, text_webhook, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
+LANE_NAMES = ("inbound", "outbound", "events")
+# Short leases and locks, so a killed or frozen process's claims free up fast.
+SHORT_LEASES = {"PUMP_LEASE": "2", "LOCK_TTL": "2", "REQUEUE_AFTER": "1", "PUMP_LINGER": "0.1"}
 
 
 def _command(tool: str) -> list[str]:
@@ -101,14 +110,11 @@ class BatonProcesses:
         try:
             if self.init_db:
                 self._run_once("init-db", [*_command("flask"), "--app", "app", "baton", "init-db"])
-            # No control socket: its default path (~/.gunicorn/gunicorn.ctl) is shared by every
-            # gunicorn of the user, so parallel test runs (or a dev server) would fight over it.
-            self.web = self._spawn("web", [*_command("gunicorn"), "-c", "gunicorn.conf.py",
-                                           "--no-control-socket", "wsgi:app"])
+            self.start_web()
             for _ in range(self.rq_workers):
                 self.start_worker()
             if self.cron:
-                self.cron_proc = self._spawn("cron", [*_command("flask"), "--app", "app", "baton", "cron"])
+                self.start_cron()
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -142,19 +148,18 @@ class BatonProcesses:
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Until GET /readyz answers 200 (gunicorn up, database and Redis reachable)."""
-        deadline = time.monotonic() + (timeout or self.READY_TIMEOUT)
-        last = None
-        while time.monotonic() < deadline:
-            self.check_alive()
+        last: list[str] = ["nothing yet"]
+
+        def ready() -> bool:
             try:
                 response = requests.get(f"{self.url}/readyz", timeout=2)
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text.strip()}"
             except requests.RequestException as exc:
-                last = repr(exc)
-            time.sleep(0.1)
-        raise ProcessesFailed(f"{self.url}/readyz never answered 200 (last: {last})\n{self.logs()}")
+                last[0] = repr(exc)
+                return False
+            last[0] = f"{response.status_code} {response.text.strip()}"
+            return response.status_code == 200
+        self.wait_until(ready, timeout or self.READY_TIMEOUT, interval=0.1, what=f"{self.url}/readyz to answer 200",
+                        describe=lambda: f"last answer: {last[0]}")
 
     def check_alive(self) -> None:
         """Fail when a process we did not kill on purpose has exited."""
@@ -202,7 +207,9 @@ class BatonProcesses:
 
     # -- web and cron, and everything at once -----------------------------------------------
     def start_web(self) -> None:
-        """Start a fresh gunicorn (after kill_web/kill_all); returns without waiting for /readyz."""
+        """Start gunicorn (again, after kill_web/kill_all); returns without waiting for /readyz.
+        No control socket: its default path (~/.gunicorn/gunicorn.ctl) is shared by every
+        gunicorn of the user, so parallel test runs (or a dev server) would fight over it."""
         self.web = self._spawn("web", [*_command("gunicorn"), "-c", "gunicorn.conf.py",
                                        "--no-control-socket", "wsgi:app"])
 
@@ -211,7 +218,7 @@ class BatonProcesses:
         self._kill_now([self.web])
 
     def start_cron(self) -> None:
-        """Start a fresh `flask --app app baton cron`."""
+        """Start `flask --app app baton cron` (again, after kill_cron/kill_all)."""
         self.cron_proc = self._spawn("cron", [*_command("flask"), "--app", "app", "baton", "cron"])
 
     def kill_cron(self) -> None:
@@ -302,34 +309,95 @@ class BatonProcesses:
                    what: str = "condition", describe: Callable[[], str] | None = None) -> T:
         """Poll `condition` until it returns a truthy value (which is returned);
         on timeout fail with `describe()` and the logs."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def alive_and_done() -> T:
             self.check_alive()
-            value = condition()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                state = describe() if describe else ""
-                raise ProcessesFailed(f"timed out after {timeout:.0f} s waiting for {what}. {state}\n"
-                                      f"{self.logs()}")
-            time.sleep(interval)
+            return condition()
+        try:
+            return wait_until(alive_and_done, timeout, what, interval, describe)
+        except ProcessesFailed:
+            raise
+        except AssertionError as failure:
+            raise ProcessesFailed(f"{failure}\n{self.logs()}") from None
 
     def settle(self, quiet: Callable[[], bool], timeout: float = 60.0, hold: float = 1.0,
                what: str = "the system to settle", describe: Callable[[], str] | None = None) -> None:
         """Until `quiet()` has been true continuously for `hold` seconds (so that
         "exactly one" is asserted after work has stopped, not while it runs)."""
-        deadline = time.monotonic() + timeout
-        since = None
-        while True:
-            self.check_alive()
-            if quiet():
-                since = since or time.monotonic()
-                if time.monotonic() - since >= hold:
-                    return
-            else:
-                since = None
-            if time.monotonic() > deadline:
-                state = describe() if describe else ""
-                raise ProcessesFailed(f"timed out after {timeout:.0f} s waiting for {what}. {state}\n"
-                                      f"{self.logs()}")
-            time.sleep(0.05)
+        quiet_since: list[float] = []
+
+        def quiet_long_enough() -> bool:
+            if not quiet():
+                quiet_since.clear()
+                return False
+            quiet_since[:] = quiet_since or [time.monotonic()]
+            return time.monotonic() - quiet_since[0] >= hold
+        self.wait_until(quiet_long_enough, timeout, interval=0.05, what=what, describe=describe)
+
+    def settle_quiet(self, rt, timeout: float = 60.0, hold: float = 1.0) -> None:
+        """Until nothing recorded waits for routing, sending or delivery (see `quiet`),
+        continuously for `hold` seconds."""
+        self.settle(lambda: quiet(rt), timeout=timeout, hold=hold, what="no work to be left",
+                    describe=lambda: f"state: {state_summary(rt)}")
+
+
+# -- talking to the processes ------------------------------------------------------------------
+
+def post_all(url: str, bodies: list[tuple[bytes, dict]], threads: int = 8) -> list[requests.Response]:
+    """POST every (raw, headers) webhook over real HTTP from `threads` threads."""
+    local = threading.local()
+
+    def post(item):
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+        raw, headers = item
+        return session.post(f"{url}/webhooks/whatsapp", data=raw, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(post, bodies))
+
+
+def customers_say(url: str, wa_ids: list[str], text: str, **webhook) -> None:
+    """Each customer in `wa_ids` writes `text` at once (signed webhooks over HTTP)."""
+    answers = post_all(url, [text_webhook(wa, text, **webhook) for wa in wa_ids])
+    assert [a.status_code for a in answers] == [200] * len(wa_ids), [a.text for a in answers]
+
+
+def agent_add_with_cli(procs: BatonProcesses, name: str, *, groups=("support",), max_concurrent: int = 5,
+                       role: str = "agent") -> str:
+    """`flask --app app baton agent add` in the processes' environment; returns the
+    agent's token (the last line it prints)."""
+    done = subprocess.run([*_command("flask"), "--app", "app", "baton", "agent", "add", "--name", name,
+                           "--groups", ",".join(groups), "--max-concurrent", str(max_concurrent),
+                           "--role", role], cwd=ROOT, env=procs.env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+# -- is any work left? ---------------------------------------------------------------------------
+
+def state_summary(rt) -> dict:
+    from models import BotTurn, Delivery, Message, OutboxEntry
+
+    return {
+        "inbound": Message.select().where(Message.direction == "in").count(),
+        "unrouted": Message.select().where((Message.direction == "in") & Message.routed_to.is_null()).count(),
+        "outbound_queued": Message.select().where(Message.status == "queued").count(),
+        "deliveries_pending": Delivery.select().where(Delivery.status == "pending").count(),
+        "bot_turns": BotTurn.select().count(),
+        "outbox": OutboxEntry.select().count(),
+        "lanes_ready": {lane: rt.lanes.depth(lane) for lane in LANE_NAMES},
+        "inboxes": sum(1 for _ in rt.redis.scan_iter(f"{rt.settings.REDIS_PREFIX}:inbox:*")),
+        "rq_queued": {lane: rt.queues[lane].count for lane in LANE_NAMES},
+    }
+
+
+def quiet(rt) -> bool:
+    """Nothing recorded waits for routing, sending or delivery, and no lane has work."""
+    s = state_summary(rt)
+    return (s["unrouted"] == 0 and s["outbound_queued"] == 0 and s["deliveries_pending"] == 0
+            and not any(s["lanes_ready"].values()) and s["inboxes"] == 0
+            and not any(s["rq_queued"].values())
+            and not any(rt.redis.zcard(f"{rt.settings.REDIS_PREFIX}:lane:{lane}:delayed")
+                        for lane in LANE_NAMES))

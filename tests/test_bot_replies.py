@@ -139,7 +139,8 @@ def test_a_reply_for_a_turn_of_another_conversation_is_404(app, client, work, bo
     before = Message.select().count()
     response = client.post("/api/v1/bot/replies", headers=bearer(bot_token), json={
         "conversation_id": second.conversation_id, "turn_id": first.id, "text": "hi"})
-    assert response.status_code == 404 and (response.json["error"], response.json["details"]["resource"]) == ("not_found", "turn")
+    assert response.status_code == 404
+    assert (response.json["error"], response.json["details"]["resource"]) == ("not_found", "turn")
     assert Message.select().count() == before
 
 

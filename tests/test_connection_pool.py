@@ -7,11 +7,10 @@ import pytest
 import requests
 
 from models import ApiToken
-from tests.conftest import _using_postgres
-from tests.harness import BatonProcesses
+from tests.support import bearer, using_postgres
 
 pytestmark = [pytest.mark.processes,
-              pytest.mark.skipif(not _using_postgres(), reason="connection pooling is PostgreSQL's")]
+              pytest.mark.skipif(not using_postgres(), reason="connection pooling is PostgreSQL's")]
 
 
 def connections_to(database_url: str) -> int:
@@ -26,29 +25,28 @@ def connections_to(database_url: str) -> int:
         admin.close()
 
 
-def test_sixty_keep_alive_clients_share_a_pool_of_four_connections(app, settings_overrides, database_url, tmp_path):
+def test_sixty_keep_alive_clients_share_a_pool_of_four_connections(start_baton, database_url):
     token = ApiToken.issue("root", "admin")[1]
-    settings = {**settings_overrides, "DATABASE_POOL_SIZE": "4", "SENTIMENT_LANGUAGES": ""}
-    with BatonProcesses(settings, web_workers=1, rq_workers=0, cron=False, log_dir=tmp_path / "logs") as baton:
-        start, peak, statuses = threading.Barrier(60), [0], []
-        lock = threading.Lock()
+    baton = start_baton(web_workers=1, rq_workers=0, cron=False, DATABASE_POOL_SIZE="4", SENTIMENT_LANGUAGES="")
+    start, peak, statuses = threading.Barrier(60), [0], []
+    lock = threading.Lock()
 
-        def client():
-            session = requests.Session()          # keep-alive: one greenlet per client on the server
-            start.wait()
-            for _ in range(5):
-                answer = session.get(f"{baton.url}/api/v1/conversations",
-                                     headers={"Authorization": f"Bearer {token}"}, timeout=30)
-                with lock:
-                    statuses.append(answer.status_code)
-                    peak[0] = max(peak[0], connections_to(database_url))
-            session.close()
+    def client():
+        session = requests.Session()          # keep-alive: one greenlet per client on the server
+        start.wait()
+        for _ in range(5):
+            answer = session.get(f"{baton.url}/api/v1/conversations",
+                                 headers=bearer(token), timeout=30)
+            with lock:
+                statuses.append(answer.status_code)
+                peak[0] = max(peak[0], connections_to(database_url))
+        session.close()
 
-        threads = [threading.Thread(target=client) for _ in range(60)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert statuses == [200] * 300, baton.logs()
-        # The web worker holds at most its pool of 4; this test process holds one or two of its own.
-        assert peak[0] <= 6, f"{peak[0]} connections to the database"
+    threads = [threading.Thread(target=client) for _ in range(60)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 300, baton.logs()
+    # The web worker holds at most its pool of 4; this test process holds one or two of its own.
+    assert peak[0] <= 6, f"{peak[0]} connections to the database"

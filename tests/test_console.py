@@ -10,7 +10,6 @@ Run: .venv/bin/python -m pytest tests/test_console.py
 from __future__ import annotations
 
 import re
-import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,16 +17,12 @@ import pytest
 import requests
 
 from models import ApiToken, Conversation, utcnow
-from tests.handoff_support import Team, conversation_of, customer_says
-from tests.harness import ROOT, BatonProcesses, _command
-from tests.support import text_webhook
+from tests.handoff_support import ASK_FOR_A_HUMAN, Team, customer_says, waiting_customer
+from tests.harness import agent_add_with_cli, customers_say
+from tests.support import bearer
 
 CHROMIUM = Path("/usr/bin/chromium")
-ASK_FOR_A_HUMAN = "I want to talk to a human"
 HOSTILE = "<img src=x onerror=alert(1)>"
-# Short leases so the processes settle fast; no sentiment model (the customer asks for a human).
-PROCESS_SETTINGS = {"PUMP_LEASE": "2", "LOCK_TTL": "2", "REQUEUE_AFTER": "1", "PUMP_LINGER": "0.1",
-                    "SENTIMENT_LANGUAGES": ""}
 PAGES = ("/console", "/console/", "/console/conversations/c_x")
 
 
@@ -140,45 +135,18 @@ def tabs(browser):
         tab.close()
 
 
-@pytest.fixture
-def baton(app, settings_overrides, tmp_path, request):
-    """gunicorn (2 workers) + 2 RQ workers + RQ cron on the test's database and Redis."""
-    failed_before = request.session.testsfailed
-    procs = BatonProcesses({**settings_overrides, **PROCESS_SETTINGS}, web_workers=2, rq_workers=2, cron=True,
-                           log_dir=tmp_path / "processes")
-    yield procs
-    procs.stop()
-    if request.session.testsfailed > failed_before:
-        capture = request.config.pluginmanager.getplugin("capturemanager")
-        with capture.global_and_fixture_disabled():
-            print(f"\n===== Baton process logs ({procs.log_dir}) =====\n{procs.logs()}")
-
-
-def agent_add_with_cli(procs: BatonProcesses, name: str) -> str:
-    """`flask --app app baton agent add`; the token is the last line it prints."""
-    done = subprocess.run([*_command("flask"), "--app", "app", "baton", "agent", "add", "--name", name,
-                           "--groups", "support", "--max-concurrent", "3"], cwd=ROOT, env=procs.env,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout.strip().splitlines()[-1]
-
-
-def customer_writes(base_url: str, wa_id: str, text: str, name: str) -> None:
-    raw, headers = text_webhook(wa_id, text, name=name)
-    response = requests.post(f"{base_url}/webhooks/whatsapp", data=raw, headers=headers, timeout=10)
-    assert response.status_code == 200, response.text
-
-
 def read_conversation(base_url: str, token: str, conversation_id: str) -> dict:
-    response = requests.get(f"{base_url}/api/v1/conversations/{conversation_id}",
-                            headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    response = requests.get(f"{base_url}/api/v1/conversations/{conversation_id}", headers=bearer(token), timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
 
 
+@pytest.mark.browser
 @pytest.mark.processes
-def test_an_agent_takes_a_customer_from_the_queue_replies_and_hands_back_to_the_bot(baton, tabs):
-    token = agent_add_with_cli(baton, "Ana")
+def test_an_agent_takes_a_customer_from_the_queue_replies_and_hands_back_to_the_bot(start_baton, tabs):
+    # gunicorn (2 workers) + 2 RQ workers + RQ cron; no sentiment model (the customer asks for a human)
+    baton = start_baton(SENTIMENT_LANGUAGES="")
+    token = agent_add_with_cli(baton, "Ana", max_concurrent=3)
     admin = ApiToken.issue("console-test", "admin")[1]
     tab = tabs(baton.url)
     page, expect = tab.page, tab.expect
@@ -190,7 +158,7 @@ def test_an_agent_takes_a_customer_from_the_queue_replies_and_hands_back_to_the_
     expect(page.locator("#live")).to_have_attribute("data-state", "live")
 
     # The customer asks for a human; the conversation shows up under Waiting without a reload.
-    customer_writes(baton.url, "15557770001", ASK_FOR_A_HUMAN, name=f"Dana {HOSTILE}")
+    customers_say(baton.url, ["15557770001"], ASK_FOR_A_HUMAN, name=f"Dana {HOSTILE}")
     waiting = tab.item("Dana", state="PENDING_AGENT")
     expect(waiting).to_be_visible(timeout=15_000)
     expect(waiting.locator(".offered")).to_have_text("Offered to you")
@@ -210,14 +178,14 @@ def test_an_agent_takes_a_customer_from_the_queue_replies_and_hands_back_to_the_
     expect(page.locator('#history li[data-sender="agent"] .msg-text')).to_have_text(["Hi Dana, Ana here."])
     expect(page.locator("#composer-text")).to_have_value("")
     expect(page.locator("#detail-state")).to_have_attribute("data-state", "AGENT_CONTROLLED")
-    me = requests.get(f"{baton.url}/api/v1/agents/me", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    me = requests.get(f"{baton.url}/api/v1/agents/me", headers=bearer(token), timeout=10)
     conversation = read_conversation(baton.url, admin, conversation_id)
     assert (conversation["state"], conversation["assigned_agent_id"]) == ("AGENT_CONTROLLED", me.json()["id"])
     page.click('[data-tab="mine"]')
     expect(tab.item("Dana", state="AGENT_CONTROLLED")).to_be_visible()
 
     # Hostile customer text arrives live and is shown as text, never as HTML.
-    customer_writes(baton.url, "15557770001", f"{HOSTILE} are you there?", name=f"Dana {HOSTILE}")
+    customers_say(baton.url, ["15557770001"], f"{HOSTILE} are you there?", name=f"Dana {HOSTILE}")
     expect(page.locator('#history li[data-sender="user"] .msg-text').last).to_have_text(f"{HOSTILE} are you there?")
     assert page.locator("img").count() == 0
     assert tab.dialogs == [] and tab.errors == []
@@ -234,54 +202,55 @@ def test_an_agent_takes_a_customer_from_the_queue_replies_and_hands_back_to_the_
 
 
 @pytest.fixture
-def waiting_customer(app, work):
+def eve_waits(app):
     """A customer (Eve) who asked for a human and waits in `support`."""
-    customer_says(app, ASK_FOR_A_HUMAN, wa_id="15557770002", name="Eve")
-    work()
-    conv = conversation_of("15557770002")
+    conv = waiting_customer(app, wa_id="15557770002", name="Eve")
     assert conv.state == "PENDING_AGENT"
     return conv
 
 
-def test_a_link_from_a_notification_opens_that_conversation_after_sign_in(app, live_server, tabs,
-                                                                           waiting_customer):
+@pytest.mark.browser
+def test_a_link_from_a_notification_opens_that_conversation_after_sign_in(app, live_server, tabs, eve_waits):
     team = Team(app)
     team.add("bo")
     tab = tabs(live_server)
-    tab.sign_in(team.token["bo"], path=f"/console/conversations/{waiting_customer.id}")
+    tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve_waits.id}")
     expect = tab.expect
     expect(tab.page.locator("#detail-contact .contact-name")).to_have_text("Eve")
     expect(tab.page.locator('#history li[data-sender="user"] .msg-text')).to_have_text([ASK_FOR_A_HUMAN])
     expect(tab.page.locator("#action-claim")).to_be_visible()
 
 
-def test_a_reply_outside_the_customer_service_window_says_only_templates_can_be_sent(app, live_server, tabs,
-                                                                                       waiting_customer):
+@pytest.mark.browser
+def test_a_reply_outside_the_customer_service_window_says_only_templates_can_be_sent(
+        app, live_server, tabs, eve_waits):
     team = Team(app)
     team.add("bo")
     (Conversation.update(last_inbound_at=utcnow() - timedelta(hours=25))
-     .where(Conversation.id == waiting_customer.id)
+     .where(Conversation.id == eve_waits.id)
      .execute())
     tab = tabs(live_server)
-    tab.sign_in(team.token["bo"], path=f"/console/conversations/{waiting_customer.id}")
+    tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve_waits.id}")
     tab.page.fill("#composer-text", "Hello?")
     tab.page.click("#composer-send")
     tab.expect(tab.page.locator("#composer-error")).to_have_text(
         "The customer last wrote over 24 h ago; only templates can be sent.")
-    assert Conversation.get_by_id(waiting_customer.id).state == "PENDING_AGENT"
+    assert Conversation.get_by_id(eve_waits.id).state == "PENDING_AGENT"
 
 
-def test_an_api_error_message_is_shown_to_the_agent(app, live_server, tabs, waiting_customer):
+@pytest.mark.browser
+def test_an_api_error_message_is_shown_to_the_agent(app, live_server, tabs, eve_waits):
     team = Team(app)
     team.add("bo")
     team.add("cy")
-    assert team.act("cy", "claim", waiting_customer.id).status_code == 200
+    assert team.act("cy", "claim", eve_waits.id).status_code == 200
     tab = tabs(live_server)
-    tab.sign_in(team.token["bo"], path=f"/console/conversations/{waiting_customer.id}")
+    tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve_waits.id}")
     tab.expect(tab.page.locator("#detail-error")).to_have_text("This conversation belongs to another agent.")
 
 
-def test_an_admin_token_without_an_agent_reads_in_read_only_mode(app, live_server, tabs, waiting_customer,
+@pytest.mark.browser
+def test_an_admin_token_without_an_agent_reads_in_read_only_mode(app, live_server, tabs, eve_waits,
                                                                  admin_token):
     tab = tabs(live_server)
     tab.sign_in(admin_token)
@@ -295,6 +264,7 @@ def test_an_admin_token_without_an_agent_reads_in_read_only_mode(app, live_serve
     expect(page.locator("#actions")).to_be_hidden()
 
 
+@pytest.mark.browser
 def test_a_refused_token_is_told_at_sign_in(live_server, tabs):
     tab = tabs(live_server)
     tab.page.goto("/console")
@@ -304,6 +274,7 @@ def test_a_refused_token_is_told_at_sign_in(live_server, tabs):
     tab.expect(tab.page.locator("#console")).to_be_hidden()
 
 
+@pytest.mark.browser
 def test_while_the_live_stream_is_cut_the_queue_still_fills_and_the_stream_comes_back(app, live_server, tabs, work):
     team = Team(app)
     team.add("bo")

@@ -5,21 +5,13 @@ from datetime import datetime, timezone
 import pytest
 
 from models import ApiToken, Conversation, Event, Message, OutboxEntry
-from tests.support import text_webhook
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
-
-
-def customer_says(client, text, wa_id="15556660001", **kwargs):
-    raw, headers = text_webhook(wa_id, text, **kwargs)
-    assert client.post("/webhooks/whatsapp", data=raw, headers=headers).status_code == 200
+from tests.handoff_support import ASK_FOR_A_HUMAN, CUSTOMER, customer_says
+from tests.support import bearer
 
 
 @pytest.fixture
-def conversation(client, work):
-    customer_says(client, "hello")
+def conversation(app, work):
+    customer_says(app, "hello")
     work()
     return Conversation.get()
 
@@ -36,14 +28,14 @@ def test_a_bot_reads_a_conversation_in_the_contract_shape(client, conversation, 
     assert set(body) >= {"id", "state", "version", "channel", "contact", "assigned_agent_id", "offered_agent_id",
                          "group", "escalation", "cooldown_remaining", "pending_since", "last_inbound_at",
                          "window_expires_at", "metadata", "updated_at"}
-    assert body["channel"]["provider"] == "sandbox" and body["contact"]["wa_id"] == "15556660001"
+    assert body["channel"]["provider"] == "sandbox" and body["contact"]["wa_id"] == CUSTOMER
     assert body["updated_at"].endswith("Z") and body["window_expires_at"].endswith("Z")
 
 
-def test_history_comes_in_sent_at_order_and_pages_with_after(client, bot_token):
+def test_history_comes_in_sent_at_order_and_pages_with_after(app, client, bot_token):
     base = int(time.time()) - 600
     for i, text in reversed(list(enumerate(["one", "two", "three"]))):
-        customer_says(client, text, timestamp=base + i, message_id=f"wamid.H{i}")
+        customer_says(app, text, timestamp=base + i, message_id=f"wamid.H{i}")
     conv = Conversation.get()
     page = client.get(f"/api/v1/conversations/{conv.id}/messages?limit=2", headers=bearer(bot_token)).json
     assert [m["text"] for m in page["items"]] == ["one", "two"] and page["next_cursor"]
@@ -53,10 +45,10 @@ def test_history_comes_in_sent_at_order_and_pages_with_after(client, bot_token):
     assert rest["next_cursor"] is None
 
 
-def test_history_before_a_time(client, bot_token):
+def test_history_before_a_time(app, client, bot_token):
     base = int(time.time()) - 600
     for i, text in enumerate(["one", "two"]):
-        customer_says(client, text, timestamp=base + 10 * i, message_id=f"wamid.T{i}")
+        customer_says(app, text, timestamp=base + 10 * i, message_id=f"wamid.T{i}")
     conv = Conversation.get()
     between = datetime.fromtimestamp(base + 5, timezone.utc).isoformat().replace("+00:00", "Z")
     page = client.get(f"/api/v1/conversations/{conv.id}/messages?before={between}",
@@ -64,9 +56,9 @@ def test_history_before_a_time(client, bot_token):
     assert [m["text"] for m in page["items"]] == ["one"]
 
 
-def test_the_list_is_newest_activity_first_and_pages_with_a_cursor(client, work, bot_token):
+def test_the_list_is_newest_activity_first_and_pages_with_a_cursor(app, client, work, bot_token):
     for n in range(3):
-        customer_says(client, "hello", wa_id=f"1555666000{n}")
+        customer_says(app, "hello", wa_id=f"1555666000{n}")
         work()
     first = client.get("/api/v1/conversations?limit=2", headers=bearer(bot_token)).json
     assert [c["contact"]["wa_id"] for c in first["items"]] == ["15556660002", "15556660001"]
@@ -75,9 +67,9 @@ def test_the_list_is_newest_activity_first_and_pages_with_a_cursor(client, work,
     assert second["next_cursor"] is None
 
 
-def test_the_list_filters_by_state_and_contact(client, work, bot_token):
-    customer_says(client, "hello", wa_id="15556660011")
-    customer_says(client, "I want to talk to a human", wa_id="15556660012")
+def test_the_list_filters_by_state_and_contact(app, client, work, bot_token):
+    customer_says(app, "hello", wa_id="15556660011")
+    customer_says(app, ASK_FOR_A_HUMAN, wa_id="15556660012")
     work()
     pending = client.get("/api/v1/conversations?state=PENDING_AGENT", headers=bearer(bot_token)).json["items"]
     assert [c["contact"]["wa_id"] for c in pending] == ["15556660012"]
@@ -147,9 +139,9 @@ def test_an_agent_cannot_read_a_conversation_held_by_the_bot(client, conversatio
     assert listed == []
 
 
-def test_an_agent_sees_the_pending_conversations_of_their_groups_only(client, work):
+def test_an_agent_sees_the_pending_conversations_of_their_groups_only(app, client, work):
     from routing.agents import create_agent
-    customer_says(client, "I want to talk to a human")
+    customer_says(app, ASK_FOR_A_HUMAN)
     work()
     support = create_agent("Ana", "agent", ["support"], 3)[1]
     billing = create_agent("Bo", "agent", ["billing"], 3)[1]

@@ -22,7 +22,8 @@ import requests
 from models import PENDING_AGENT, AGENT_CONTROLLED
 from routing.live import live_event, publish
 from routing.live_hub import hub_for
-from tests.harness import BatonProcesses
+from tests.handoff_support import ASK_FOR_A_HUMAN, customer_says
+from tests.support import bearer, settle, wait_until
 
 STREAMED_KEYS = {"type", "conversation_id", "occurred_at", "data"}
 END = object()
@@ -34,7 +35,8 @@ class Console:
     """An agent's console holding `GET /api/v1/events` open; frames arrive in `frames`."""
 
     def __init__(self, base_url: str, token: str | None, **params):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.token = token
+        headers = bearer(token) if token else {}
         self.response = requests.get(f"{base_url}/api/v1/events", headers=headers, params=params,
                                      stream=True, timeout=(5, 30))
         self.frames: queue.Queue = queue.Queue()
@@ -132,6 +134,18 @@ def agent_token(app):
     return make
 
 
+@pytest.fixture
+def listening(live_server, consoles, agent_token):
+    """Factory: listening(groups=("support",), role="agent", **params) → the console of a
+    new agent (or supervisor) on the test app's stream, connected and greeted."""
+    def open_for(groups=("support",), role: str = "agent", **params) -> Console:
+        _, token = agent_token(groups=groups, role=role)
+        console = consoles(live_server, token, **params)
+        console.wait_connected()
+        return console
+    return open_for
+
+
 def conversation_waiting_in(group: str, conversation_id: str) -> dict:
     """A `conversation.updated` event: the conversation now waits for an agent of `group`."""
     after = {"state": PENDING_AGENT, "group": group, "assigned_agent_id": None, "offered_agent_id": None}
@@ -150,13 +164,6 @@ def broadcast(rt, *events: dict) -> None:
     publish(rt.redis, rt.settings.REDIS_PREFIX, list(events))
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.02)
-
-
 # -- who hears what -------------------------------------------------------------------------------
 
 def test_a_console_is_greeted_with_a_retry_hint_and_a_connected_comment(live_server, consoles, agent_token):
@@ -170,11 +177,8 @@ def test_a_console_is_greeted_with_a_retry_hint_and_a_connected_comment(live_ser
     assert greeting["comments"] == ["connected"]
 
 
-def test_a_support_agent_hears_within_a_second_that_a_customer_waits_in_support(
-        live_server, consoles, agent_token, rt):
-    _, token = agent_token(groups=("support",))
-    console = consoles(live_server, token)
-    console.wait_connected()
+def test_a_support_agent_hears_within_a_second_that_a_customer_waits_in_support(listening, rt):
+    console = listening(groups=("support",))
 
     sent = time.monotonic()
     broadcast(rt, conversation_waiting_in("support", "c_waits_in_support"))
@@ -191,11 +195,8 @@ def test_a_support_agent_hears_within_a_second_that_a_customer_waits_in_support(
     assert "audience" not in console.raw
 
 
-def test_a_billing_agent_does_not_hear_about_a_customer_waiting_in_support(
-        live_server, consoles, agent_token, rt):
-    _, token = agent_token(groups=("billing",))
-    console = consoles(live_server, token)
-    console.wait_connected()
+def test_a_billing_agent_does_not_hear_about_a_customer_waiting_in_support(listening, rt):
+    console = listening(groups=("billing",))
 
     # Redis keeps the channel's order: had the support event reached this
     # console, it would arrive before the billing one.
@@ -207,10 +208,8 @@ def test_a_billing_agent_does_not_hear_about_a_customer_waiting_in_support(
     assert "c_waits_in_support" not in console.raw
 
 
-def test_a_supervisor_hears_every_waiting_customer_without_the_audience(live_server, consoles, agent_token, rt):
-    _, token = agent_token(groups=(), role="supervisor")
-    console = consoles(live_server, token)
-    console.wait_connected()
+def test_a_supervisor_hears_every_waiting_customer_without_the_audience(listening, rt):
+    console = listening(groups=(), role="supervisor")
 
     broadcast(rt, conversation_waiting_in("support", "c_waits_in_support"),
               conversation_waiting_in("billing", "c_waits_in_billing"))
@@ -242,10 +241,8 @@ def test_only_the_assigned_agent_hears_the_customer_of_a_conversation_they_handl
     assert "refund" not in bob_console.raw
 
 
-def test_a_console_can_follow_a_single_conversation(live_server, consoles, agent_token, rt):
-    _, token = agent_token(groups=(), role="supervisor")
-    console = consoles(live_server, token, conversation_id="c_followed")
-    console.wait_connected()
+def test_a_console_can_follow_a_single_conversation(listening, rt):
+    console = listening(groups=(), role="supervisor", conversation_id="c_followed")
 
     broadcast(rt, conversation_waiting_in("support", "c_other"), conversation_waiting_in("support", "c_followed"))
     frame = console.next_event(timeout=1.0)
@@ -254,14 +251,11 @@ def test_a_console_can_follow_a_single_conversation(live_server, consoles, agent
     assert "c_other" not in console.raw
 
 
-def test_a_quiet_console_gets_keep_alives_even_while_other_peoples_events_flow(
-        live_server, consoles, agent_token, rt, monkeypatch):
+def test_a_quiet_console_gets_keep_alives_even_while_other_peoples_events_flow(listening, rt, monkeypatch):
     from blueprints import events
 
     monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.3)
-    _, token = agent_token(groups=("billing",))
-    console = consoles(live_server, token)
-    console.wait_connected()
+    console = listening(groups=("billing",))
 
     stop = threading.Event()
 
@@ -284,7 +278,7 @@ def test_a_quiet_console_gets_keep_alives_even_while_other_peoples_events_flow(
 # -- who may open a stream ---------------------------------------------------------------------------
 
 def test_a_bot_token_may_not_open_the_stream(client, bot_token):
-    response = client.get("/api/v1/events", headers={"Authorization": f"Bearer {bot_token}"})
+    response = client.get("/api/v1/events", headers=bearer(bot_token))
 
     assert response.status_code == 403
     assert response.json["error"] == "forbidden"
@@ -300,7 +294,7 @@ def test_opening_the_stream_without_a_token_is_unauthorized(client):
 
 def test_an_unknown_query_parameter_is_refused(client, agent_token):
     _, token = agent_token()
-    response = client.get("/api/v1/events?since=yesterday", headers={"Authorization": f"Bearer {token}"})
+    response = client.get("/api/v1/events?since=yesterday", headers=bearer(token))
 
     assert response.status_code == 422
 
@@ -316,16 +310,16 @@ def test_a_console_that_disconnects_stops_being_a_subscriber(live_server, consol
     assert hub.subscriber_count == 2
 
     first.close()
-    wait_for(lambda: hub.subscriber_count == 1, timeout=5, what="the first console to be forgotten")
+    wait_until(lambda: hub.subscriber_count == 1, timeout=5, what="the first console to be forgotten")
     second.close()
-    wait_for(lambda: hub.subscriber_count == 0, timeout=5, what="the second console to be forgotten")
+    wait_until(lambda: hub.subscriber_count == 0, timeout=5, what="the second console to be forgotten")
 
 
 def test_a_stream_holds_no_database_connection_while_it_waits(client, agent_token):
     from models import db
 
     _, token = agent_token()
-    response = client.get("/api/v1/events", headers={"Authorization": f"Bearer {token}"}, buffered=False)
+    response = client.get("/api/v1/events", headers=bearer(token), buffered=False)
     try:
         assert response.status_code == 200
         first = next(response.response)
@@ -336,38 +330,33 @@ def test_a_stream_holds_no_database_connection_while_it_waits(client, agent_toke
         response.close()
 
 
-def test_streams_end_when_redis_drops_the_live_channel_and_can_be_reopened(
-        live_server, consoles, agent_token, rt):
+def test_streams_end_when_redis_drops_the_live_channel_and_can_be_reopened(listening, live_server, consoles, rt):
     """Events published while the hub reconnects would be lost silently; ending the
     streams makes consoles reconnect and re-read over REST instead."""
-    _, token = agent_token(groups=(), role="supervisor")
-    console = consoles(live_server, token)
-    console.wait_connected()
+    console = listening(groups=(), role="supervisor")
 
     rt.redis.client_kill_filter(_type="pubsub")
 
     assert console.ended.wait(5), f"the stream stayed open; received: {console.raw!r}"
-    again = consoles(live_server, token)
+    again = consoles(live_server, console.token)
     again.wait_connected(timeout=10)
     broadcast(rt, conversation_waiting_in("support", "c_after_reconnect"))
     assert again.next_event(timeout=1.0)["json"]["conversation_id"] == "c_after_reconnect"
 
 
 def test_a_stopping_server_ends_its_streams_and_sends_new_consoles_elsewhere(
-        live_server, consoles, agent_token, rt, monkeypatch):
+        listening, live_server, consoles, rt, monkeypatch):
     from routing import live_hub
 
     stopping = threading.Event()
     monkeypatch.setattr(live_hub, "_shutting_down", stopping.is_set)   # what gunicorn.conf.py registers
-    _, token = agent_token()
-    console = consoles(live_server, token)
-    console.wait_connected()
+    console = listening()
 
     stopping.set()
 
     assert console.ended.wait(5), f"the stream stayed open; received: {console.raw!r}"
-    wait_for(lambda: hub_for(rt).subscriber_count == 0, timeout=5, what="the stream to be forgotten")
-    latecomer = consoles(live_server, token)
+    wait_until(lambda: hub_for(rt).subscriber_count == 0, timeout=5, what="the stream to be forgotten")
+    latecomer = consoles(live_server, console.token)
     assert latecomer.response.status_code == 200      # EventSource gives up on an error status
     assert latecomer.ended.wait(5)
     assert latecomer.raw == "retry: 3000\n: restarting\n\n"
@@ -382,7 +371,7 @@ def test_a_console_that_falls_far_behind_loses_its_stream_not_the_servers_memory
     try:
         assert stuck.wait_connected(5)
         broadcast(rt, *(conversation_waiting_in("support", f"c_{i}") for i in range(5)))
-        wait_for(lambda: stuck.ended, timeout=5, what="the stuck stream to be ended")
+        wait_until(lambda: stuck.ended, timeout=5, what="the stuck stream to be ended")
 
         delivered = [stuck.get(timeout=1)[1]["conversation_id"] for _ in range(3)]
         assert delivered == ["c_0", "c_1", "c_2"]
@@ -398,7 +387,7 @@ def test_the_stream_is_unavailable_while_redis_is_down(app_factory, agent_token,
     _, token = agent_token()
     client = app_factory(REDIS_URL="redis://127.0.0.1:1/0").test_client()
 
-    response = client.get("/api/v1/events", headers={"Authorization": f"Bearer {token}"})
+    response = client.get("/api/v1/events", headers=bearer(token))
 
     assert response.status_code == 503
     assert response.json["error"] == "redis_unavailable"
@@ -418,16 +407,10 @@ STREAMS = 50
 
 
 @pytest.fixture
-def baton(app, settings_overrides, tmp_path, monkeypatch, request):
+def baton(start_baton, monkeypatch):
     """gunicorn with its default worker class (two workers) and no RQ processes."""
     monkeypatch.delenv("BATON_WORKER_CLASS", raising=False)
-    procs = BatonProcesses(settings_overrides, web_workers=2, rq_workers=0, cron=False,
-                           log_dir=tmp_path / "processes")
-    failed_before = request.session.testsfailed
-    yield procs
-    procs.stop()
-    if request.session.testsfailed > failed_before:
-        print(f"\n===== Baton process logs =====\n{procs.logs()}")
+    return start_baton(web_workers=2, rq_workers=0, cron=False)
 
 
 def open_consoles(base_url: str, token: str, count: int) -> list[Console]:
@@ -452,7 +435,7 @@ def test_fifty_open_consoles_do_not_starve_the_api_and_all_hear_an_event_within_
         baton, agent_token, rt):
     assert "Using worker: gevent" in baton.logs(), "gunicorn's default worker class is not gevent"
     _, token = agent_token(groups=(), role="supervisor")
-    auth = {"Authorization": f"Bearer {token}"}
+    auth = bearer(token)
     opened = open_consoles(baton.url, token, STREAMS)
     try:
         health, health_took = timed_get(f"{baton.url}/healthz")
@@ -495,16 +478,14 @@ def test_a_customer_asking_for_a_human_reaches_an_online_agents_stream_within_a_
         live_server, consoles, rt, app):
     """End to end: webhook → routing (escalation and offer) → Redis pub/sub → the stream."""
     from routing.agents import create_agent, set_status
-    from tests.support import run_jobs, text_webhook
 
     agent, token = create_agent("Ana", "agent", ["support"], 3)
     set_status(rt.presence, agent, "online")
     console = consoles(live_server, token)
     console.wait_connected()
-    raw, headers = text_webhook("15557770001", "I want to talk to a human")
     sent = time.monotonic()
-    assert app.test_client().post("/webhooks/whatsapp", data=raw, headers=headers).status_code == 200
-    run_jobs(rt)
+    customer_says(app, ASK_FOR_A_HUMAN, "15557770001")
+    settle(app)
     seen = []
     while not any(f["json"]["data"].get("offered_agent_id") == agent.id for f in seen):
         frame = console.next_event(timeout=max(1.0 - (time.monotonic() - sent), 0.01))

@@ -1,36 +1,12 @@
 """The human side, one customer at a time: offers, claims, replies, typing,
 release with cooldown, transfer, close, and refusals that change nothing."""
-import time
-
 import pytest
 
 from jobs import timers
-from jobs.context import set_runtime
-from models import BotTurn, Conversation, Message, OutboxEntry
-from tests.handoff_support import Team, bearer, conversation_of, customer_says, state_and_trail, trail
-from tests.support import run_jobs
-
-
-@pytest.fixture
-def desk(app_factory, n8n):
-    app = app_factory(N8N_NOTIFY_URL=n8n.url_for("notify"), SENTIMENT_LANGUAGES="")
-    set_runtime(app.extensions["baton"])
-    return app
-
-
-@pytest.fixture
-def team(desk):
-    return Team(desk)
-
-
-def settle(app):
-    run_jobs(app.extensions["baton"])
-
-
-def waiting_customer(app, text="I want to talk to a human", wa_id="15550001111"):
-    customer_says(app, text, wa_id=wa_id)
-    settle(app)
-    return conversation_of(wa_id)
+from models import BotTurn, Conversation, Message
+from tests.handoff_support import (Team, backdate, bot_replies, conversation_of, customer_says, outbox_texts,
+                                   state_and_trail, trail, waiting_customer)
+from tests.support import bearer, settle
 
 
 def test_a_customer_asking_for_a_human_is_offered_to_an_online_agent_of_the_group(desk, team, n8n):
@@ -42,20 +18,17 @@ def test_a_customer_asking_for_a_human_is_offered_to_an_online_agent_of_the_grou
     [offered] = [e["json"] for e in n8n.received("handoff.offered")]
     assert offered["agent"]["id"] == team.id("ana")
     assert offered["console_url"].endswith(f"/console/conversations/{conv.id}")
-    notices = [e for e in OutboxEntry.select() if "connecting you" in (e.payload.get("text") or {}).get("body", "")]
+    notices = [text for text in outbox_texts() if text and "connecting you" in text]
     assert len(notices) == 1
 
 
-def test_an_offline_agent_or_one_whose_heartbeat_lapsed_gets_no_offer(app_factory, n8n):
-    app = app_factory(N8N_NOTIFY_URL=n8n.url_for("notify"), AGENT_HEARTBEAT_TTL=1, SENTIMENT_LANGUAGES="")
-    set_runtime(app.extensions["baton"])
-    team = Team(app)
+def test_an_offline_agent_or_one_whose_heartbeat_lapsed_gets_no_offer(desk, team):
     team.add("ana")
     team.add("bo", online=False)
-    time.sleep(1.2)                                # ana's heartbeat lapses; nobody edits a row
+    team.heartbeat_lapses("ana")                  # her laptop closed; nobody edits a row
     me = team.call("ana", "GET", "/api/v1/agents/me").json
     assert (me["status"], me["online"]) == ("online", False)
-    conv = waiting_customer(app)
+    conv = waiting_customer(desk)
     assert conv.offered_agent_id is None
     assert team.call("ana", "POST", "/api/v1/agents/me/heartbeat").json["online"] is True
     assert conversation_of().offered_agent_id == team.id("ana")     # offered as soon as she is back
@@ -89,8 +62,7 @@ def test_replying_to_an_offer_claims_it_and_sends_in_order(desk, team):
     settle(desk)
     conv = Conversation.get_by_id(conv.id)
     assert (conv.state, conv.assigned_agent_id) == ("AGENT_CONTROLLED", team.id("ana"))
-    bodies = [e.payload["text"]["body"] for e in OutboxEntry.select().order_by(OutboxEntry.id)]
-    assert bodies[-2:] == ["Hi, Ana here", "How can I help?"]
+    assert outbox_texts()[-2:] == ["Hi, Ana here", "How can I help?"]
 
 
 def test_a_second_claim_is_409_already_assigned_and_changes_nothing(desk, team):
@@ -172,9 +144,8 @@ def test_release_gives_the_bot_a_cooldown_so_the_customer_is_not_bounced_straigh
     assert Conversation.get_by_id(conv.id).state == "PENDING_AGENT"
 
 
-def test_a_bot_reply_in_flight_during_a_claim_is_refused_and_never_sent(app_factory, n8n):
-    app = app_factory(N8N_BOT_URL=n8n.url_for("bot"), N8N_NOTIFY_URL=n8n.url_for("notify"), SENTIMENT_LANGUAGES="")
-    set_runtime(app.extensions["baton"])
+def test_a_bot_reply_in_flight_during_a_claim_is_refused_and_never_sent(make_desk, n8n, bot_token):
+    app = make_desk(N8N_BOT_URL=n8n.url_for("bot"))
     team = Team(app)
     team.add("sue", role="supervisor")
     customer_says(app, "hello")
@@ -182,22 +153,25 @@ def test_a_bot_reply_in_flight_during_a_claim_is_refused_and_never_sent(app_fact
     [turn] = [e["json"] for e in n8n.received("bot.turn")]
     conv = conversation_of()
     assert team.act("sue", "claim", conv.id).status_code == 200       # takes over from the bot
-    from models import ApiToken
-    bot = ApiToken.issue("n8n", "bot")[1]
-    late = app.test_client().post("/api/v1/bot/replies", headers=bearer(bot),
-                                  json={"conversation_id": conv.id, "turn_id": turn["turn_id"], "text": "Hi!"})
+    late = bot_replies(app, bot_token, turn, text="Hi!")
     assert (late.status_code, late.json["error"]) == (409, "stale_turn")
     settle(app)
-    assert not [e for e in OutboxEntry.select() if (e.payload.get("text") or {}).get("body") == "Hi!"]
+    assert "Hi!" not in outbox_texts()
 
 
-def test_typing_holds_customer_messages_for_the_agent_who_then_answers(desk, team):
+def sue_types_on_a_bot_conversation(desk, team) -> Conversation:
+    """A supervisor (Sue) starts typing on a conversation the bot holds."""
     team.add("sue", role="supervisor")
     customer_says(desk, "hello")
     settle(desk)
     conv = conversation_of()
-    turns = BotTurn.select().count()
     assert team.act("sue", "typing", conv.id, {"typing": True}).status_code == 204
+    return conv
+
+
+def test_typing_holds_customer_messages_for_the_agent_who_then_answers(desk, team):
+    conv = sue_types_on_a_bot_conversation(desk, team)
+    turns = BotTurn.select().count()
     customer_says(desk, "are you there?")
     customer_says(desk, "hello??")
     settle(desk)
@@ -210,22 +184,15 @@ def test_typing_holds_customer_messages_for_the_agent_who_then_answers(desk, tea
     assert {m.routed_to for m in Message.select().where(Message.id.in_([m.id for m in held]))} == {"agent"}
 
 
-def test_when_the_typing_lock_expires_the_held_messages_go_to_the_bot_in_order(app_factory, n8n):
-    app = app_factory(AGENT_TYPING_TTL=1, N8N_NOTIFY_URL=n8n.url_for("notify"), SENTIMENT_LANGUAGES="")
-    set_runtime(app.extensions["baton"])
-    team = Team(app)
-    team.add("sue", role="supervisor")
-    customer_says(app, "hello")
-    settle(app)
-    conv = conversation_of()
-    team.act("sue", "typing", conv.id, {"typing": True})
-    customer_says(app, "menu")
-    customer_says(app, "hours")
-    settle(app)
+def test_when_the_typing_lock_expires_the_held_messages_go_to_the_bot_in_order(desk, team, n8n):
+    conv = sue_types_on_a_bot_conversation(desk, team)
+    customer_says(desk, "menu")
+    customer_says(desk, "hours")
+    settle(desk)
     assert Message.select().where(Message.routed_to == "held").count() == 2
-    time.sleep(1.1)
+    backdate(conv.id, typing_until=1)               # AGENT_TYPING_TTL has passed without a reply
     timers.handoff_timers()
-    settle(app)
+    settle(desk)
     routed = [m.routed_to for m in Message.select().where(Message.direction == "in").order_by(Message.sent_at)]
     assert routed == ["bot", "bot", "bot"]
     answered = [t.message_id for t in BotTurn.select().order_by(BotTurn.created_at, BotTurn.id)]
@@ -237,11 +204,7 @@ def test_when_the_typing_lock_expires_the_held_messages_go_to_the_bot_in_order(a
 
 
 def test_typing_false_releases_the_hold_at_once(desk, team):
-    team.add("sue", role="supervisor")
-    customer_says(desk, "hello")
-    settle(desk)
-    conv = conversation_of()
-    team.act("sue", "typing", conv.id, {"typing": True})
+    conv = sue_types_on_a_bot_conversation(desk, team)
     customer_says(desk, "menu")
     settle(desk)
     team.act("sue", "typing", conv.id, {"typing": False})
@@ -355,9 +318,8 @@ def test_every_409_changes_nothing(desk, team, story, who, action, body, error, 
     assert desk.extensions["baton"].presence.loads(list(loads)) == loads
 
 
-def test_an_angry_customer_is_handed_to_a_human_with_urgency(app_factory, n8n):
-    app = app_factory(N8N_NOTIFY_URL=n8n.url_for("notify"))          # sentiment on, as by default
-    set_runtime(app.extensions["baton"])
+def test_an_angry_customer_is_handed_to_a_human_with_urgency(make_desk, n8n):
+    app = make_desk(SENTIMENT_LANGUAGES=None)          # sentiment on, as by default
     customer_says(app, "This is the worst service ever, I am furious!!!")
     settle(app)
     conv = conversation_of()
@@ -368,17 +330,23 @@ def test_an_angry_customer_is_handed_to_a_human_with_urgency(app_factory, n8n):
     assert requested["reason"] == "sentiment"
 
 
-def test_an_angry_customer_in_a_language_the_analyser_cannot_read_stays_with_the_bot(app_factory):
-    app = app_factory()
-    set_runtime(app.extensions["baton"])
+def test_an_angry_customer_in_a_language_the_analyser_cannot_read_stays_with_the_bot(make_desk):
+    app = make_desk(SENTIMENT_LANGUAGES=None)          # sentiment on, as by default
     customer_says(app, "esto es una mierda, el peor servicio del mundo")
     settle(app)
     assert conversation_of().state == "BOT_CONTROLLED"
 
 
-def test_the_sentiment_trigger_can_be_turned_off(app_factory):
-    app = app_factory(SENTIMENT_LANGUAGES="")
-    set_runtime(app.extensions["baton"])
-    customer_says(app, "This is the worst service ever, I am furious!!!")
-    settle(app)
+def test_the_sentiment_trigger_can_be_turned_off(desk):
+    customer_says(desk, "This is the worst service ever, I am furious!!!")
+    settle(desk)
     assert conversation_of().state == "BOT_CONTROLLED"
+
+
+@pytest.mark.parametrize("body", [{"status": "busy"}, {}, {"status": "online", "extra": 1}])
+def test_a_bad_presence_update_is_422_and_changes_nothing(desk, team, body):
+    team.add("ana", online=False)
+    response = team.call("ana", "PATCH", "/api/v1/agents/me", body)
+    assert (response.status_code, response.json["error"]) == (422, "validation_failed")
+    me = team.call("ana", "GET", "/api/v1/agents/me").json
+    assert (me["status"], me["online"]) == ("offline", False)

@@ -9,7 +9,6 @@ Run: .venv/bin/python -m pytest tests/test_handoff_processes.py            (SQLi
 """
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections import Counter, defaultdict
@@ -18,29 +17,20 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.harness import ROOT, BatonProcesses, _command
-from tests.support import text_webhook
-from tests.test_processes import post_all, quiet, state_summary
+from tests.handoff_support import ASK_FOR_A_HUMAN, audit_events, outbox_texts
+from tests.harness import BatonProcesses, agent_add_with_cli, customers_say, quiet, state_summary
+from tests.support import bearer, text_webhook
 
 pytestmark = pytest.mark.processes
-
-# Short leases so a killed process's claims free up fast; no sentiment analysis
-# (these stories escalate by asking for a human).
-PROCESS_SETTINGS = {"PUMP_LEASE": "2", "LOCK_TTL": "2", "REQUEUE_AFTER": "1", "PUMP_LINGER": "0.1",
-                    "SENTIMENT_LANGUAGES": ""}
-ASK_FOR_A_HUMAN = "I want to talk to a human"
 
 
 @pytest.fixture
 def settings_overrides(settings_overrides):
-    return {**settings_overrides, **PROCESS_SETTINGS}
+    """No sentiment analysis: these stories escalate by asking for a human."""
+    return {**settings_overrides, "SENTIMENT_LANGUAGES": ""}
 
 
 # -- the humans, over HTTP -----------------------------------------------------------------
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
-
 
 class Desk:
     """A support team using a running Baton: agents by name, their tokens, presence and actions."""
@@ -67,13 +57,9 @@ class Desk:
         return self.id[name]
 
     def add_with_cli(self, name: str, *, groups=("support",), max_concurrent: int = 5, role: str = "agent") -> str:
-        """`flask --app app baton agent add` (the token is the last line it prints)."""
-        done = subprocess.run([*_command("flask"), "--app", "app", "baton", "agent", "add", "--name", name,
-                               "--groups", ",".join(groups), "--max-concurrent", str(max_concurrent),
-                               "--role", role], cwd=ROOT, env=self.procs.env, capture_output=True, text=True,
-                              timeout=60)
-        assert done.returncode == 0, done.stdout + done.stderr
-        self.token[name] = done.stdout.strip().splitlines()[-1]
+        """`flask --app app baton agent add`; returns the agent's id."""
+        self.token[name] = agent_add_with_cli(self.procs, name, groups=groups, max_concurrent=max_concurrent,
+                                              role=role)
         me = self.call("GET", "/agents/me", self.token[name])
         assert me.status_code == 200, me.text
         self.id[name], self.max[name] = me.json()["id"], max_concurrent
@@ -100,25 +86,48 @@ class Desk:
         return next((n for n, i in self.id.items() if i == agent_id), agent_id)
 
 
-class Heartbeats:
-    """A laptop per agent: POST /agents/me/heartbeat every `every` seconds from a
-    background thread, until `stop(name)` (the laptop is closed) or the end."""
+class Repeating:
+    """Calls `step()` every `every` seconds on a thread of its own, from the start of a
+    `with` block until its end."""
 
-    def __init__(self, desk: Desk, names, every: float):
-        self.desk, self.every = desk, every
-        self.names = list(names)
-        self.failures = 0
+    def __init__(self, every: float, name: str):
+        self.every = every
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> "Heartbeats":
+    def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.step()
+                self._stop.wait(self.every)
+        finally:
+            self.finish()
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called on the thread once it stops."""
+
+
+class Heartbeats(Repeating):
+    """A laptop per agent: POST /agents/me/heartbeat every `every` seconds from a
+    background thread, until `stop(name)` (the laptop is closed) or the end."""
+
+    def __init__(self, desk: Desk, names, every: float):
+        super().__init__(every, "heartbeats")
+        self.desk = desk
+        self.names = list(names)
+        self.failures = 0
+        self._lock = threading.Lock()
 
     def stop(self, name: str) -> None:
         with self._lock:
@@ -128,17 +137,15 @@ class Heartbeats:
         with self._lock:
             self.names.append(name)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                names = list(self.names)
-            for name in names:
-                try:
-                    if self.desk.heartbeat(name).status_code != 200:
-                        self.failures += 1
-                except requests.RequestException:      # the web server is being restarted
+    def step(self) -> None:
+        with self._lock:
+            names = list(self.names)
+        for name in names:
+            try:
+                if self.desk.heartbeat(name).status_code != 200:
                     self.failures += 1
-            self._stop.wait(self.every)
+            except requests.RequestException:      # the web server is being restarted
+                self.failures += 1
 
 
 # -- reading the outcome -------------------------------------------------------------------------
@@ -160,41 +167,30 @@ def holdings() -> dict[str, list[str]]:
     return held
 
 
-class CapacityWatch:
+class CapacityWatch(Repeating):
     """Samples, every `every` seconds from its own thread (and its own database
     connection), what each agent holds in the database and how many reservations
     Redis has for them; records every sample where either exceeds max_concurrent."""
 
     def __init__(self, rt, limits: dict[str, int], every: float = 0.05):
-        self.rt, self.limits, self.every = rt, limits, every
+        super().__init__(every, "capacity-watch")
+        self.rt, self.limits = rt, limits
         self.samples = 0
         self.peak: dict[str, int] = {agent: 0 for agent in limits}
         self.violations: list[str] = []
         self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="capacity-watch", daemon=True)
 
-    def __enter__(self) -> "CapacityWatch":
-        self._thread.start()
-        return self
+    def step(self) -> None:
+        try:
+            self._sample()
+        except Exception as exc:     # keep watching; reported by the test
+            self.errors.append(repr(exc))
 
-    def __exit__(self, *exc_info) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
+    def finish(self) -> None:
         from models import db
 
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._sample()
-                except Exception as exc:     # keep watching; reported by the test
-                    self.errors.append(repr(exc))
-                self._stop.wait(self.every)
-        finally:
-            if not db.is_closed():
-                db.close()
+        if not db.is_closed():
+            db.close()
 
     def _sample(self) -> None:
         held = holdings()
@@ -209,19 +205,13 @@ class CapacityWatch:
                 self.violations.append(f"redis: {agent} has {reserved[agent]} reservations > {limit}")
 
 
-def trail_of(conversation_id: str) -> list:
-    from models import Event
-
-    return list(Event.select().where(Event.conversation == conversation_id).order_by(Event.created_at, Event.id))
-
-
 def live_offers(conversation_id: str) -> tuple[str | None, list[str]]:
     """Replay one conversation's audit trail: (the agent holding a live offer at the
     end, problems). An offer is live from its "offered" event until it lapses
     (offer_expired / offer_withdrawn, naming the same agent) or anything else happens
     to the conversation (claimed, timed out, closed…)."""
     live, problems = None, []
-    for event in trail_of(conversation_id):
+    for event in audit_events(conversation_id):
         agent = (event.details or {}).get("agent_id")
         if event.reason == "offered":
             if live is not None:
@@ -269,23 +259,11 @@ def replay_capacity(limits: dict[str, int]) -> tuple[dict[str, int], list[str]]:
     return dict(peak), problems
 
 
-def outbox_to(wa_id: str) -> list[str]:
-    from models import OutboxEntry
-
-    rows = OutboxEntry.select().where(OutboxEntry.to == wa_id).order_by(OutboxEntry.created_at, OutboxEntry.id)
-    return [((row.payload or {}).get("text") or {}).get("body") for row in rows]
-
-
 def conversation_ids(wa_ids: list[str]) -> dict[str, str]:
     from models import Contact, Conversation
 
     rows = Conversation.select(Conversation.id, Contact.wa_id).join(Contact).where(Contact.wa_id.in_(wa_ids))
     return {row.contact.wa_id: row.id for row in rows}
-
-
-def customers_say(procs: BatonProcesses, wa_ids: list[str], text: str) -> None:
-    answers = post_all(procs.url, [text_webhook(wa, text) for wa in wa_ids])
-    assert [a.status_code for a in answers] == [200] * len(wa_ids), [a.text for a in answers]
 
 
 def settled(rt, condition) -> bool:
@@ -312,8 +290,8 @@ def test_capacity_is_never_exceeded_when_many_customers_escalate_at_once_through
     customers = [f"1555100{i:04d}" for i in range(50)]
     known = customers[:8]          # already talking to the bot: the bot escalates these too
 
-    customers_say(procs, known, "hello")
-    procs.wait_until(lambda: all(len(outbox_to(wa)) == 1 for wa in known), timeout=20,
+    customers_say(procs.url, known, "hello")
+    procs.wait_until(lambda: all(len(outbox_texts(wa)) == 1 for wa in known), timeout=20,
                      what="the bot to greet the first customers", describe=lambda: f"state: {state_summary(rt)}")
     known_conv = conversation_ids(known)
     bot = ApiToken.issue("n8n", "bot")[1]
@@ -361,7 +339,7 @@ def test_capacity_is_never_exceeded_when_many_customers_escalate_at_once_through
         changed = Counter(c for c, answer in calls if answer.json()["changed"])
         assert max(changed.values(), default=0) <= 1, changed
         for wa, conversation_id in conv_of.items():
-            into_pending = [e for e in trail_of(conversation_id) if e.to_state == PENDING_AGENT
+            into_pending = [e for e in audit_events(conversation_id) if e.to_state == PENDING_AGENT
                             and e.from_state != PENDING_AGENT]
             assert len(into_pending) == 1, (wa, [(e.from_state, e.reason) for e in into_pending])
             expected_reason = "bot" if changed[conversation_id] else "explicit_request"
@@ -383,7 +361,7 @@ def test_capacity_is_never_exceeded_when_many_customers_escalate_at_once_through
         assert peak == limits, peak
 
         # Told once that a human is coming, whether the webhook or the bot escalated first.
-        notices = {wa: outbox_to(wa).count(rt.settings.HANDOFF_NOTICE) for wa in customers}
+        notices = {wa: outbox_texts(wa).count(rt.settings.HANDOFF_NOTICE) for wa in customers}
         assert set(notices.values()) == {1}, {wa: n for wa, n in notices.items() if n != 1}
 
         # Agents take some and finish some: the cron gives the freed seats to the
@@ -432,9 +410,10 @@ def test_capacity_is_never_exceeded_when_many_customers_escalate_at_once_through
 
 def wait_for_reason(procs, conversation_id: str, reason: str, timeout: float):
     return procs.wait_until(
-        lambda: [e for e in trail_of(conversation_id) if e.reason == reason],
+        lambda: [e for e in audit_events(conversation_id) if e.reason == reason],
         timeout=timeout, what=f"audit event {reason!r} on {conversation_id}",
-        describe=lambda: f"trail: {[(e.reason, (e.details or {}).get('agent_id')) for e in trail_of(conversation_id)]}")
+        describe=lambda: f"trail: {[(e.reason, (e.details or {}).get('agent_id'))
+                                    for e in audit_events(conversation_id)]}")
 
 
 def notified(n8n, conversation_id: str) -> dict[str, dict]:
@@ -480,7 +459,7 @@ def test_an_offer_nobody_accepts_goes_round_the_agents_then_the_pending_policy_a
         # A first customer sets the rotation apart from id order: the agent first by id
         # takes (and finishes) them, so is the most recently offered.
         first = min(team, key=lambda n: desk.id[n])
-        customers_say(procs, ["15552000001"], ASK_FOR_A_HUMAN)
+        customers_say(procs.url, ["15552000001"], ASK_FOR_A_HUMAN)
         warm_id = procs.wait_until(lambda: conversation_ids(["15552000001"]).get("15552000001"),
                                    timeout=10, what="the first conversation")
         procs.wait_until(lambda: Conversation.get_by_id(warm_id).offered_agent_id, timeout=10,
@@ -491,7 +470,7 @@ def test_an_offer_nobody_accepts_goes_round_the_agents_then_the_pending_policy_a
         rotation = sorted((n for n in team if n != first), key=lambda n: desk.id[n]) + [first]
 
         wa_id = "15552000002"
-        customers_say(procs, [wa_id], ASK_FOR_A_HUMAN)
+        customers_say(procs.url, [wa_id], ASK_FOR_A_HUMAN)
         conv_id = procs.wait_until(lambda: conversation_ids([wa_id]).get(wa_id), timeout=10,
                                    what="the conversation")
         wait_for_reason(procs, conv_id, "offer_expired", timeout=10)
@@ -505,12 +484,12 @@ def test_an_offer_nobody_accepts_goes_round_the_agents_then_the_pending_policy_a
         if policy == "collect_callback":
             conv = procs.wait_until(lambda: (c := Conversation.get_by_id(conv_id)).state == BOT_CONTROLLED and c,
                                     timeout=10, what="the bot to take the customer back")
-            procs.wait_until(lambda: rt.settings.CALLBACK_NOTICE in outbox_to(wa_id), timeout=10,
+            procs.wait_until(lambda: rt.settings.CALLBACK_NOTICE in outbox_texts(wa_id), timeout=10,
                              what="the callback notice to be sent")
         elif policy == "close":
             conv = procs.wait_until(lambda: (c := Conversation.get_by_id(conv_id)).state == CLOSED and c,
                                     timeout=10, what="the conversation to close")
-            procs.wait_until(lambda: rt.settings.TIMEOUT_CLOSE_NOTICE in outbox_to(wa_id), timeout=10,
+            procs.wait_until(lambda: rt.settings.TIMEOUT_CLOSE_NOTICE in outbox_texts(wa_id), timeout=10,
                              what="the polite closing message to be sent")
         else:
             procs.wait_until(lambda: Conversation.get_by_id(conv_id).offered_agent_id == desk.id["olu"],
@@ -519,8 +498,8 @@ def test_an_offer_nobody_accepts_goes_round_the_agents_then_the_pending_policy_a
             assert (conv.state, conv.group, conv.escalation_reason) == (PENDING_AGENT, "overflow", "timeout_reroute")
             taken = desk.act("olu", "claim", conv_id)       # before the offer lapses: the story ends here
             assert taken.status_code == 200 and taken.json()["state"] == AGENT_CONTROLLED, taken.text
-        procs.settle(lambda: quiet(rt), timeout=15, hold=1.0, describe=lambda: f"state: {state_summary(rt)}")
-        trail = trail_of(conv_id)
+        procs.settle_quiet(rt, timeout=15, hold=1.0)
+        trail = audit_events(conv_id)
     elapsed = time.monotonic() - started
 
     def name(event):
@@ -563,21 +542,21 @@ def test_an_offer_nobody_accepts_goes_round_the_agents_then_the_pending_policy_a
         listed = desk.call("GET", "/callbacks", desk.token["sam"])
         assert listed.status_code == 200, listed.text
         assert [(c["id"], c["conversation_id"]) for c in listed.json()["items"]] == [(callback.id, conv_id)]
-        assert outbox_to(wa_id) == [rt.settings.HANDOFF_NOTICE, rt.settings.CALLBACK_NOTICE]
+        assert outbox_texts(wa_id) == [rt.settings.HANDOFF_NOTICE, rt.settings.CALLBACK_NOTICE]
     elif policy == "close":
         assert [(e.from_state, e.to_state, e.reason) for e in after] == [
             (PENDING_AGENT, PENDING_AGENT, "pending_timeout"), (PENDING_AGENT, CLOSED, "pending_timeout")], story
-        assert outbox_to(wa_id) == [rt.settings.HANDOFF_NOTICE, rt.settings.TIMEOUT_CLOSE_NOTICE]
+        assert outbox_texts(wa_id) == [rt.settings.HANDOFF_NOTICE, rt.settings.TIMEOUT_CLOSE_NOTICE]
         assert CallbackRequest.select().count() == 0
     else:
         assert [(e.reason, name(e)) for e in after] == [("pending_timeout", None), ("offered", "olu"),
                                                         ("claimed", "olu")], story
         assert after[0].details["to_group"] == "overflow"
-        assert outbox_to(wa_id) == [rt.settings.HANDOFF_NOTICE]
+        assert outbox_texts(wa_id) == [rt.settings.HANDOFF_NOTICE]
 
     # Every timer outcome was notified, once per delivery, naming the agent it was about
     # (quiet: no delivery is pending, and the fake records an event before answering).
-    procs.settle(lambda: quiet(rt), timeout=15, hold=0.5, describe=lambda: f"state: {state_summary(rt)}")
+    procs.settle_quiet(rt, timeout=15, hold=0.5)
     assert Delivery.select().where(Delivery.status != "delivered").count() == 0
     bodies = sorted(notified(n8n, conv_id).values(), key=lambda b: b["occurred_at"])
 
@@ -633,7 +612,7 @@ def test_an_agent_whose_heartbeat_lapses_is_skipped_without_anyone_editing_a_row
 
     with Heartbeats(desk, ["kim", "lou"], every=0.4) as laptops:
         both = ["15553000001", "15553000002"]
-        customers_say(procs, both, ASK_FOR_A_HUMAN)
+        customers_say(procs.url, both, ASK_FOR_A_HUMAN)
         offers = procs.wait_until(offered_all(both), timeout=15, what="both customers to be offered")
         assert sorted(offers.values()) == sorted([kim, lou]), "both agents should be in the rotation"
 
@@ -646,9 +625,9 @@ def test_an_agent_whose_heartbeat_lapses_is_skipped_without_anyone_editing_a_row
         assert desk.presence()[kim]["online"] is True
 
         later = [f"1555300{i:04d}" for i in range(10, 16)]
-        customers_say(procs, later, ASK_FOR_A_HUMAN)
+        customers_say(procs.url, later, ASK_FOR_A_HUMAN)
         offers = procs.wait_until(offered_all(later), timeout=15, what="the later customers to be offered")
-        procs.settle(lambda: quiet(rt), timeout=10, hold=1.5)
+        procs.settle_quiet(rt, timeout=10, hold=1.5)
         offers = offers_of(list(offers))
         assert Counter(desk.name_of(a) for a in offers.values()) == Counter({"kim": len(later)}), offers
         assert Agent.get_by_id(lou).to_dict() == lou_row, "lou's row was edited"
@@ -657,7 +636,7 @@ def test_an_agent_whose_heartbeat_lapses_is_skipped_without_anyone_editing_a_row
         laptops.resume("lou")
         procs.wait_until(lambda: desk.presence()[lou]["online"] is True, timeout=5, what="lou to come back")
         back = ["15553000099"]
-        customers_say(procs, back, ASK_FOR_A_HUMAN)
+        customers_say(procs.url, back, ASK_FOR_A_HUMAN)
         offers = procs.wait_until(offered_all(back), timeout=15, what="the next customer to be offered")
         assert list(offers.values()) == [lou], "the least recently offered agent is next once back"
     print(f"lou dropped out of the rotation {lapsed_after:.1f} s after the last heartbeat stopped")

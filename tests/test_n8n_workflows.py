@@ -56,6 +56,17 @@ def only_node(workflow, node_type):
     return found
 
 
+def node_named(workflow, name):
+    return next(n for n in workflow["nodes"] if n["name"] == name)
+
+
+def after_signature_check(workflow, output):
+    """The node the signature check (the only If node) feeds on `output`: 0 valid, 1 not."""
+    (check,) = nodes_of_type(workflow, "n8n-nodes-base.if")
+    (following,) = targets(workflow, check["name"], output=output)
+    return node_named(workflow, following)
+
+
 def targets(workflow, source, output=None, kind="main"):
     """Names of nodes fed by `source` (one output index, or all of them)."""
     outputs = workflow["connections"].get(source, {}).get(kind, [])
@@ -215,20 +226,15 @@ def test_signature_compared_with_the_x_baton_signature_header(name):
 @pytest.mark.parametrize("name", FILES)
 def test_bad_signature_is_answered_401_and_goes_no_further(name):
     workflow = load(name)
-    (check,) = nodes_of_type(workflow, "n8n-nodes-base.if")
-    (rejected,) = targets(workflow, check["name"], output=1)
-    node = next(n for n in workflow["nodes"] if n["name"] == rejected)
+    node = after_signature_check(workflow, output=1)
     assert (node["type"] == "n8n-nodes-base.respondToWebhook"
             and node["parameters"]["options"]["responseCode"] == 401
-            and not targets(workflow, rejected))
+            and not targets(workflow, node["name"]))
 
 
 @pytest.mark.parametrize("name", FILES)
 def test_good_signature_is_acknowledged_before_the_work(name):
-    workflow = load(name)
-    (check,) = nodes_of_type(workflow, "n8n-nodes-base.if")
-    (accepted,) = targets(workflow, check["name"], output=0)
-    node = next(n for n in workflow["nodes"] if n["name"] == accepted)
+    node = after_signature_check(load(name), output=0)
     assert (node["type"] == "n8n-nodes-base.respondToWebhook"
             and 200 <= node["parameters"]["options"]["responseCode"] < 300)
 
@@ -326,7 +332,7 @@ def test_stale_turn_409_ends_the_run_quietly():
     index = next(i for i, rule in enumerate(switch["parameters"]["rules"]["values"])
                  if rule["conditions"]["conditions"][0]["rightValue"] == 409)
     (stale,) = targets(workflow, switch["name"], output=index)
-    assert next(n for n in workflow["nodes"] if n["name"] == stale)["type"] == "n8n-nodes-base.noOp"
+    assert node_named(workflow, stale)["type"] == "n8n-nodes-base.noOp"
 
 
 def test_other_refusals_fail_the_run_visibly():
@@ -334,7 +340,7 @@ def test_other_refusals_fail_the_run_visibly():
     (switch,) = nodes_of_type(workflow, "n8n-nodes-base.switch")
     fallback = len(switch["parameters"]["rules"]["values"])
     (refused,) = targets(workflow, switch["name"], output=fallback)
-    assert next(n for n in workflow["nodes"] if n["name"] == refused)["type"] == (
+    assert node_named(workflow, refused)["type"] == (
         "n8n-nodes-base.stopAndError")
 
 
@@ -381,7 +387,7 @@ def test_handoff_message_names_contact_reason_and_console_link(expression):
     workflow = load(NOTIFY_BRANCH)
     (switch,) = nodes_of_type(workflow, "n8n-nodes-base.switch")
     (slack,) = targets(workflow, switch["name"], output=route_event(switch, "handoff.requested"))
-    text = next(n for n in workflow["nodes"] if n["name"] == slack)["parameters"]["text"]
+    text = node_named(workflow, slack)["parameters"]["text"]
     assert text.startswith("=New WhatsApp handoff:") and expression in text
 
 

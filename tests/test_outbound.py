@@ -9,16 +9,14 @@ import orjson
 import pytest
 
 from models import Message
-from tests.support import run_jobs, text_webhook
-
-SECRET = "cloud-secret"
+from tests.handoff_support import CUSTOMER, customer_says
+from tests.support import TEST_APP_SECRET, bearer, settle_until
 
 
 @pytest.fixture
 def cloud_app(app_factory, graph_api):
-    return app_factory(WHATSAPP_PROVIDER="cloud_api", WHATSAPP_APP_SECRET=SECRET,
-                       WHATSAPP_ACCESS_TOKEN=graph_api.access_token, WHATSAPP_API_BASE=graph_api.api_base,
-                       WHATSAPP_VERIFY_TOKEN="v")
+    return app_factory(WHATSAPP_PROVIDER="cloud_api", WHATSAPP_ACCESS_TOKEN=graph_api.access_token,
+                       WHATSAPP_API_BASE=graph_api.api_base, WHATSAPP_VERIFY_TOKEN="v")
 
 
 @pytest.fixture
@@ -26,19 +24,10 @@ def fast_retries(monkeypatch):
     monkeypatch.setattr("jobs.send.backoff_seconds", lambda attempt, retry_after=None: 0.1)
 
 
-def customer_says(app, text, wa_id="15559990001", timestamp=None):
-    raw, headers = text_webhook(wa_id, text, secret=SECRET, timestamp=timestamp)
-    assert app.test_client().post("/webhooks/whatsapp", data=raw, headers=headers).status_code == 200
-
-
-def settle(app, seconds=10):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        run_jobs(app.extensions["baton"])
-        if not Message.select().where(Message.status == "queued").exists():
-            return
-        time.sleep(0.1)
-    raise AssertionError("outbound did not settle")
+def settle_outbound(app):
+    """Run jobs until no reply waits to be sent (retries after their backoff included)."""
+    settle_until(app, lambda: not Message.select().where(Message.status == "queued").exists(),
+                 what="outbound to settle")
 
 
 def sent_bodies(graph_api):
@@ -47,9 +36,9 @@ def sent_bodies(graph_api):
 
 def test_the_bots_answer_goes_to_the_graph_api_with_the_access_token(cloud_app, graph_api):
     customer_says(cloud_app, "hi")
-    settle(cloud_app)
+    settle_outbound(cloud_app)
     [body] = sent_bodies(graph_api)
-    assert body["to"] == "15559990001" and body["type"] == "text"
+    assert body["to"] == CUSTOMER and body["type"] == "text"
     [(method, path, headers, _)] = [r for r in graph_api.requests if r[1].endswith("/messages")]
     assert path == "/v23.0/sandbox-1/messages" and headers["Authorization"] == f"Bearer {graph_api.access_token}"
     reply = Message.get(Message.direction == "out")
@@ -59,7 +48,7 @@ def test_the_bots_answer_goes_to_the_graph_api_with_the_access_token(cloud_app, 
 def test_a_rate_limited_send_is_retried_and_then_delivered(cloud_app, graph_api, fast_retries):
     graph_api.fail_next(2, 429, {"error": {"message": "(#130429) Rate limit hit", "code": 130429}})
     customer_says(cloud_app, "hi")
-    settle(cloud_app)
+    settle_outbound(cloud_app)
     reply = Message.get(Message.direction == "out")
     assert (reply.status, reply.attempts) == ("sent", 3)
     assert len(sent_bodies(graph_api)) == 3
@@ -68,14 +57,14 @@ def test_a_rate_limited_send_is_retried_and_then_delivered(cloud_app, graph_api,
 def test_a_server_error_is_retried(cloud_app, graph_api, fast_retries):
     graph_api.fail_next(1, 500, {"error": {"message": "Service temporarily unavailable", "code": 131016}})
     customer_says(cloud_app, "hi")
-    settle(cloud_app)
+    settle_outbound(cloud_app)
     assert Message.get(Message.direction == "out").status == "sent"
 
 
 def test_a_permanent_refusal_fails_the_message_with_metas_code(cloud_app, graph_api, fast_retries):
     graph_api.fail_next(1, 400, {"error": {"message": "(#131026) Message undeliverable", "code": 131026}})
     customer_says(cloud_app, "hi")
-    settle(cloud_app)
+    settle_outbound(cloud_app)
     reply = Message.get(Message.direction == "out")
     assert (reply.status, reply.error_code) == ("failed", 131026)
     assert len(sent_bodies(graph_api)) == 1
@@ -85,23 +74,23 @@ def test_replies_to_one_customer_leave_in_the_order_they_were_queued(cloud_app, 
     from models import ApiToken, BotTurn
 
     customer_says(cloud_app, "hi")
-    settle(cloud_app)
+    settle_outbound(cloud_app)
     turn = BotTurn.get()
     token = ApiToken.issue("bot", "bot")[1]
     graph_api.fail_next(1, 429, {"error": {"message": "(#131056) pair rate limit", "code": 131056}})
     client = cloud_app.test_client()
     for text in ("first bubble", "second bubble", "third bubble"):
-        response = client.post("/api/v1/bot/replies", headers={"Authorization": f"Bearer {token}"},
+        response = client.post("/api/v1/bot/replies", headers=bearer(token),
                                json={"conversation_id": turn.conversation_id, "turn_id": turn.id, "text": text})
         assert response.status_code == 202
-    settle(cloud_app)
+    settle_outbound(cloud_app)
     texts = [b["text"]["body"] for b in sent_bodies(graph_api)][1:]     # after the menu
     assert texts == ["first bubble", "first bubble", "second bubble", "third bubble"]
 
 
 def test_free_form_text_outside_the_24_hour_window_is_refused_without_calling_meta(cloud_app, graph_api):
     customer_says(cloud_app, "hi", timestamp=int(time.time()) - 25 * 3600)
-    settle(cloud_app)
+    settle_outbound(cloud_app)
     reply = Message.get(Message.direction == "out")
     assert (reply.status, reply.error_code) == ("failed", 131047)
     assert sent_bodies(graph_api) == []
@@ -109,14 +98,14 @@ def test_free_form_text_outside_the_24_hour_window_is_refused_without_calling_me
 
 def test_delivery_statuses_from_meta_update_the_sent_message(cloud_app, graph_api):
     customer_says(cloud_app, "hi")
-    settle(cloud_app)
+    settle_outbound(cloud_app)
     reply = Message.get(Message.direction == "out")
     body = orjson.dumps({"object": "whatsapp_business_account", "entry": [{"id": "w", "changes": [{
         "field": "messages", "value": {"messaging_product": "whatsapp", "metadata": {"phone_number_id": "sandbox-1"},
                                        "statuses": [{"id": reply.provider_message_id, "status": "delivered",
                                                      "timestamp": str(int(time.time())),
-                                                     "recipient_id": "15559990001"}]}}]}]})
-    signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+                                                     "recipient_id": CUSTOMER}]}}]}]})
+    signature = hmac.new(TEST_APP_SECRET.encode(), body, hashlib.sha256).hexdigest()
     response = cloud_app.test_client().post("/webhooks/whatsapp", data=body, headers={
         "Content-Type": "application/json", "X-Hub-Signature-256": f"sha256={signature}"})
     assert response.json["statuses"] == 1

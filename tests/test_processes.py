@@ -21,90 +21,25 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from tests.harness import BatonProcesses
-from tests.support import text_webhook
+from tests.handoff_support import conversation_of, outbox_texts
+from tests.harness import BatonProcesses, post_all, state_summary
+from tests.support import bearer, text_webhook
 
 pytestmark = pytest.mark.processes
-
-# These stories send hundreds of messages the built-in bot does not understand;
-# they are about order and exactly-once, so its "hand over after repeated
-# fallbacks" rule (BOT_FAILURE_LIMIT) is kept out of the way.
-PROCESS_SETTINGS = {"PUMP_LEASE": "2", "LOCK_TTL": "2", "REQUEUE_AFTER": "1", "PUMP_LINGER": "0.1",
-                    "BOT_FAILURE_LIMIT": "100000"}
-LANE_NAMES = ("inbound", "outbound", "events")
 
 
 @pytest.fixture
 def settings_overrides(settings_overrides):
-    """The shared test settings plus short leases, so a dead worker's claims free up fast."""
-    return {**settings_overrides, **PROCESS_SETTINGS}
+    """These stories send hundreds of messages the built-in bot does not understand;
+    they are about order and exactly-once, so its "hand over after repeated
+    fallbacks" rule (BOT_FAILURE_LIMIT) is kept out of the way."""
+    return {**settings_overrides, "BOT_FAILURE_LIMIT": "100000"}
 
 
 @pytest.fixture
 def processes(start_baton):
     """gunicorn (2 workers) + 2 RQ workers + RQ cron."""
     return start_baton()
-
-
-# -- reading the outcome ---------------------------------------------------------------
-
-def outbox_texts() -> list[str]:
-    from models import OutboxEntry
-
-    rows = OutboxEntry.select().order_by(OutboxEntry.created_at, OutboxEntry.id)
-    return [((row.payload or {}).get("text") or {}).get("body") for row in rows]
-
-
-def state_summary(rt) -> dict:
-    from models import BotTurn, Delivery, Message, OutboxEntry
-
-    return {
-        "inbound": Message.select().where(Message.direction == "in").count(),
-        "unrouted": Message.select().where((Message.direction == "in") & Message.routed_to.is_null()).count(),
-        "outbound_queued": Message.select().where(Message.status == "queued").count(),
-        "deliveries_pending": Delivery.select().where(Delivery.status == "pending").count(),
-        "bot_turns": BotTurn.select().count(),
-        "outbox": OutboxEntry.select().count(),
-        "lanes_ready": {lane: rt.lanes.depth(lane) for lane in LANE_NAMES},
-        "inboxes": sum(1 for _ in rt.redis.scan_iter(f"{rt.settings.REDIS_PREFIX}:inbox:*")),
-        "rq_queued": {lane: rt.queues[lane].count for lane in LANE_NAMES},
-    }
-
-
-def quiet(rt) -> bool:
-    """Nothing recorded waits for routing, sending or delivery, and no lane has work."""
-    s = state_summary(rt)
-    return (s["unrouted"] == 0 and s["outbound_queued"] == 0 and s["deliveries_pending"] == 0
-            and not any(s["lanes_ready"].values()) and s["inboxes"] == 0
-            and not any(s["rq_queued"].values())
-            and not any(rt.redis.zcard(f"{rt.settings.REDIS_PREFIX}:lane:{lane}:delayed")
-                        for lane in LANE_NAMES))
-
-
-def settle(procs: BatonProcesses, rt, timeout: float = 60.0, hold: float = 1.0) -> None:
-    procs.settle(lambda: quiet(rt), timeout=timeout, hold=hold,
-                 describe=lambda: f"state: {state_summary(rt)}")
-
-
-def post_all(url: str, bodies: list[tuple[bytes, dict]], threads: int = 8) -> list[requests.Response]:
-    """POST every (raw, headers) webhook over real HTTP from `threads` threads."""
-    local = threading.local()
-
-    def post(item):
-        session = getattr(local, "session", None)
-        if session is None:
-            session = local.session = requests.Session()
-        raw, headers = item
-        return session.post(f"{url}/webhooks/whatsapp", data=raw, headers=headers, timeout=30)
-
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(post, bodies))
-
-
-def conversation_of(wa_id: str):
-    from models import Contact, Conversation
-
-    return Conversation.select().join(Contact).where(Contact.wa_id == wa_id).get()
 
 
 def bot_token() -> str:
@@ -134,7 +69,7 @@ def test_a_duplicate_storm_is_stored_once_and_routed_once(processes, rt):
     assert sum(a["messages"] for a in answers) == 1, answers
     assert sum(a["duplicates"] for a in answers) == 19, answers
 
-    settle(processes, rt)
+    processes.settle_quiet(rt)
     inbound = list(Message.select().where(Message.direction == "in"))
     assert len(inbound) == 1
     assert inbound[0].provider_message_id == "wamid.STORM0001" and inbound[0].routed_to == "bot"
@@ -174,7 +109,7 @@ def test_racing_human_requests_and_bot_escalation_hand_off_exactly_once(processe
     def escalate():
         barrier.wait(timeout=10)
         return requests.post(f"{processes.url}/api/v1/conversations/{conv.id}/escalate",
-                             json={"reason": "bot"}, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+                             json={"reason": "bot"}, headers=bearer(token), timeout=30)
 
     with ThreadPoolExecutor(len(bodies) + 1) as pool:
         escalating = pool.submit(escalate)
@@ -185,7 +120,7 @@ def test_racing_human_requests_and_bot_escalation_hand_off_exactly_once(processe
     assert sum(a.json()["messages"] for a in answers) == 4
     assert escalation.status_code == 200, escalation.text
 
-    settle(processes, rt)
+    processes.settle_quiet(rt)
     handoffs = list(Event.select().where((Event.conversation == conv.id) & (Event.to_state == PENDING_AGENT)))
     assert len(handoffs) == 1, [(e.actor, e.from_state, e.reason) for e in handoffs]
     texts = outbox_texts()
@@ -217,7 +152,7 @@ def test_two_hundred_shuffled_messages_are_routed_in_payload_timestamp_order(sta
 
     procs.start_worker()
     procs.start_worker()
-    settle(procs, rt)
+    procs.settle_quiet(rt)
 
     sent_at = {m.id: m.sent_at for m in Message.select().where(Message.direction == "in")}
     assert len(sent_at) == 200
@@ -263,7 +198,7 @@ def test_a_worker_killed_mid_drain_loses_nothing_and_routes_nothing_twice(start_
     assert at_kill < total, "the worker finished before it could be killed; the story did not happen"
 
     procs.start_worker()
-    settle(procs, rt, timeout=60)
+    procs.settle_quiet(rt, timeout=60)
 
     inbound = {m.id for m in Message.select().where(Message.direction == "in")}
     assert len(inbound) == total
@@ -386,7 +321,7 @@ def test_a_worker_frozen_mid_drain_past_its_lease_routes_and_answers_nothing_twi
                      timeout=30, what="the other worker to route the rest",
                      describe=lambda: f"froze after {at_freeze}; state: {state_summary(rt)}")
     procs.resume_worker(frozen)
-    settle(procs, rt)
+    procs.settle_quiet(rt)
 
     turns = list(BotTurn.select().order_by(BotTurn.id))
     assert len(turns) == total and len({t.message_id for t in turns}) == total, "routed twice or never"
@@ -412,7 +347,7 @@ def test_a_bot_reply_after_escalation_is_refused_and_never_sent(start_baton, rt,
     assert turn_event["signature_ok"]
     turn = turn_event["json"]
     conversation_id, turn_id = turn["conversation"]["id"], turn["turn_id"]
-    auth = {"Authorization": f"Bearer {bot_token()}"}
+    auth = bearer(bot_token())
 
     escalated = requests.post(f"{procs.url}/api/v1/conversations/{conversation_id}/escalate",
                               json={"reason": "customer_angry"}, headers=auth, timeout=30)
@@ -425,7 +360,7 @@ def test_a_bot_reply_after_escalation_is_refused_and_never_sent(start_baton, rt,
     assert reply.status_code == 409, reply.text
     assert reply.json()["error"] == "stale_turn"
 
-    settle(procs, rt)
+    procs.settle_quiet(rt)
     procs.wait_until(lambda: n8n.received("handoff.requested"), what="the handoff.requested event")
     assert outbox_texts() == [rt.settings.HANDOFF_NOTICE]
     assert Message.select().where(Message.text == late_text).count() == 0

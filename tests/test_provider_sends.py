@@ -1,19 +1,17 @@
 """Sending and media download through both adapters, against fakes over real HTTP."""
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from integrations.whatsapp.base import OutboundMessage, SendError
 from integrations.whatsapp.cloud_api import CloudApiAdapter
 from integrations.whatsapp.wasender import WasenderAdapter
+from tests.support import free_port
 
 
 def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    """A URL on 127.0.0.1 where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def graph_adapter(fake, **overrides) -> CloudApiAdapter:

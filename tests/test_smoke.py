@@ -1,28 +1,21 @@
 """The README's first story: a customer says hi, then asks for a human."""
 from models import Conversation, Event, Message, OutboxEntry
-from tests.support import text_webhook
+from tests.handoff_support import ASK_FOR_A_HUMAN, CUSTOMER, customer_says
 
 
-def customer_says(client, text):
-    raw, headers = text_webhook("15551234567", text)
-    response = client.post("/webhooks/whatsapp", data=raw, headers=headers)
-    assert response.status_code == 200
-    return response.json
-
-
-def test_customer_says_hi_and_the_builtin_bot_answers_with_its_menu(client, work):
-    assert customer_says(client, "hi") == {"messages": 1, "statuses": 0, "duplicates": 0, "ignored": 0}
+def test_customer_says_hi_and_the_builtin_bot_answers_with_its_menu(app, work):
+    assert customer_says(app, "hi") == {"messages": 1, "statuses": 0, "duplicates": 0, "ignored": 0}
     work()
     [sent] = OutboxEntry.select()
-    assert sent.to == "15551234567" and "Talk to a human" in sent.payload["text"]["body"]
+    assert sent.to == CUSTOMER and "Talk to a human" in sent.payload["text"]["body"]
     inbound = Message.get(Message.direction == "in")
     assert inbound.routed_to == "bot"
 
 
-def test_then_asking_for_a_human_hands_off_with_one_notice(client, work):
-    customer_says(client, "hi")
+def test_then_asking_for_a_human_hands_off_with_one_notice(app, work):
+    customer_says(app, "hi")
     work()
-    customer_says(client, "I want to talk to a human")
+    customer_says(app, ASK_FOR_A_HUMAN)
     work()
     conv = Conversation.get()
     assert (conv.state, conv.escalation_reason) == ("PENDING_AGENT", "explicit_request")

@@ -11,7 +11,7 @@ import secrets
 
 from flask import Response, jsonify, request
 
-from .server import FakeServer
+from .server import FakeServer, MediaStore
 
 
 def graph_error(status: int, code: int, message: str, error_type: str = "OAuthException"):
@@ -29,7 +29,7 @@ class FakeGraphApi(FakeServer):
         super().__init__("fake_graph_api")
         self.access_token = access_token
         self.version = version
-        self._media: dict[str, tuple[bytes, str]] = {}
+        self._media = MediaStore()
         self.app.add_url_rule("/<version>/<phone_number_id>/messages", view_func=self._messages,
                               methods=["POST"])
         self.app.add_url_rule("/<version>/<media_id>", view_func=self._media_lookup, methods=["GET"])
@@ -42,8 +42,7 @@ class FakeGraphApi(FakeServer):
 
     def add_media(self, media_id: str, content: bytes, mime: str) -> None:
         """Make `media_id` resolvable and downloadable."""
-        with self._lock:
-            self._media[media_id] = (content, mime)
+        self._media.put(media_id, content, mime)
 
     def _unauthorized(self):
         if self.bearer_token() == self.access_token:
@@ -67,8 +66,7 @@ class FakeGraphApi(FakeServer):
     def _media_lookup(self, version: str, media_id: str):
         if (denied := self._unauthorized()) is not None:
             return denied
-        with self._lock:
-            media = self._media.get(media_id)
+        media = self._media.get(media_id)
         if media is None:
             return graph_error(400, 100, f"Unsupported get request. Object with ID '{media_id}' "
                                          "does not exist", "GraphMethodException")
@@ -82,8 +80,4 @@ class FakeGraphApi(FakeServer):
     def _media_download(self, media_id: str):
         if self.bearer_token() != self.access_token:
             return Response(b"", 401)  # the real lookaside host also refuses without the token
-        with self._lock:
-            media = self._media.get(media_id)
-        if media is None:
-            return Response(b"", 404)
-        return Response(media[0], 200, mimetype=media[1])
+        return self._media.download(media_id)

@@ -8,45 +8,42 @@ from collections import deque
 from typing import Any
 
 from flask import Flask, Response, request
-from werkzeug.serving import make_server
+
+from tests.support import ServedApp
 
 
-class FakeServer:
-    """Base for network-edge fakes. Subclasses add routes to `self.app` in `__init__`."""
+class MediaStore:
+    """Media a provider holds, by id: (content, mime type); safe across request threads."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._items: dict[str, tuple[bytes, str]] = {}
+
+    def put(self, media_id: str, content: bytes, mime: str) -> None:
+        with self._lock:
+            self._items[media_id] = (content, mime)
+
+    def get(self, media_id: str) -> tuple[bytes, str] | None:
+        with self._lock:
+            return self._items.get(media_id)
+
+    def download(self, media_id: str) -> Response:
+        """The media's bytes as served by the provider's media host, or an empty 404."""
+        media = self.get(media_id)
+        return Response(b"", 404) if media is None else Response(media[0], 200, mimetype=media[1])
+
+
+class FakeServer(ServedApp):
+    """Base for network-edge fakes (start() binds a free port on 127.0.0.1 and sets
+    `.url`; stop() frees it). Subclasses add routes to `self.app` in `__init__`."""
 
     def __init__(self, name: str):
         self.app = Flask(name)
+        super().__init__(self.app, name)
         self.app.before_request(self._record_and_maybe_fail)
         self._lock = threading.Lock()
         self._requests: list[tuple[str, str, dict, Any]] = []
         self._failures: deque[tuple[int, Any, dict]] = deque()
-        self._server = None
-        self._thread: threading.Thread | None = None
-        self.url = ""
-
-    def start(self) -> "FakeServer":
-        """Bind a free port on 127.0.0.1 and serve in a daemon thread; sets `.url`."""
-        self._server = make_server("127.0.0.1", 0, self.app, threaded=True)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        # A short poll interval keeps stop() (and so every test teardown) fast.
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name=f"{self.app.name}-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and free the port; safe to call twice."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-            self._thread.join(timeout=5)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
     @property
     def requests(self) -> list[tuple[str, str, dict, Any]]:

@@ -9,7 +9,7 @@ import itertools
 
 from flask import Response, jsonify, request
 
-from .server import FakeServer
+from .server import FakeServer, MediaStore
 
 MEDIA_URL_FIELDS = ("imageUrl", "videoUrl", "documentUrl", "audioUrl", "stickerUrl")
 
@@ -21,7 +21,7 @@ class FakeWasenderApi(FakeServer):
         super().__init__("fake_wasender_api")
         self.api_key = api_key
         self._msg_ids = itertools.count(100000)
-        self._media: dict[str, tuple[bytes, str]] = {}
+        self._media = MediaStore()
         self.app.add_url_rule("/api/send-message", view_func=self._send, methods=["POST"])
         self.app.add_url_rule("/api/decrypt-media", view_func=self._decrypt, methods=["POST"])
         self.app.add_url_rule("/api/decrypted-media/<message_id>", view_func=self._decrypted,
@@ -30,8 +30,7 @@ class FakeWasenderApi(FakeServer):
 
     def add_media(self, message_id: str, content: bytes, mime: str) -> str:
         """Register media of an inbound message; returns its (encrypted) WhatsApp URL."""
-        with self._lock:
-            self._media[message_id] = (content, mime)
+        self._media.put(message_id, content, mime)
         return f"{self.url}/mms/{message_id}.enc"
 
     def _unauthorized(self):
@@ -60,22 +59,15 @@ class FakeWasenderApi(FakeServer):
             return denied
         messages = ((request.get_json(silent=True) or {}).get("data") or {}).get("messages") or {}
         message_id = (messages.get("key") or {}).get("id")
-        with self._lock:
-            known = message_id in self._media
-        if not known:
+        if self._media.get(message_id) is None:
             return jsonify({"success": False, "message": "Failed to decrypt media"}), 422
         return jsonify({"publicUrl": f"{self.url}/api/decrypted-media/{message_id}"})
 
     def _decrypted(self, message_id: str):
-        with self._lock:
-            media = self._media.get(message_id)
-        if media is None:
-            return Response(b"", 404)
-        return Response(media[0], 200, mimetype=media[1])
+        return self._media.download(message_id)
 
     def _encrypted(self, message_id: str):
         # Stands in for mmg.whatsapp.net: bytes nobody can use without the media key.
-        with self._lock:
-            known = message_id in self._media
+        known = self._media.get(message_id) is not None
         return Response(b"\x00encrypted\x00" if known else b"", 200 if known else 404,
                         mimetype="application/octet-stream")
