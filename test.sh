@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests need and run the whole suite on SQLite, then PostgreSQL.
+# ./test.sh --quick: everything but the real-process and browser stories, on SQLite only.
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/lib.sh
@@ -7,6 +8,12 @@ cd "$(dirname "$0")"
 apt_install redis-server redis-server
 apt_install chromium chromium chromium-driver   # the console's browser tests (tests/test_console.py)
 ensure_python_env requirements-dev.txt
+
+if [[ "${1:-}" == "--quick" ]]; then
+  shift
+  say "quick run on SQLite: no real-process or browser stories"
+  BATON_TEST_DATABASE=sqlite exec .venv/bin/python -m pytest -q -m "not processes and not browser" "$@"
+fi
 
 # PostgreSQL: use the one answering on 127.0.0.1:5432, start an installed
 # cluster, or install one. Tests create (and drop) a database of their own.
