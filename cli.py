@@ -39,13 +39,17 @@ def _rt():
 @baton.command("init-db")
 def init_db():
     """Create the schema or apply pending migrations (safe to re-run)."""
-    from models.schema import init_schema
+    from models.schema import init_schema, missing_from_schema
 
     _rt()
     changes = init_schema()
     for line in changes:
         click.echo(line)
     click.echo("schema is up to date" if not changes else f"{len(changes)} change(s) applied")
+    missing = missing_from_schema()
+    if missing:
+        raise click.ClickException("the models need what no migration created: " + ", ".join(missing)
+                                   + " (add a migration to models/migrations/)")
 
 
 @baton.command("migrations")

@@ -1,0 +1,21 @@
+"""Baton's schema history, one numbered file per change, applied in order by
+`models.schema.migrate()` (`flask --app app baton init-db`).
+
+The files follow peewee's `playhouse.migrations` format: each defines
+`up(migrator, db)` (`migrator` is playhouse.migrate's SqliteMigrator or
+PostgresqlMigrator, `db` the database) and runs in one transaction with its
+history row; set `atomic = False` at module level for a statement that cannot
+run in a transaction (such as PostgreSQL's CREATE INDEX CONCURRENTLY).
+
+Rules:
+- A file never changes once merged; a change to the schema is a new file with
+  the next number. Migrations are frozen: they declare what they create
+  themselves and never import application models or constants.
+- A model change needs its migration in the same commit:
+  tests/test_migrations.py checks that a migrated database is exactly what
+  the models describe (plus the indexes migrations add for queries).
+- peewee can draft one from the difference between a database and the models:
+  `.venv/bin/python -m playhouse.migrations sqlite:///instance/baton.db generate
+  <name> models:ALL_MODELS -d models/migrations` (review it; it leaves TODOs).
+- Write every statement so it works on SQLite and PostgreSQL.
+"""
