@@ -14,8 +14,11 @@ Rules:
 - A model change needs its migration in the same commit:
   tests/test_migrations.py checks that a migrated database is exactly what
   the models describe (plus the indexes migrations add for queries).
-- peewee can draft one from the difference between a database and the models:
-  `.venv/bin/python -m playhouse.migrations sqlite:///instance/baton.db generate
-  <name> models:ALL_MODELS -d models/migrations` (review it; it leaves TODOs).
+- peewee can draft one from the difference between a migrated database and
+  the models: `.venv/bin/python -m playhouse.migrations instance/baton.db
+  generate <name> models:ALL_MODELS -d models/migrations` (`diff` instead of
+  `generate` only prints it). Review the draft: it leaves TODOs, and it
+  proposes dropping the query indexes of 0002 and 0003, which the models do
+  not declare; delete those lines.
 - Write every statement so it works on SQLite and PostgreSQL.
 """
