@@ -409,11 +409,10 @@ def test_capacity_is_never_exceeded_when_many_customers_escalate_at_once_through
 # -- 2. offer expiry chain and the pending policy, across a restart ----------------------------------
 
 def wait_for_reason(procs, conversation_id: str, reason: str, timeout: float):
-    return procs.wait_until(
-        lambda: [e for e in audit_events(conversation_id) if e.reason == reason],
-        timeout=timeout, what=f"audit event {reason!r} on {conversation_id}",
-        describe=lambda: f"trail: {[(e.reason, (e.details or {}).get('agent_id'))
-                                    for e in audit_events(conversation_id)]}")
+    def trail() -> str:
+        return f"trail: {[(e.reason, (e.details or {}).get('agent_id')) for e in audit_events(conversation_id)]}"
+    return procs.wait_until(lambda: [e for e in audit_events(conversation_id) if e.reason == reason],
+                            timeout=timeout, what=f"audit event {reason!r} on {conversation_id}", describe=trail)
 
 
 def notified(n8n, conversation_id: str) -> dict[str, dict]:
