@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from datetime import datetime
 
 import peewee
 from playhouse.migrations import Migration, MigrationError, Runner
@@ -63,11 +62,6 @@ class MigrationRunner(Runner):
             raise MigrationError(f"two migration files share version {duplicates[0]:04d} in {self.directory}")
         return found
 
-    def applied(self) -> dict[int, datetime]:
-        if not self.History.table_exists():
-            return {}
-        return {row.version: row.applied_at for row in self.History.select()}
-
     def status(self) -> list[Migration]:
         """Files and history merged, by version: `applied` is None while
         pending; `path` is None for a version recorded by a newer Baton."""
@@ -106,18 +100,14 @@ class MigrationRunner(Runner):
         module = migration.load()
         if getattr(module, "up", None) is None:
             raise MigrationError(f"{migration.name} does not define up()")
-        atomic = getattr(module, "atomic", True)
-        with self.migrator.migration_context(atomic=False):    # SQLite: foreign keys off during the change
-            if not atomic:                                     # e.g. CREATE INDEX CONCURRENTLY
-                if self._recorded(migration.idx):
-                    return False
-                module.up(self.migrator, self.database)
-            with self._transaction():
-                if self._recorded(migration.idx):              # another process applied it first
-                    return False
-                if atomic:
-                    module.up(self.migrator, self.database)
-                self.History.create(version=migration.idx, name=migration.name)
+        if getattr(module, "atomic", True) is not True:
+            raise MigrationError(f"{migration.name}: every Baton migration runs in one transaction")
+        # SQLite: foreign keys off for the change (a table rebuild must not cascade).
+        with self.migrator.migration_context(atomic=False), self._transaction():
+            if self._recorded(migration.idx):              # another process applied it first
+                return False
+            module.up(self.migrator, self.database)
+            self.History.create(version=migration.idx, name=migration.name)
         return True
 
     def _adopt_pre_migration_schema(self) -> list[str]:
@@ -125,7 +115,7 @@ class MigrationRunner(Runner):
         brought to the first migration's shape by its `adopt()` and recorded
         as that migration."""
         files = self.migrations()
-        if not files:
+        if not files or self.History.select().exists():
             return []
         first = files[0]
         module = first.load()

@@ -23,7 +23,7 @@ import pytest
 
 from models import ALL_MODELS, Conversation, Message
 from models.base import make_database
-from models.schema import HISTORY_TABLE, MigrationRunner, migrate, migration_status
+from models.schema import HISTORY_TABLE, MigrationError, MigrationRunner, migrate, migration_status
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOTS = Path(__file__).resolve().parent / "fixtures" / "schema"
@@ -319,6 +319,24 @@ def test_a_failing_migration_leaves_nothing_behind_and_applies_once_fixed(new_da
     broken.write_text(broken.read_text().replace("    db.execute_sql('SELECT * FROM no_such_table')\n", ""))
     assert MigrationRunner(database, str(directory)).up() == ["applied 0002_broken"]
     assert "message_by_sent_at" in {i.name for i in database.get_indexes("message")}
+
+
+@pytest.mark.parametrize("files, refusal", [
+    ({"0002_a.py": "def up(migrator, db):\n    pass\n", "0002_b.py": "def up(migrator, db):\n    pass\n"},
+     "two migration files share version 0002"),
+    ({"0002_outside.py": "atomic = False\n\n\ndef up(migrator, db):\n    pass\n"},
+     "every Baton migration runs in one transaction"),
+])
+def test_ambiguous_or_untransacted_migrations_are_refused_before_they_run(new_database, tmp_path, files, refusal):
+    directory = tmp_path / "migrations"
+    directory.mkdir()
+    (directory / "0001_initial.py").write_text((ROOT / "models/migrations/0001_initial.py").read_text())
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    database = new_database()
+    with pytest.raises(MigrationError, match=refusal):
+        MigrationRunner(database, str(directory)).up()
+    assert [v for v, _, _ in history(database)] == ([] if "share" in refusal else [1])
 
 
 # -- (d) the queries the indexes are for use them --------------------------------

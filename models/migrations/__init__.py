@@ -4,8 +4,8 @@
 The files follow peewee's `playhouse.migrations` format: each defines
 `up(migrator, db)` (`migrator` is playhouse.migrate's SqliteMigrator or
 PostgresqlMigrator, `db` the database) and runs in one transaction with its
-history row; set `atomic = False` at module level for a statement that cannot
-run in a transaction (such as PostgreSQL's CREATE INDEX CONCURRENTLY).
+history row (so `atomic = False`, and with it PostgreSQL's CREATE INDEX
+CONCURRENTLY, is refused). Migrations only go forward: no `down()`.
 
 Rules:
 - A file never changes once merged; a change to the schema is a new file with
