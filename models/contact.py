@@ -8,7 +8,7 @@ from .channel import Channel
 class Contact(BaseModel):
     id = CharField(primary_key=True, default=lambda: new_id("ct"))
     channel = ForeignKeyField(Channel, backref="contacts", on_delete="CASCADE")
-    wa_id = CharField(max_length=128)
+    wa_id = CharField(max_length=256)   # a phone number, or a business-scoped user id (up to 131)
     name = CharField(max_length=256, null=True)
     created_at = DateTimeField(default=utcnow)
 

@@ -7,7 +7,7 @@ from .base import BaseModel, JSONField, isoformat, new_id, utcnow
 class OutboxEntry(BaseModel):
     id = CharField(primary_key=True, default=lambda: new_id("ob"))
     phone_number_id = CharField(max_length=64)
-    to = CharField(max_length=128, index=True)
+    to = CharField(max_length=256, index=True)
     provider_message_id = CharField(max_length=200, unique=True)
     payload = JSONField()
     created_at = DateTimeField(default=utcnow, index=True)

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import peewee
 import pytest
 
-from models import ALL_MODELS, Conversation, Message
+from models import ALL_MODELS, Contact, Conversation, Message
 from models.base import make_database
 from models.schema import HISTORY_TABLE, MigrationError, MigrationRunner, migrate, migration_status
 
@@ -30,7 +30,8 @@ SNAPSHOTS = Path(__file__).resolve().parent / "fixtures" / "schema"
 PG_ADMIN_DSN = os.environ.get("BATON_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 POSTGRES = os.environ.get("BATON_TEST_DATABASE", "sqlite") == "postgres"
 
-MIGRATIONS = ["0001_initial", "0002_outbound_queue_index", "0003_conversation_timer_indexes"]
+MIGRATIONS = ["0001_initial", "0002_outbound_queue_index", "0003_conversation_timer_indexes",
+              "0004_wider_customer_ids"]
 # What migrations add beyond the models' own indexes, for queries (see 0002, 0003).
 QUERY_INDEXES = {
     "message": {"message_queued_by_conversation"},
@@ -220,17 +221,21 @@ def test_a_database_from_before_migrations_is_adopted_upgraded_and_keeps_its_row
     assert HISTORY_TABLE not in old.get_tables()
 
     assert migrate(old) == ["adopted the existing schema as 0001_initial",
-                            "applied 0002_outbound_queue_index", "applied 0003_conversation_timer_indexes"]
+                            *(f"applied {name}" for name in MIGRATIONS[1:])]
 
     migrate(fresh)
     assert describe(old) == describe(fresh)
-    assert [(v, n) for v, n, _ in history(old)] == [(1, "0001_initial"), (2, "0002_outbound_queue_index"),
-                                                     (3, "0003_conversation_timer_indexes")]
+    assert [(v, n) for v, n, _ in history(old)] == list(enumerate(MIGRATIONS, start=1))
     with old.bind_ctx(ALL_MODELS):
         assert Conversation.select().count() == 3
         assert [(m.id, m.status, m.text) for m in Message.select().order_by(Message.id)] == [
             ("m000000", None, "text 0"), ("m000001", "queued", "text 1"), ("m000002", "sent", "text 2")]
         assert Message.get_by_id("m000000").received_at == NOW
+        # 0004: a customer known only by the longest business-scoped user id fits.
+        bsuid = "US." + "7Q" * 64
+        contact = Contact.get()
+        Contact.update(wa_id=bsuid).where(Contact.id == contact.id).execute()
+        assert Contact.get_by_id(contact.id).wa_id == bsuid
 
 
 def test_an_older_unversioned_database_gets_the_tables_and_columns_it_lacked(new_database):
@@ -246,7 +251,7 @@ def test_an_older_unversioned_database_gets_the_tables_and_columns_it_lacked(new
     assert changes[0] == "adopted the existing schema as 0001_initial"
     assert {"added column conversation.held_since", "added column conversation.offers_lapsed",
             "created table callback_request"} <= set(changes)
-    assert changes[-2:] == ["applied 0002_outbound_queue_index", "applied 0003_conversation_timer_indexes"]
+    assert changes[-len(MIGRATIONS) + 1:] == [f"applied {name}" for name in MIGRATIONS[1:]]
     migrate(fresh)
     got, want = describe(old), describe(fresh)
     # Added columns come last, as ALTER TABLE adds them; otherwise the same.
@@ -298,7 +303,7 @@ def test_processes_starting_at_once_apply_each_migration_exactly_once(tmp_path):
         assert [racer.returncode for racer in racers] == [0, 0, 0], [err for _, err in outputs]
         applied = sorted(line for out, _ in outputs for line in json.loads(out))
         assert applied == [f"applied {name}" for name in MIGRATIONS]
-        assert [v for v, _, _ in history(database)] == [1, 2, 3]
+        assert [v for v, _, _ in history(database)] == list(range(1, len(MIGRATIONS) + 1))
 
 
 def test_a_failing_migration_leaves_nothing_behind_and_applies_once_fixed(new_database, tmp_path):
@@ -465,14 +470,14 @@ def test_init_db_prints_what_it_applies_and_migrations_lists_the_history(runner,
 
     listed = runner.invoke(args=["baton", "migrations"]).output.splitlines()
     assert [line.split()[0] for line in listed] == MIGRATIONS
-    assert [line.split()[1] for line in listed] == ["applied", "applied", "pending"]
+    assert [line.split()[1] for line in listed] == ["applied", "applied", "pending", "applied"]
 
     result = runner.invoke(args=["baton", "init-db"])
     assert result.exit_code == 0
     assert result.output.splitlines() == ["applied 0003_conversation_timer_indexes", "1 change(s) applied"]
     assert QUERY_INDEXES["conversation"] <= {i.name for i in db.get_indexes("conversation")}
     listed = runner.invoke(args=["baton", "migrations"]).output.splitlines()
-    assert [line.split()[1] for line in listed] == ["applied"] * 3
+    assert [line.split()[1] for line in listed] == ["applied"] * len(MIGRATIONS)
     assert runner.invoke(args=["baton", "init-db"]).output.splitlines() == ["schema is up to date"]
 
 
