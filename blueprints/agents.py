@@ -73,7 +73,7 @@ def get_me():
 
 @bp.patch("/agents/me")
 @responds(200, AgentSchema)
-@errors(400, 401, 422, codes={403: ("not_an_agent",)})
+@errors(400, 401, 422, codes={403: ("not_an_agent",), 503: ("conversation_busy",)})
 @require("agent")
 @body(AgentStatusSchema)
 def set_my_status(data):
@@ -91,7 +91,7 @@ def set_my_status(data):
 
 @bp.post("/agents/me/heartbeat")
 @responds(200, AgentSchema)
-@errors(401, codes={403: ("not_an_agent",)})
+@errors(401, codes={403: ("not_an_agent",), 503: ("conversation_busy",)})
 @require("agent")
 def heartbeat():
     """Keep the caller online for assignment for another AGENT_HEARTBEAT_TTL seconds."""

@@ -16,8 +16,8 @@ bp = Blueprint("bot", __name__, url_prefix="/api/v1/bot")
 @bp.post("/replies")
 @responds(202, BotReplyResultSchema, "Reply queued for sending")
 @responds(200, BotReplyResultSchema, "The bot escalated; a human takes over")
-@errors(400, 401, 403, 422, codes={404: ("unknown_conversation", "unknown_turn"),
-                                   409: ("stale_turn", "cooldown_active")})
+@errors(400, 401, 403, 422, codes={404: ("not_found",), 409: ("stale_turn", "cooldown_active"),
+                                   503: ("conversation_busy",)})
 @require("bot")
 @idempotent
 @body(BotReplySchema)

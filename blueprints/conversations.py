@@ -146,7 +146,7 @@ def _parse_time(value: str) -> datetime:
 
 @bp.post("/<conversation_id>/escalate")
 @responds(200, EscalatedConversationSchema, "The conversation (changed: false when a human already had it)")
-@errors(400, 401, 403, 422, codes={404: ("not_found",)})
+@errors(400, 401, 403, 422, codes={404: ("not_found",), 503: ("conversation_busy",)})
 @require("bot", "agent")
 @idempotent
 @body(EscalateSchema)

@@ -28,7 +28,7 @@ def _rt():
 @bp.post("/<conversation_id>/claim")
 @responds(200, ConversationSchema, "Assigned to the caller (AGENT_CONTROLLED)")
 @errors(401, codes={403: ("forbidden", "not_an_agent"), 404: ("not_found",),
-                    409: ("wrong_state", "already_assigned", "at_capacity")})
+                    409: ("wrong_state", "already_assigned", "at_capacity"), 503: ("conversation_busy",)})
 @require("agent")
 @idempotent
 def claim(conversation_id):
@@ -43,7 +43,8 @@ def claim(conversation_id):
 @responds(202, QueuedMessageSchema, "Queued for sending, in order")
 @errors(400, 401, codes={403: ("forbidden", "not_an_agent", "not_assigned"), 404: ("not_found",),
                          409: ("wrong_state", "already_assigned", "at_capacity"),
-                         422: ("unknown_media", "outside_customer_service_window")})
+                         422: ("unknown_media", "outside_customer_service_window"),
+                         503: ("conversation_busy",)})
 @require("agent")
 @idempotent
 @body(AgentMessageSchema)
@@ -62,7 +63,7 @@ def send_message(conversation_id, data):
 @bp.post("/<conversation_id>/typing")
 @responds(204, None, "Typing noted (expires after AGENT_TYPING_TTL seconds)")
 @errors(400, 401, 422, codes={403: ("forbidden", "not_an_agent", "not_assigned"), 404: ("not_found",),
-                              409: ("wrong_state",)})
+                              409: ("wrong_state",), 503: ("conversation_busy",)})
 @require("agent")
 @body(TypingSchema)
 def typing(conversation_id, data):
@@ -75,7 +76,7 @@ def typing(conversation_id, data):
 @bp.post("/<conversation_id>/release")
 @responds(200, ConversationSchema, "Back with the bot (BOT_CONTROLLED, cooldown set)")
 @errors(400, 401, 422, codes={403: ("forbidden", "not_assigned"), 404: ("not_found",),
-                              409: ("wrong_state",)})
+                              409: ("wrong_state",), 503: ("conversation_busy",)})
 @require("agent")
 @idempotent
 @body(ReleaseSchema, optional=True)
@@ -88,8 +89,9 @@ def release(conversation_id, data):
 
 @bp.post("/<conversation_id>/transfer")
 @responds(200, ConversationSchema, "Re-offered (PENDING_AGENT)")
-@errors(400, 401, 422, codes={403: ("forbidden", "not_assigned"), 404: ("not_found", "unknown_agent"),
-                              409: ("wrong_state", "agent_unavailable", "agent_at_capacity")})
+@errors(400, 401, 422, codes={403: ("forbidden", "not_assigned"), 404: ("not_found",),
+                              409: ("wrong_state", "agent_unavailable", "agent_at_capacity"),
+                              503: ("conversation_busy",)})
 @require("agent")
 @idempotent
 @body(TransferSchema)
@@ -105,7 +107,7 @@ def transfer(conversation_id, data):
 @bp.post("/<conversation_id>/close")
 @responds(200, ConversationSchema, "Closed")
 @errors(400, 401, 422, codes={403: ("forbidden", "not_assigned"), 404: ("not_found",),
-                              409: ("wrong_state",)})
+                              409: ("wrong_state",), 503: ("conversation_busy",)})
 @require("agent")
 @idempotent
 @body(CloseSchema, optional=True)

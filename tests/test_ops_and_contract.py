@@ -161,14 +161,6 @@ def test_init_db_is_safe_to_rerun(runner):
     assert "schema is up to date" in again.output
 
 
-def test_init_db_adds_a_column_a_newer_baton_needs(runner, app):
-    from models import db
-    db.execute_sql('ALTER TABLE "delivery" DROP COLUMN "last_error"')
-    result = runner.invoke(args=["baton", "init-db"])
-    assert "added column delivery.last_error" in result.output
-    assert "last_error" in {c.name for c in db.get_columns("delivery")}
-
-
 def test_token_add_prints_the_secret_alone_on_the_last_line_and_stores_only_its_hash(runner):
     result = runner.invoke(args=["baton", "token", "add", "--role", "bot", "--name", "n8n"])
     assert result.exit_code == 0
