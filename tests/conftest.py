@@ -9,9 +9,8 @@ import uuid
 import pytest
 
 from tests.fakes.fixtures import graph_api, wasender_api  # noqa: F401
-from tests.support import TEST_APP_SECRET, RedisServer, ServedApp, run_jobs, using_postgres
-
-PG_ADMIN_DSN = os.environ.get("BATON_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+from tests.support import (TEST_APP_SECRET, RedisServer, ServedApp, run_jobs, throwaway_postgres_database,
+                           using_postgres)
 
 
 @pytest.fixture(scope="session")
@@ -24,19 +23,8 @@ def redis_server():
 @pytest.fixture(scope="session")
 def postgres_database():
     """A PostgreSQL database of our own for the whole run (dropped afterwards)."""
-    import psycopg2
-
-    name = f"baton_test_{os.getpid()}"
-    admin = psycopg2.connect(PG_ADMIN_DSN)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with throwaway_postgres_database(f"baton_test_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture
@@ -69,12 +57,10 @@ def app(settings_overrides):
 
     application = create_app(settings_overrides)
     db.connect(reuse_if_open=True)
-    if using_postgres():
-        init_schema()
+    init_schema()
+    if using_postgres():                 # one database for the whole run: empty it for this test
         tables = ", ".join(f'"{m._meta.table_name}"' for m in ALL_MODELS)
         db.execute_sql(f"TRUNCATE {tables} CASCADE")
-    else:
-        init_schema()
     yield application
     from jobs.context import set_runtime
 

@@ -110,12 +110,7 @@ class BatonProcesses:
         try:
             if self.init_db:
                 self._run_once("init-db", [*_command("flask"), "--app", "app", "baton", "init-db"])
-            self.start_web()
-            for _ in range(self.rq_workers):
-                self.start_worker()
-            if self.cron:
-                self.start_cron()
-            self.wait_ready()
+            self._start_all()
         except BaseException:
             self.stop()
             raise
@@ -233,6 +228,9 @@ class BatonProcesses:
     def restart_all(self) -> None:
         """After kill_all(): gunicorn, as many RQ workers as at start and the cron again,
         on the same port, database and Redis; returns once /readyz is 200."""
+        self._start_all()
+
+    def _start_all(self) -> None:
         self.start_web()
         for _ in range(self.rq_workers):
             self.start_worker()

@@ -9,18 +9,39 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import Callable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 from rq import SimpleWorker
 
 TEST_APP_SECRET = "test-app-secret"
 PHONE_NUMBER_ID = "sandbox-1"
+PG_ADMIN_DSN = os.environ.get("BATON_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 T = TypeVar("T")
 
 
 def using_postgres() -> bool:
     """BATON_TEST_DATABASE=postgres runs the suite on PostgreSQL; SQLite otherwise."""
     return os.environ.get("BATON_TEST_DATABASE", "sqlite") == "postgres"
+
+
+@contextmanager
+def throwaway_postgres_database(name: str) -> Iterator[str]:
+    """CREATE DATABASE `name` on the test PostgreSQL (BATON_TEST_PG), yield its URL,
+    and drop it afterwards, whoever is still connected."""
+    import psycopg2
+
+    admin = psycopg2.connect(PG_ADMIN_DSN)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 5.0, what: str = "the condition",

@@ -34,6 +34,15 @@ def sent_bodies(graph_api):
     return [body for method, path, headers, body in graph_api.requests if path.endswith("/messages")]
 
 
+def hi_answered_while_meta_refuses(cloud_app, graph_api, times: int, status: int, code: int, message: str):
+    """Meta answers the next `times` sends with `status` (Graph error `code`); the customer
+    says hi and the lanes run until the bot's answer is sent or given up: that answer."""
+    graph_api.fail_next(times, status, {"error": {"message": message, "code": code}})
+    customer_says(cloud_app, "hi")
+    settle_outbound(cloud_app)
+    return Message.get(Message.direction == "out")
+
+
 def test_the_bots_answer_goes_to_the_graph_api_with_the_access_token(cloud_app, graph_api):
     customer_says(cloud_app, "hi")
     settle_outbound(cloud_app)
@@ -46,26 +55,18 @@ def test_the_bots_answer_goes_to_the_graph_api_with_the_access_token(cloud_app, 
 
 
 def test_a_rate_limited_send_is_retried_and_then_delivered(cloud_app, graph_api, fast_retries):
-    graph_api.fail_next(2, 429, {"error": {"message": "(#130429) Rate limit hit", "code": 130429}})
-    customer_says(cloud_app, "hi")
-    settle_outbound(cloud_app)
-    reply = Message.get(Message.direction == "out")
+    reply = hi_answered_while_meta_refuses(cloud_app, graph_api, 2, 429, 130429, "(#130429) Rate limit hit")
     assert (reply.status, reply.attempts) == ("sent", 3)
     assert len(sent_bodies(graph_api)) == 3
 
 
 def test_a_server_error_is_retried(cloud_app, graph_api, fast_retries):
-    graph_api.fail_next(1, 500, {"error": {"message": "Service temporarily unavailable", "code": 131016}})
-    customer_says(cloud_app, "hi")
-    settle_outbound(cloud_app)
-    assert Message.get(Message.direction == "out").status == "sent"
+    reply = hi_answered_while_meta_refuses(cloud_app, graph_api, 1, 500, 131016, "Service temporarily unavailable")
+    assert reply.status == "sent"
 
 
 def test_a_permanent_refusal_fails_the_message_with_metas_code(cloud_app, graph_api, fast_retries):
-    graph_api.fail_next(1, 400, {"error": {"message": "(#131026) Message undeliverable", "code": 131026}})
-    customer_says(cloud_app, "hi")
-    settle_outbound(cloud_app)
-    reply = Message.get(Message.direction == "out")
+    reply = hi_answered_while_meta_refuses(cloud_app, graph_api, 1, 400, 131026, "(#131026) Message undeliverable")
     assert (reply.status, reply.error_code) == ("failed", 131026)
     assert len(sent_bodies(graph_api)) == 1
 
