@@ -113,6 +113,15 @@ def n8n():
 
 
 @pytest.fixture
+def fast_retries(monkeypatch):
+    """Every retry (a provider send, an n8n delivery) is due at once: the backoff the
+    jobs would wait is taken as already passed, so a test never waits it out."""
+    no_wait = lambda attempt, retry_after=None: 0.0      # noqa: E731
+    monkeypatch.setattr("jobs.send.backoff_seconds", no_wait)
+    monkeypatch.setattr("jobs.deliver.backoff_seconds", no_wait)
+
+
+@pytest.fixture
 def app_factory(settings_overrides, app):
     """Another app on the same database and Redis prefix, with some settings changed."""
     from app import create_app

@@ -28,8 +28,7 @@ def test_a_handoff_is_announced_to_the_notify_branch(notify_app, n8n):
     assert Delivery.get().status == "delivered"
 
 
-def test_a_failing_n8n_is_retried_until_it_answers(notify_app, n8n, monkeypatch):
-    monkeypatch.setattr("jobs.deliver.backoff_seconds", lambda attempt, retry_after=None: 0.1)
+def test_a_failing_n8n_is_retried_until_it_answers(notify_app, n8n, fast_retries):
     n8n.fail_next(2, 500, {"message": "workflow crashed"})
     customer_says(notify_app, ASK_FOR_A_HUMAN)
     delivered_or_failed(notify_app)
@@ -41,8 +40,7 @@ def test_a_failing_n8n_is_retried_until_it_answers(notify_app, n8n, monkeypatch)
 
 
 def test_a_delivery_that_keeps_failing_lands_in_the_failed_list_and_can_be_replayed(
-        notify_app, n8n, monkeypatch, admin_token):
-    monkeypatch.setattr("jobs.deliver.backoff_seconds", lambda attempt, retry_after=None: 0.1)
+        notify_app, n8n, fast_retries, admin_token):
     n8n.fail_next(3, 503, "maintenance")
     client = notify_app.test_client()
     customer_says(notify_app, ASK_FOR_A_HUMAN)
@@ -78,8 +76,7 @@ def test_replaying_an_unknown_delivery_is_a_404(client, admin_token):
     assert response.status_code == 404
 
 
-def test_the_cli_lists_failed_deliveries_and_replays_one(notify_app, n8n, monkeypatch):
-    monkeypatch.setattr("jobs.deliver.backoff_seconds", lambda attempt, retry_after=None: 0.1)
+def test_the_cli_lists_failed_deliveries_and_replays_one(notify_app, n8n, fast_retries):
     n8n.fail_next(3, 500, "down")
     customer_says(notify_app, ASK_FOR_A_HUMAN)
     delivered_or_failed(notify_app)

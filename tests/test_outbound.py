@@ -19,11 +19,6 @@ def cloud_app(app_factory, graph_api):
                        WHATSAPP_API_BASE=graph_api.api_base, WHATSAPP_VERIFY_TOKEN="v")
 
 
-@pytest.fixture
-def fast_retries(monkeypatch):
-    monkeypatch.setattr("jobs.send.backoff_seconds", lambda attempt, retry_after=None: 0.1)
-
-
 def settle_outbound(app):
     """Run jobs until no reply waits to be sent (retries after their backoff included)."""
     settle_until(app, lambda: not Message.select().where(Message.status == "queued").exists(),
