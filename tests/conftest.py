@@ -4,6 +4,7 @@ network edge."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 
 import pytest
@@ -27,11 +28,30 @@ def postgres_database():
         yield url
 
 
+@pytest.fixture(scope="session")
+def sqlite_schema(tmp_path_factory):
+    """A SQLite file holding Baton's schema, migrated once for the run: each test's
+    database starts as a copy of it (a file copy, not a dozen CREATEs per test)."""
+    from models.base import make_database
+    from models.schema import migrate
+
+    path = tmp_path_factory.mktemp("schema") / "baton.db"
+    database = make_database(f"sqlite:///{path}")
+    migrate(database)
+    database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")      # everything in the one file
+    database.close()
+    return path
+
+
 @pytest.fixture
 def database_url(request, tmp_path):
+    """The test's own database: a copy of the migrated SQLite file, or (PostgreSQL)
+    the run's database, emptied by the `app` fixture."""
     if using_postgres():
         return request.getfixturevalue("postgres_database")
-    return f"sqlite:///{tmp_path / 'baton.db'}"
+    path = tmp_path / "baton.db"
+    shutil.copyfile(request.getfixturevalue("sqlite_schema"), path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture
