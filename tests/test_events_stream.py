@@ -407,7 +407,7 @@ STREAMS = 50
 
 
 @pytest.fixture
-def baton(start_baton, monkeypatch):
+def gunicorn(start_baton, monkeypatch):
     """gunicorn with its default worker class (two workers) and no RQ processes."""
     monkeypatch.delenv("BATON_WORKER_CLASS", raising=False)
     return start_baton(web_workers=2, rq_workers=0, cron=False)
@@ -432,14 +432,14 @@ def timed_get(url: str, **kwargs) -> tuple[requests.Response, float]:
 
 @pytest.mark.processes
 def test_fifty_open_consoles_do_not_starve_the_api_and_all_hear_an_event_within_a_second(
-        baton, agent_token, rt):
-    assert "Using worker: gevent" in baton.logs(), "gunicorn's default worker class is not gevent"
+        gunicorn, agent_token, rt):
+    assert "Using worker: gevent" in gunicorn.logs(), "gunicorn's default worker class is not gevent"
     _, token = agent_token(groups=(), role="supervisor")
     auth = bearer(token)
-    opened = open_consoles(baton.url, token, STREAMS)
+    opened = open_consoles(gunicorn.url, token, STREAMS)
     try:
-        health, health_took = timed_get(f"{baton.url}/healthz")
-        listing, listing_took = timed_get(f"{baton.url}/api/v1/conversations", headers=auth)
+        health, health_took = timed_get(f"{gunicorn.url}/healthz")
+        listing, listing_took = timed_get(f"{gunicorn.url}/api/v1/conversations", headers=auth)
         assert health.status_code == 200 and health_took < 1.0, (health.status_code, health_took)
         assert listing.status_code == 200 and listing_took < 1.0, (listing.status_code, listing_took)
         assert listing.json()["items"] == []
@@ -456,12 +456,12 @@ def test_fifty_open_consoles_do_not_starve_the_api_and_all_hear_an_event_within_
 
 
 @pytest.mark.processes
-def test_stopping_gunicorn_ends_open_streams_instead_of_waiting_for_them(baton, agent_token):
+def test_stopping_gunicorn_ends_open_streams_instead_of_waiting_for_them(gunicorn, agent_token):
     _, token = agent_token()
-    opened = open_consoles(baton.url, token, 5)
+    opened = open_consoles(gunicorn.url, token, 5)
     try:
         started = time.monotonic()
-        baton.stop()
+        gunicorn.stop()
         took = time.monotonic() - started
 
         assert all(console.ended.wait(1) for console in opened)
