@@ -9,9 +9,10 @@ import uuid
 
 import pytest
 
-from tests.fakes.fixtures import graph_api, wasender_api  # noqa: F401
-from tests.support import (TEST_APP_SECRET, RedisServer, ServedApp, run_jobs, throwaway_postgres_database,
-                           using_postgres)
+from tests.support import (TEST_APP_SECRET, TEST_EVENT_SECRET, RedisServer, ServedApp, run_jobs,
+                           throwaway_postgres_database, using_postgres)
+
+pytest_plugins = ["tests.fakes.fixtures"]       # graph_api, wasender_api, n8n
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +62,7 @@ def settings_overrides(database_url, redis_server):
         "DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
         "REDIS_PREFIX": f"bt{uuid.uuid4().hex[:10]}", "WHATSAPP_PROVIDER": "sandbox",
         "WHATSAPP_APP_SECRET": TEST_APP_SECRET, "WHATSAPP_VERIFY_TOKEN": "verify-me",
-        "BATON_EVENT_SECRET": "event-secret", "PUBLIC_BASE_URL": "http://baton.test",
+        "BATON_EVENT_SECRET": TEST_EVENT_SECRET, "PUBLIC_BASE_URL": "http://baton.test",
         "TESTING": "true", "LOG_LEVEL": "WARNING", "REQUEUE_AFTER": "1",
         # In-process tests run pumps to completion; the real processes in
         # test_processes.py keep the default linger.
@@ -122,14 +123,6 @@ def admin_token(app):
     from models import ApiToken
 
     return ApiToken.issue("root", "admin")[1]
-
-
-@pytest.fixture
-def n8n():
-    from tests.fakes.n8n import FakeN8n
-
-    with FakeN8n("event-secret") as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from typing import Callable, Iterator, TypeVar
 
 from rq import SimpleWorker
 
-TEST_APP_SECRET = "test-app-secret"
+TEST_APP_SECRET = "test-app-secret"          # WHATSAPP_APP_SECRET: signs the webhooks
+TEST_EVENT_SECRET = "event-secret"            # BATON_EVENT_SECRET: signs Baton's events to n8n
 PHONE_NUMBER_ID = "sandbox-1"
 PG_ADMIN_DSN = os.environ.get("BATON_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 T = TypeVar("T")
