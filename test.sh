@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Install what the tests need and run the whole suite on SQLite, then PostgreSQL.
+# Install what the tests need and run the whole suite twice: on SQLite in a copy
+# of this repository with nothing beside it (proving Baton stands alone: no
+# ../shared), then on PostgreSQL here (where the ../shared corpus, when
+# present, is an extra check).
 # ./test.sh --quick: everything but the real-process and browser stories, on SQLite only.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,7 +31,12 @@ if ! pg_answers; then
   pg_answers || { say "PostgreSQL does not answer at 127.0.0.1:5432 (trust auth for user postgres is expected)"; exit 1; }
 fi
 
-say "test suite on SQLite"
-BATON_TEST_DATABASE=sqlite .venv/bin/python -m pytest -q "$@"
+alone=$(mktemp -d)
+trap 'rm -rf "$alone"' EXIT
+tar --exclude=./.venv --exclude=./.git --exclude=./.env --exclude=./instance --exclude=./bench/results --exclude='*/__pycache__' -cf - . \
+  | tar -xf - -C "$alone" --one-top-level=baton
+ln -s "$PWD/.venv" "$alone/baton/.venv"
+say "test suite on SQLite, in a copy of the repository with nothing beside it ($alone/baton)"
+(cd "$alone/baton" && BATON_TEST_DATABASE=sqlite .venv/bin/python -m pytest -q -p no:cacheprovider "$@")
 say "test suite on PostgreSQL"
 BATON_TEST_DATABASE=postgres .venv/bin/python -m pytest -q "$@"

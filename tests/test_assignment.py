@@ -14,15 +14,9 @@ SYSTEM = Actor(agent=None, role="admin")
 
 
 @pytest.fixture
-def desk(app_factory):
-    app = app_factory(SENTIMENT_LANGUAGES="")
-    set_runtime(app.extensions["baton"])
-    return app
-
-
-@pytest.fixture
-def team(desk):
-    return Team(desk)
+def desk(make_desk):
+    """The human side without a notification branch: these stories count offers, not messages."""
+    return make_desk(N8N_NOTIFY_URL=None)
 
 
 def new_conversations(count: int) -> list[str]:

@@ -24,11 +24,11 @@ import pytest
 from models import ALL_MODELS, Contact, Conversation, Message
 from models.base import make_database
 from models.schema import HISTORY_TABLE, MigrationError, MigrationRunner, migrate, migration_status
+from tests.support import throwaway_postgres_database, using_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOTS = Path(__file__).resolve().parent / "fixtures" / "schema"
-PG_ADMIN_DSN = os.environ.get("BATON_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-POSTGRES = os.environ.get("BATON_TEST_DATABASE", "sqlite") == "postgres"
+POSTGRES = using_postgres()
 
 MIGRATIONS = ["0001_initial", "0002_outbound_queue_index", "0003_conversation_timer_indexes",
               "0004_wider_customer_ids"]
@@ -54,23 +54,12 @@ def scratch_database(tmp_dir: Path):
         finally:
             database.close()
         return
-    import psycopg2
-
-    name = f"baton_mig_{os.getpid()}_{next(_names)}"
-    admin = psycopg2.connect(PG_ADMIN_DSN)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    database = make_database(url, pool_size=2)
-    try:
-        yield database, url
-    finally:
-        database.close_all()
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with throwaway_postgres_database(f"baton_mig_{os.getpid()}_{next(_names)}") as url:
+        database = make_database(url, pool_size=2)
+        try:
+            yield database, url
+        finally:
+            database.close_all()
 
 
 @pytest.fixture
