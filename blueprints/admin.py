@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app
 
 from models import Delivery, OutboxEntry
+from routing.errors import NotFound
 
 from .api import errors, query, reply, responds
 from .auth import require
@@ -52,7 +53,7 @@ def replay(delivery_id):
 
     delivery = Delivery.get_or_none(Delivery.id == delivery_id)
     if delivery is None:
-        raise ApiError(404, "not_found", "No such delivery.")
+        raise NotFound("delivery")
     if delivery.status == "pending":
         raise ApiError(409, "already_pending", "This delivery is already waiting to be sent.")
     return reply(replay_delivery(delivery_id, current_app.extensions["baton"]).to_dict())

@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, g
 from models import Agent, CallbackRequest, Conversation, utcnow, write_transaction
 from routing import agents as agent_service
 from routing.assignment import offer_next
+from routing.errors import NotFound
 from routing import timeouts
 
 from .api import body, errors, query, reply, responds
@@ -139,7 +140,7 @@ def mark_callback_done(callback_id, data):
     viewer = current_viewer()
     request_ = CallbackRequest.get_or_none(CallbackRequest.id == callback_id)
     if request_ is None:
-        raise ApiError(404, "not_found", "No such callback request.")
+        raise NotFound("callback request")
     if not viewer.sees_all and request_.group not in viewer.groups:
         raise ApiError(403, "forbidden", "This callback request belongs to another group.",
                        {"group": request_.group})

@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, g
 from models import PENDING_AGENT, Channel, Contact, Conversation, Message
 from models.base import parse_time
 from routing.change import load_conversation
+from routing.errors import NotFound
 from routing.escalate import escalate as escalate_conversation
 from routing.visibility import may_see
 
@@ -45,7 +46,7 @@ def _visible(conv: Conversation) -> bool:
 def visible_conversation(conversation_id: str) -> Conversation:
     conv = load_conversation(conversation_id)
     if conv is None:
-        raise ApiError(404, "not_found", "No such conversation.")
+        raise NotFound("conversation")
     if not _visible(conv):
         raise ApiError(403, "forbidden", "This conversation belongs to another agent.")
     return conv
@@ -131,7 +132,7 @@ def _position(conversation_id: str, value: str, before: bool = False) -> tuple[d
     if value.startswith("m_"):
         message = Message.get_or_none((Message.id == value) & (Message.conversation == conversation_id))
         if message is None:
-            raise ApiError(404, "not_found", f"No message {value} in this conversation.")
+            raise NotFound("message", f"No message {value} in this conversation.")
         return message.sent_at, message.id
     # A bare time: everything at that instant counts as after it (or before it).
     return _parse_time(value), ("" if not before else "\uffff")
