@@ -98,3 +98,21 @@ def test_the_generator_runs_on_its_own_and_finds_the_committed_docs_fresh():
     result = subprocess.run([sys.executable, "scripts/gen_docs.py", "--check"], cwd=ROOT, capture_output=True,
                             text=True, timeout=110)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_the_readme_and_docs_link_only_to_files_in_the_repository():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    broken = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md")), root / "bench" / "README.md",
+                 root / "tests" / "fixtures" / "README.md", root / "n8n_workflows" / "README.md"]:
+        if not page.exists():
+            continue
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue                                  # a URL or an anchor in the same page
+            path = (page.parent / target.split("#", 1)[0]).resolve()
+            if not path.is_relative_to(root) or not path.exists():
+                broken.append(f"{page.relative_to(root)} → {target}")
+    assert broken == []
