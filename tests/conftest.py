@@ -180,8 +180,8 @@ def desk(make_desk):
 
 @pytest.fixture
 def team(desk):
-    """The desk's agents (tests.handoff_support.Team); none until added."""
-    from tests.handoff_support import Team
+    """The desk's agents (tests.support.Team); none until added."""
+    from tests.support import Team
 
     return Team(desk)
 

@@ -8,7 +8,7 @@ from jobs.context import set_runtime
 from models import Channel, Contact, Conversation
 from routing.escalate import escalate
 from routing.handoff import Actor, claim, close, release
-from tests.handoff_support import Team
+from tests.support import Team
 
 SYSTEM = Actor(agent=None, role="admin")
 

@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from models import BotTurn, Conversation, Event, Message, OutboxEntry
-from tests.handoff_support import ASK_FOR_A_HUMAN, bot_replies, customer_says
+from tests.support import ASK_FOR_A_HUMAN, bot_replies, customer_says
 from tests.support import TEST_APP_SECRET, bearer, settle
 
 

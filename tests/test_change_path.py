@@ -11,7 +11,7 @@ import pytest
 
 from models import Conversation, Event, Message
 from routing.errors import ContendedConversation, NotFound
-from tests.handoff_support import customer_says
+from tests.support import customer_says
 from tests.support import bearer, settle
 
 ROOT = Path(__file__).resolve().parents[1]

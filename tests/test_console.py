@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from models import ApiToken, Conversation, utcnow
-from tests.handoff_support import ASK_FOR_A_HUMAN, Team, customer_says, waiting_customer
+from tests.support import ASK_FOR_A_HUMAN, Team, customer_says, waiting_customer
 from tests.harness import agent_add_with_cli, customers_say
 from tests.support import bearer
 

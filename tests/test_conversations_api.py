@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import pytest
 
 from models import ApiToken, Conversation, Event, Message, OutboxEntry
-from tests.handoff_support import ASK_FOR_A_HUMAN, CUSTOMER, customer_says
+from tests.support import ASK_FOR_A_HUMAN, CUSTOMER, customer_says
 from tests.support import bearer
 
 

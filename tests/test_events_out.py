@@ -2,7 +2,7 @@
 import pytest
 
 from models import Delivery
-from tests.handoff_support import ASK_FOR_A_HUMAN, customer_says
+from tests.support import ASK_FOR_A_HUMAN, customer_says
 from tests.support import bearer, settle, settle_until
 
 

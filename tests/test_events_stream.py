@@ -22,7 +22,7 @@ import requests
 from models import PENDING_AGENT, AGENT_CONTROLLED
 from routing.live import live_event, publish
 from routing.live_hub import hub_for
-from tests.handoff_support import ASK_FOR_A_HUMAN, customer_says
+from tests.support import ASK_FOR_A_HUMAN, customer_says
 from tests.support import bearer, settle, wait_until
 
 STREAMED_KEYS = {"type", "conversation_id", "occurred_at", "data"}

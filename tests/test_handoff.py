@@ -4,7 +4,7 @@ import pytest
 
 from jobs import timers
 from models import BotTurn, Conversation, Message
-from tests.handoff_support import (Team, backdate, bot_replies, conversation_of, customer_says, outbox_texts,
+from tests.support import (Team, backdate, bot_replies, conversation_of, customer_says, outbox_texts,
                                    state_and_trail, trail, waiting_customer)
 from tests.support import bearer, settle
 

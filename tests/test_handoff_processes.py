@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.handoff_support import ASK_FOR_A_HUMAN, audit_events, outbox_texts
+from tests.support import ASK_FOR_A_HUMAN, audit_events, outbox_texts
 from tests.harness import BatonProcesses, agent_add_with_cli, customers_say, quiet, state_summary
 from tests.support import bearer, text_webhook
 

@@ -5,7 +5,7 @@ import pytest
 
 from jobs import timers
 from models import BotTurn, CallbackRequest, Conversation
-from tests.handoff_support import (Team, backdate, bot_replies, conversation_of, customer_says, outbox_texts,
+from tests.support import (Team, backdate, bot_replies, conversation_of, customer_says, outbox_texts,
                                    trail, waiting_customer)
 from tests.support import settle
 

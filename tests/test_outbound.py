@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from models import Message
-from tests.handoff_support import CUSTOMER, customer_says
+from tests.support import CUSTOMER, customer_says
 from tests.support import TEST_APP_SECRET, bearer, settle_until
 
 

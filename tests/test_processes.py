@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import pytest
 import requests
 
-from tests.handoff_support import conversation_of, outbox_texts
+from tests.support import conversation_of, outbox_texts
 from tests.harness import BatonProcesses, post_all, state_summary
 from tests.support import bearer, text_webhook
 

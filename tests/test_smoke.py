@@ -1,6 +1,6 @@
 """The README's first story: a customer says hi, then asks for a human."""
 from models import Conversation, Event, Message, OutboxEntry
-from tests.handoff_support import ASK_FOR_A_HUMAN, CUSTOMER, customer_says
+from tests.support import ASK_FOR_A_HUMAN, CUSTOMER, customer_says
 
 
 def test_customer_says_hi_and_the_builtin_bot_answers_with_its_menu(app, work):

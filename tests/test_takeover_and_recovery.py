@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from models import BotTurn, Conversation, Event, Message, OutboxEntry, utcnow
-from tests.handoff_support import ASK_FOR_A_HUMAN, customer_says
+from tests.support import ASK_FOR_A_HUMAN, customer_says
 from tests.support import settle
 
 SECRET = "wasender-hook-secret"
