@@ -2,12 +2,15 @@
 live events, and offer newly waiting conversations to agents.
 
 `routing.change.Changes` calls this once for each change it commits; a
-second call with the same effects does nothing."""
+second call with the same effects does nothing. The change has committed by
+then, so an offer that cannot be made now (its conversation keeps changing)
+is left to the timers' next tick rather than failing what already happened."""
 from __future__ import annotations
 
 import logging
 
 from .effects import Effects
+from .errors import ContendedConversation
 from .live import publish
 
 log = logging.getLogger(__name__)
@@ -30,4 +33,7 @@ def dispatch(rt, effects: Effects) -> None:
     for conversation_id in effects.offers:
         from .assignment import offer_next
 
-        offer_next(rt.changes, rt.reservations, conversation_id)   # dispatches its own change
+        try:
+            offer_next(rt.changes, rt.reservations, conversation_id)   # dispatches its own change
+        except ContendedConversation:
+            log.info("offering %s waits for the next tick: it kept changing", conversation_id)

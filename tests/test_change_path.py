@@ -172,3 +172,20 @@ def test_only_the_change_module_compare_and_sets_a_conversation():
     writers = [str(path.relative_to(ROOT)) for path in _modules()
                if 'increment="version"' in path.read_text() or "VersionConflict:" in path.read_text()]
     assert writers == ["routing/change.py"]
+
+
+def test_an_offer_that_keeps_losing_after_a_commit_does_not_fail_what_committed(client, bot_token, conversation_id,
+                                                                                monkeypatch):
+    """The escalation commits; offering it to an agent is dispatched after. If
+    that offer keeps losing its compare-and-set, the timers offer it next tick:
+    the caller must not be told 503 'nothing changed' about a change that happened."""
+    from routing import assignment
+
+    def contended(changes, reservations, conversation_id):
+        raise ContendedConversation(conversation_id, 8)
+
+    monkeypatch.setattr(assignment, "offer_next", contended)
+    response = client.post(f"/api/v1/conversations/{conversation_id}/escalate", headers=bearer(bot_token),
+                           json={"reason": "customer_request"})
+    assert response.status_code == 200, response.json
+    assert Conversation.get_by_id(conversation_id).state == "PENDING_AGENT"
