@@ -206,6 +206,9 @@ class MediaSchema(ResponseSchema):
 class MessageErrorSchema(ResponseSchema):
     code = fields.Integer(required=True, allow_none=True, metadata=about("the provider's error code"))
     title = fields.String(required=True, allow_none=True, metadata=about("the provider's error text"))
+    details = fields.String(required=True, allow_none=True,
+                            metadata=about("the provider's longer explanation (Cloud API: "
+                                           "`errors[].error_data.details`), at most 1,000 characters"))
 
 
 class MessageSchema(ResponseSchema):
@@ -226,7 +229,8 @@ class MessageSchema(ResponseSchema):
     routed_to = fields.String(required=True, allow_none=True, validate=validate.OneOf(ROUTED_TO),
                               metadata=about("where routing sent an inbound message; null until routed"))
     status = fields.String(required=True, allow_none=True,
-                           metadata=about("outbound delivery status: queued, sent, delivered, read, failed, …"))
+                           metadata=about("outbound delivery status: queued, sent, delivered, read, played, "
+                                          "failed, …; webhooks only move it forward in that order"))
     error = fields.Nested(MessageErrorSchema, required=True, allow_none=True,
                           metadata=about("why sending failed"))
 

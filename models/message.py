@@ -11,7 +11,12 @@ from .base import BaseModel, JSONField, isoformat, new_id, utcnow
 from .channel import Channel
 from .conversation import Conversation
 
-STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
+# Delivery statuses of an outbound message only move up this ladder, whatever
+# order the provider's webhooks arrive in. `played` (a voice or video message
+# was played) implies `read`, so it ranks above it; `failed` is final and ranks
+# above everything: a late `sent` or `read` never hides a failure.
+STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4, "failed": 5}
+ERROR_DETAILS_LIMIT = 1000                               # characters of the provider's explanation kept
 
 
 class Message(BaseModel):
@@ -37,6 +42,7 @@ class Message(BaseModel):
     control_epoch = IntegerField(null=True)             # bot replies: epoch they were allowed in
     attempts = IntegerField(default=0)
     next_attempt_at = DateTimeField(null=True)
+    error_details = TextField(null=True)                # why a send failed, at length (0005 adds it last)
 
     class Meta:
         indexes = (
@@ -47,8 +53,8 @@ class Message(BaseModel):
 
     def to_dict(self) -> dict:
         error = None
-        if self.error_code is not None or self.error_title:
-            error = {"code": self.error_code, "title": self.error_title}
+        if self.error_code is not None or self.error_title or self.error_details:
+            error = {"code": self.error_code, "title": self.error_title, "details": self.error_details}
         return {
             "id": self.id, "conversation_id": self.conversation_id, "direction": self.direction,
             "sender": self.sender, "agent_id": self.agent_id, "type": self.type, "text": self.text,

@@ -4,9 +4,15 @@ The hot path: contact and conversation ids come from a per-process cache after
 the first message of a customer, so a typical webhook costs one INSERT (plus
 one forward-only UPDATE per status). Upserts are race-safe: INSERT … ON
 CONFLICT DO NOTHING, then read the winner's row.
+
+Statuses that changed a message are announced on the live stream
+(`message.updated`) once the transaction has committed: one SELECT of the
+changed messages with their conversations and one pipelined publish per
+webhook, best effort. Webhooks that carry no status pay nothing for it.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -15,8 +21,13 @@ import peewee
 from integrations.whatsapp.base import InboundMessage, ParsedWebhook, StatusUpdate
 from models import Channel, Contact, Conversation, Message, UnsupportedUpdate, db, new_id, write_transaction
 from models.base import as_naive_utc, epoch_seconds, utcnow
-from models.message import STATUS_RANK
+from models.message import ERROR_DETAILS_LIMIT, STATUS_RANK
 from models.prepared import PreparedSelect
+
+from .live import live_event, publish
+from .visibility import snapshot
+
+log = logging.getLogger(__name__)
 
 _CACHE_LIMIT = 50_000
 ECHO_WINDOW = timedelta(minutes=10)
@@ -31,6 +42,8 @@ class IngestResult:
     ignored: int = 0
     # (conversation_id, message_id, payload timestamp) for each newly stored message
     to_route: list[tuple[str, str, float]] = field(default_factory=list)
+    # (channel_id, provider_message_id) of each outbound message a status changed
+    updated: list[tuple[str, str]] = field(default_factory=list)
 
     def counts(self) -> dict:
         return {"messages": self.messages, "statuses": self.statuses,
@@ -50,14 +63,18 @@ class IngestCache:
 
 
 def record_webhook(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> IngestResult:
-    """Store every message and status of a webhook; duplicates are counted, not stored."""
+    """Store every message and status of a webhook; duplicates are counted, not stored.
+    Messages a status changed are then announced live (see announce_updates)."""
     try:
-        return _record(provider, parsed, cache)
+        result = _record(provider, parsed, cache)
     except peewee.IntegrityError:
         # A cached id can point at a row that is gone (database reset under a
         # long-lived process): forget the cache and try once more.
         cache.clear()
-        return _record(provider, parsed, cache)
+        result = _record(provider, parsed, cache)
+    if result.updated:
+        announce_updates(result.updated)
+    return result
 
 
 def _record(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> IngestResult:
@@ -66,7 +83,9 @@ def _record(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> IngestR
         for message in parsed.messages:
             _record_message(provider, message, cache, result)
         for status in parsed.statuses:
-            _record_status(provider, status, cache)
+            updated = _record_status(provider, status, cache)
+            if updated is not None and updated not in result.updated:
+                result.updated.append(updated)
             result.statuses += 1
         for item in parsed.ignored:
             UnsupportedUpdate.create(provider=provider, kind=item.kind[:80],
@@ -199,20 +218,72 @@ def _is_our_own_echo(conversation_id: str, message: InboundMessage) -> bool:
             .exists())
 
 
-def _record_status(provider: str, status: StatusUpdate, cache: IngestCache) -> None:
-    """Statuses only move forward: an older status arriving late changes nothing."""
-    channel_id = _channel_id(provider, status.phone_number_id, cache)
+def _record_status(provider: str, status: StatusUpdate, cache: IngestCache) -> tuple[str, str] | None:
+    """Statuses only move forward (models.message.STATUS_RANK): an older status
+    arriving late changes nothing. Returns (channel_id, provider_message_id)
+    when the message changed."""
     rank = STATUS_RANK.get(status.status)
     if rank is None:
-        return
+        return None
+    channel_id = _channel_id(provider, status.phone_number_id, cache)
     lower = [name for name, r in STATUS_RANK.items() if r < rank]
     changes = {Message.status: status.status}
     if status.error:
-        changes[Message.error_code] = status.error.get("code")
-        changes[Message.error_title] = (status.error.get("title") or "")[:400]
-    (Message.update(changes)
-     .where((Message.channel == channel_id)
-            & (Message.provider_message_id == status.provider_message_id)
-            & (Message.direction == "out")
-            & (Message.status.is_null() | Message.status.in_(lower)))
-     .execute())
+        changes[Message.error_code] = _error_code(status.error.get("code"))
+        changes[Message.error_title] = _bounded(status.error.get("title"), 400) or ""
+        changes[Message.error_details] = _bounded(status.error.get("details"), ERROR_DETAILS_LIMIT)
+    changed = (Message.update(changes)
+               .where((Message.channel == channel_id)
+                      & (Message.provider_message_id == status.provider_message_id)
+                      & (Message.direction == "out")
+                      & (Message.status.is_null() | Message.status.in_(lower)))
+               .execute())
+    return (channel_id, status.provider_message_id) if changed else None
+
+
+def _error_code(code) -> int | None:
+    try:
+        return int(code)
+    except (TypeError, ValueError):
+        return None
+
+
+def _bounded(text, limit: int) -> str | None:
+    text = str(text).strip() if text is not None else ""
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    return text or None
+
+
+def announce_updates(updated: list[tuple[str, str]]) -> None:
+    """Publish `message.updated` for messages whose status changed, after the
+    commit, to whoever may see their conversation. Best effort: the status is
+    recorded either way, and a console that missed the event re-reads it over REST."""
+    try:
+        from flask import current_app, has_app_context
+
+        if not has_app_context():
+            return
+        rt = current_app.extensions["baton"]
+        publish(rt.redis, rt.settings.REDIS_PREFIX, updated_message_events(updated))
+    except Exception:
+        log.warning("could not announce %d status change(s)", len(updated), exc_info=True)
+
+
+def updated_message_events(updated: list[tuple[str, str]]) -> list[dict]:
+    """One `message.updated` event per changed message, in the order given; one query."""
+    channels = {channel_id for channel_id, _ in updated}
+    provider_ids = {provider_message_id for _, provider_message_id in updated}
+    rows = (Message.select(Message, Conversation.id, Conversation.state, Conversation.group,
+                           Conversation.assigned_agent_id, Conversation.offered_agent_id)
+            .join(Conversation, on=(Message.conversation == Conversation.id), attr="conv")
+            .where(Message.channel.in_(list(channels)) & Message.provider_message_id.in_(list(provider_ids))
+                   & (Message.direction == "out")))
+    by_key = {(row.channel_id, row.provider_message_id): row for row in rows}
+    events = []
+    for key in updated:
+        message = by_key.get(key)
+        if message is not None:
+            events.append(live_event("message.updated", message.conversation_id, message.to_dict(),
+                                     snapshot(message.conv)))
+    return events

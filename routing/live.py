@@ -14,7 +14,7 @@ from models.base import isoformat, utcnow
 
 from .visibility import audience as audience_of
 
-KINDS = ("conversation.updated", "message.created", "typing")
+KINDS = ("conversation.updated", "message.created", "message.updated", "typing")
 
 
 def channel(prefix: str) -> str:

@@ -17,7 +17,9 @@
   const POLL_MS = 5000;            // list refresh while the live stream is down
   const STALL_MS = 45000;          // the server sends a keep-alive every 15 s; silence this long = dead link
   const TICK_MS = 15000;           // re-render "waiting 3 min" labels
-  const STATUS_POLL_MS = 10000;    // outbound statuses are not live events: re-read while some are in flight
+  const STATUS_POLL_MS = 10000;    // while the live stream is down: re-read outbound statuses in flight
+  // Delivery statuses only move forward (models/message.py STATUS_RANK): a late event never undoes a tick.
+  const STATUS_RANK = { queued: 0, sent: 1, delivered: 2, read: 3, played: 4, failed: 5 };
   const BACKOFF_MAX_MS = 30000;
   const WINDOW_MESSAGE = "The customer last wrote over 24 h ago; only templates can be sent.";
 
@@ -462,7 +464,7 @@
     }
   }
 
-  /** Re-read the whole history (outbound statuses change without a live event). */
+  /** Re-read the whole history (statuses changed while the live stream was down). */
   async function reloadHistory() {
     const id = state.openId;
     const session = state.session;
@@ -489,6 +491,16 @@
     return (Date.parse(a.sent_at) - Date.parse(b.sent_at)) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
   }
 
+  /** A newer version of a shown message (its delivery status changed); never moves a tick backwards. */
+  function updateMessage(message) {
+    const shown = state.messages.find((m) => m.id === message.id);
+    if (!shown) return false;
+    const rank = (m) => (m.status in STATUS_RANK ? STATUS_RANK[m.status] : -1);
+    if (rank(message) < rank(shown)) return false;
+    addMessage(message);
+    return true;
+  }
+
   function addMessage(message) {
     if (state.messageIds.has(message.id)) {
       state.messages = state.messages.map((m) => (m.id === message.id ? message : m));
@@ -512,16 +524,22 @@
     const hasText = typeof m.text === "string" && m.text !== "";
     const media = m.media && m.media.filename ? ` ${m.media.filename}` : "";
     const body = hasText ? (m.type === "text" ? m.text : `[${m.type}${media}] ${m.text}`) : `[${m.type}${media}]`;
+    const error = m.error || {};
     const status = m.direction === "out" && m.status
-      ? el("span", { className: `msg-status status-${m.status}`, dataset: { status: m.status } },
-        m.status + (m.error && m.error.title ? `: ${m.error.title}` : ""))
+      ? el("span", { className: `msg-status status-${m.status}`, dataset: { status: m.status },
+        title: [error.code, error.title, error.details].filter((part) => part !== null && part !== undefined
+          && part !== "").join(" · ") || undefined },
+      m.status + (error.title ? `: ${error.title}` : ""))
       : null;
+    const details = m.direction === "out" && m.status === "failed" && error.details
+      ? el("div", { className: "msg-error-details" }, error.details) : null;
     return el("li", { className: `msg msg-${m.sender} msg-${m.direction}`, dataset: { id: m.id, sender: m.sender } },
       el("div", { className: "msg-head" },
         el("span", { className: "msg-sender" }, senderLabel(m)),
         el("time", { dateTime: m.sent_at, title: m.sent_at }, clock(m.sent_at)),
         status),
-      el("div", { className: "msg-text" }, body));
+      el("div", { className: "msg-text" }, body),
+      details);
   }
 
   function renderHistory() {
@@ -826,6 +844,8 @@
         state.unread.add(id);
         renderList();
       }
+    } else if (type === "message.updated") {
+      if (state.openId === id && updateMessage(data)) renderHistory();
     } else if (type === "typing") {
       if (state.openId !== id || (state.me && data.agent_id === state.me.id)) return;
       state.typing = data.typing ? { agentId: data.agent_id, until: Date.parse(data.expires_at) || Date.now() + 10000 }
@@ -870,6 +890,7 @@
       if (state.open) renderDetail();
     });
     every(STATUS_POLL_MS, () => {
+      if (state.live === "live") return;           // message.updated events bring the ticks
       const inFlight = state.messages.some((m) => m.direction === "out" && (m.status === "queued" ||
         (m.status === "sent" && since(m.sent_at) < 600000)));
       if (state.openId && inFlight) reloadHistory().catch((err) => report(err, $("detail-error")));

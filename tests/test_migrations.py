@@ -31,7 +31,7 @@ SNAPSHOTS = Path(__file__).resolve().parent / "fixtures" / "schema"
 POSTGRES = using_postgres()
 
 MIGRATIONS = ["0001_initial", "0002_outbound_queue_index", "0003_conversation_timer_indexes",
-              "0004_wider_customer_ids"]
+              "0004_wider_customer_ids", "0005_message_error_details"]
 # What migrations add beyond the models' own indexes, for queries (see 0002, 0003).
 QUERY_INDEXES = {
     "message": {"message_queued_by_conversation"},
@@ -459,7 +459,8 @@ def test_init_db_prints_what_it_applies_and_migrations_lists_the_history(runner,
 
     listed = runner.invoke(args=["baton", "migrations"]).output.splitlines()
     assert [line.split()[0] for line in listed] == MIGRATIONS
-    assert [line.split()[1] for line in listed] == ["applied", "applied", "pending", "applied"]
+    assert [line.split()[1] for line in listed] == \
+        ["applied", "applied", "pending"] + ["applied"] * (len(MIGRATIONS) - 3)
 
     result = runner.invoke(args=["baton", "init-db"])
     assert result.exit_code == 0
