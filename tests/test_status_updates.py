@@ -23,7 +23,9 @@ from models.message import ERROR_DETAILS_LIMIT, STATUS_RANK
 from routing.ingest import IngestCache, record_webhook
 from routing.live import channel
 from tests.fixtures.samples import cloud_headers
-from tests.support import CUSTOMER, PHONE_NUMBER_ID, TEST_APP_SECRET, bearer, conversation_of, customer_says, free_port
+from tests.support import (CUSTOMER, PHONE_NUMBER_ID, TEST_APP_SECRET, Team, bearer, conversation_of, customer_says,
+                           free_port)
+from tests.test_console import browser, tabs  # noqa: F401  (fixtures)
 from tests.test_events_stream import agent_token, broadcast, consoles, conversation_waiting_in  # noqa: F401  (fixtures)
 
 UNDELIVERABLE = {"code": 131026, "title": "Message undeliverable", "message": "Message undeliverable",
@@ -279,3 +281,37 @@ def test_the_handling_agent_hears_the_tick_and_an_agent_of_another_group_does_no
     bob_hears = bob_console.next_event(timeout=2.0)
     assert bob_hears["json"]["conversation_id"] == "c_waits_in_billing"
     assert "message.updated" not in bob_console.raw
+
+
+# -- the console --------------------------------------------------------------------------------
+
+@pytest.mark.browser
+def test_the_console_moves_the_tick_live_without_a_reload_and_shows_why_a_send_failed(
+        app, live_server, tabs):  # noqa: F811
+    team = Team(app)
+    team.add("bo")
+    first = a_sent_message(app, "wamid.first", wa_id="15557770009")
+    second = a_sent_message(app, "wamid.second", wa_id="15557770009")
+    handled_by(first.conversation_id, team.id("bo"))
+    tab = tabs(live_server)
+    page, expect = tab.page, tab.expect
+    tab.sign_in(team.token["bo"], path=f"/console/conversations/{first.conversation_id}")
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    tick = page.locator(f'#history li[data-id="{first.id}"] .msg-status')
+    expect(tick).to_have_attribute("data-status", "sent")
+    page.evaluate("window.notReloaded = true")
+
+    # Faster than any poll (every 10 s, and only while the stream is down).
+    statuses_arrive(app, "wamid.first", "delivered")
+    expect(tick).to_have_attribute("data-status", "delivered", timeout=3_000)
+    statuses_arrive(app, "wamid.first", "read")
+    expect(tick).to_have_attribute("data-status", "read", timeout=3_000)
+    statuses_arrive(app, "wamid.first", "delivered")                   # late: changes nothing
+    recorded(app, "wamid.second", "failed", {"code": 131026, "title": "Message undeliverable",
+                                             "details": UNDELIVERABLE["error_data"]["details"]})
+    failed = page.locator(f'#history li[data-id="{second.id}"]')
+    expect(failed.locator(".msg-status")).to_have_text("failed: Message undeliverable", timeout=3_000)
+    expect(failed.locator(".msg-error-details")).to_have_text(UNDELIVERABLE["error_data"]["details"])
+    expect(tick).to_have_attribute("data-status", "read")
+    assert page.evaluate("window.notReloaded") is True
+    assert tab.errors == []
