@@ -158,7 +158,7 @@ def _record_message(provider: str, message: InboundMessage, cache: IngestCache, 
     channel_id = _channel_id(provider, message.phone_number_id, cache)
     conversation_id = conversation_for(channel_id, message.wa_id,
                                        None if message.from_me else message.contact_name, cache)
-    if message.from_me and _is_our_own_echo(conversation_id, message):
+    if message.from_me and _is_our_own_echo(provider, channel_id, conversation_id, message):
         result.duplicates += 1
         return
     message_id = new_id("m")
@@ -205,17 +205,24 @@ def _insert_message(values: dict) -> bool:
     return database.execute_sql(sql, params).rowcount == 1
 
 
-def _is_our_own_echo(conversation_id: str, message: InboundMessage) -> bool:
+def _is_our_own_echo(provider: str, channel_id: str, conversation_id: str, message: InboundMessage) -> bool:
     """WASender echoes Baton's own sends back as `fromMe` with an id that does
     not match the one its send API returned; recognise them by conversation
-    and text so they are not taken for a human replying from the phone."""
+    and text so they are not taken for a human replying from the phone. The
+    echo's id is the one its status webhooks carry: the message adopts it."""
     if not message.text:
         return False
-    return (Message.select(Message.id)
-            .where((Message.conversation == conversation_id) & (Message.direction == "out")
-                   & (Message.sender != "agent") & (Message.text == message.text)
-                   & (Message.received_at >= utcnow() - ECHO_WINDOW))
-            .exists())
+    echoed = (Message.select(Message.id, Message.sender, Message.provider_message_id)
+              .where((Message.conversation == conversation_id) & (Message.direction == "out")
+                     & (Message.text == message.text) & (Message.received_at >= utcnow() - ECHO_WINDOW))
+              .order_by(Message.sent_at, Message.id))
+    rows = list(echoed)
+    if provider == WASENDER:
+        waiting = [row for row in rows if _is_wasender_send_id(row.provider_message_id)]
+        if waiting and not _known_id(channel_id, message.provider_message_id):
+            _adopt_id(waiting[0].id, waiting[0].provider_message_id, message.provider_message_id)
+            return True
+    return any(row.sender != "agent" for row in rows)
 
 
 def _record_status(provider: str, status: StatusUpdate, cache: IngestCache) -> tuple[str, str] | None:
@@ -232,13 +239,63 @@ def _record_status(provider: str, status: StatusUpdate, cache: IngestCache) -> t
         changes[Message.error_code] = _error_code(status.error.get("code"))
         changes[Message.error_title] = _bounded(status.error.get("title"), 400) or ""
         changes[Message.error_details] = _bounded(status.error.get("details"), ERROR_DETAILS_LIMIT)
-    changed = (Message.update(changes)
-               .where((Message.channel == channel_id)
-                      & (Message.provider_message_id == status.provider_message_id)
-                      & (Message.direction == "out")
-                      & (Message.status.is_null() | Message.status.in_(lower)))
-               .execute())
+    update = (Message.update(changes)
+              .where((Message.channel == channel_id)
+                     & (Message.provider_message_id == status.provider_message_id)
+                     & (Message.direction == "out")
+                     & (Message.status.is_null() | Message.status.in_(lower))))
+    changed = update.execute()
+    if not changed and provider == WASENDER and _adopt_wasender_id(channel_id, status):
+        changed = update.execute()
     return (channel_id, status.provider_message_id) if changed else None
+
+
+# -- WASender ids ---------------------------------------------------------------------------------
+# WASender's send API answers with its own numeric `msgId`; the message's
+# webhooks (its echo, message.sent, messages.update, receipts) carry the
+# WhatsApp key id instead, and nothing in either ties one to the other. A
+# message Baton sent keeps the msgId until the first of them arrives, then
+# adopts the key id: the echo is matched by conversation and text (exact);
+# a status that matches no message goes to the oldest message to that
+# customer still waiting for its key id (sends to one customer are made, and
+# acknowledged, in order).
+
+WASENDER = "wasender"
+
+
+def _is_wasender_send_id(provider_message_id: str | None) -> bool:
+    return bool(provider_message_id) and provider_message_id.isdigit()
+
+
+def _known_id(channel_id: str, provider_message_id: str) -> bool:
+    return (Message.select(Message.id)
+            .where((Message.channel == channel_id) & (Message.provider_message_id == provider_message_id))
+            .exists())
+
+
+def _adopt_id(message_id: str, send_id: str, key_id: str) -> bool:
+    return bool(Message.update(provider_message_id=key_id)
+                .where((Message.id == message_id) & (Message.provider_message_id == send_id))
+                .execute())
+
+
+def _adopt_wasender_id(channel_id: str, status: StatusUpdate) -> bool:
+    """Give the status's key id to the oldest recent message to its recipient that
+    still has WASender's msgId; False when there is none (or the id is taken)."""
+    if not status.recipient_wa_id or _known_id(channel_id, status.provider_message_id):
+        return False
+    waiting = (Message.select(Message.id, Message.provider_message_id)
+               .join(Conversation, on=(Message.conversation == Conversation.id))
+               .join(Contact, on=(Conversation.contact == Contact.id))
+               .where((Contact.channel == channel_id) & (Contact.wa_id == status.recipient_wa_id)
+                      & (Message.channel == channel_id) & (Message.direction == "out")
+                      & Message.provider_message_id.is_null(False)
+                      & (Message.received_at >= utcnow() - ECHO_WINDOW))
+               .order_by(Message.sent_at, Message.id))
+    for row in waiting:
+        if _is_wasender_send_id(row.provider_message_id):
+            return _adopt_id(row.id, row.provider_message_id, status.provider_message_id)
+    return False
 
 
 def _error_code(code) -> int | None:

@@ -1,7 +1,8 @@
 """Delivery statuses of outbound messages: they only move forward whatever
 order the webhooks arrive in, a failure keeps the provider's code, title and
 details, and each change reaches the consoles that may see the conversation
-as a live `message.updated` event, best effort.
+as a live `message.updated` event, best effort. WASender statuses find the
+message Baton sent although its send API answered with another id.
 
 Messages are written straight into the database as the outbound lane leaves
 them (sent, with the provider's id): these stories are about what the status
@@ -23,10 +24,20 @@ from models.message import ERROR_DETAILS_LIMIT, STATUS_RANK
 from routing.ingest import IngestCache, record_webhook
 from routing.live import channel
 from tests.fixtures.samples import cloud_headers
-from tests.support import (CUSTOMER, PHONE_NUMBER_ID, TEST_APP_SECRET, Team, bearer, conversation_of, customer_says,
-                           free_port)
+from tests.support import (
+    CUSTOMER,
+    PHONE_NUMBER_ID,
+    TEST_APP_SECRET,
+    Team,
+    bearer,
+    conversation_of,
+    customer_says,
+    free_port,
+    settle,
+)
 from tests.test_console import browser, tabs  # noqa: F401  (fixtures)
 from tests.test_events_stream import agent_token, broadcast, consoles, conversation_waiting_in  # noqa: F401  (fixtures)
+from tests.test_takeover_and_recovery import post, wasender_app, wasender_message  # noqa: F401  (fixture)
 
 UNDELIVERABLE = {"code": 131026, "title": "Message undeliverable", "message": "Message undeliverable",
                  "error_data": {"details": "The recipient's phone number is not a WhatsApp account, or they "
@@ -315,3 +326,83 @@ def test_the_console_moves_the_tick_live_without_a_reload_and_shows_why_a_send_f
     expect(tick).to_have_attribute("data-status", "read")
     assert page.evaluate("window.notReloaded") is True
     assert tab.errors == []
+
+
+# -- WASender: its send answer's msgId is not the id its webhooks carry -----------------------
+
+RITA = "5551234567"
+
+
+def wasender_event(event: str, data: dict) -> bytes:
+    return orjson.dumps({"event": event, "timestamp": 1767349320000, "data": data})
+
+
+def own_key(key_id: str, wa_id: str = RITA) -> dict:
+    return {"id": key_id, "fromMe": True, "remoteJid": f"{wa_id}@s.whatsapp.net"}
+
+
+def wasender_reply(wasender_app) -> Message:  # noqa: F811
+    """Rita writes, the bot answers through the WASender API: the reply holds WASender's msgId."""
+    assert post(wasender_app, wasender_message("hello", wa_id=RITA)).json["messages"] == 1
+    settle(wasender_app)
+    reply = Message.get(Message.direction == "out")
+    assert reply.status == "sent" and reply.provider_message_id.isdigit()
+    return reply
+
+
+def test_a_wasender_reply_takes_the_key_id_of_its_first_status_and_then_follows_its_ticks(wasender_app):  # noqa: F811
+    reply = wasender_reply(wasender_app)
+
+    sent = post(wasender_app, wasender_event("message.sent", {
+        "key": own_key("3EB0STATUSFIRST", wa_id=f"+{RITA}"), "message": {"conversation": reply.text},
+        "success": True}))
+    assert sent.status_code == 200
+    assert Message.get_by_id(reply.id).provider_message_id == "3EB0STATUSFIRST"
+    post(wasender_app, wasender_event("messages.update", {"update": {"status": 3},
+                                                          "key": own_key("3EB0STATUSFIRST")}))
+    assert Message.get_by_id(reply.id).status == "delivered"
+    post(wasender_app, wasender_event("message-receipt.update", {"message": {
+        "key": own_key("3EB0STATUSFIRST"), "receipt": {"readTimestamp": 1767349680}}}))
+    post(wasender_app, wasender_event("messages.update", {"update": {"status": 3},
+                                                          "key": own_key("3EB0STATUSFIRST")}))
+
+    row = Message.get_by_id(reply.id)
+    assert (row.provider_message_id, row.status) == ("3EB0STATUSFIRST", "read")
+    assert Message.select().count() == 2
+
+
+def test_a_wasender_reply_takes_the_key_id_of_its_echo(wasender_app):  # noqa: F811
+    reply = wasender_reply(wasender_app)
+
+    echoed = post(wasender_app, wasender_message(reply.text, from_me=True, message_id="3EB0ECHOFIRST",
+                                                 wa_id=RITA))
+    assert echoed.json["duplicates"] == 1
+    post(wasender_app, wasender_event("messages.update", {"update": {"status": 4}, "key": own_key("3EB0ECHOFIRST")}))
+
+    row = Message.get_by_id(reply.id)
+    assert (row.provider_message_id, row.status) == ("3EB0ECHOFIRST", "read")
+
+
+def test_two_wasender_replies_take_their_key_ids_in_the_order_they_were_sent(wasender_app):  # noqa: F811
+    first = wasender_reply(wasender_app)
+    now = utcnow()
+    second = Message.create(conversation=first.conversation_id, channel=first.channel_id, direction="out",
+                            sender="agent", type="text", text="Anything else?", provider_message_id="100777",
+                            sent_at=now, received_at=now, routed_to="none", status="sent", attempts=0)
+
+    for key_id in ("3EB0ONE", "3EB0TWO"):
+        post(wasender_app, wasender_event("messages.update", {"update": {"status": 2}, "key": own_key(key_id)}))
+
+    assert Message.get_by_id(first.id).provider_message_id == "3EB0ONE"
+    assert Message.get_by_id(second.id).provider_message_id == "3EB0TWO"
+
+
+def test_a_wasender_status_about_another_customer_takes_no_reply(wasender_app):  # noqa: F811
+    reply = wasender_reply(wasender_app)
+
+    answer = post(wasender_app, wasender_event("messages.update", {"update": {"status": 3},
+                                                                   "key": own_key("3EB0ELSE", wa_id="5559990000")}))
+
+    assert answer.status_code == 200
+    row = Message.get_by_id(reply.id)
+    assert (row.provider_message_id, row.status) == (reply.provider_message_id, "sent")
