@@ -7,7 +7,7 @@ import logging
 from flask import Blueprint, Response, current_app, request
 
 from integrations.whatsapp.base import WebhookRejected
-from routing.ingest import IngestCache, record_webhook
+from routing.ingest import IngestCache, announce_updates, record_webhook
 
 from .api import errors, reply, responds
 from .errors import ApiError
@@ -79,6 +79,7 @@ def _receive(path_provider: str):
         raise ApiError(rejected.status, rejected.code, rejected.message) from None
     cache = rt.caches.setdefault("ingest", IngestCache())
     result = record_webhook(adapter.name, parsed, cache)
+    announce_updates(rt.redis, rt.settings.REDIS_PREFIX, result.updated)
     # Durable from here on; the hand-off to the inbound lane happens in the
     # background (and, should it fail, through the cron sweep).
     rt.feeder.submit(result.to_route)

@@ -63,8 +63,9 @@ class IngestCache:
 
 
 def record_webhook(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> IngestResult:
-    """Store every message and status of a webhook; duplicates are counted, not stored.
-    Messages a status changed are then announced live (see announce_updates)."""
+    """Store every message and status of a webhook; duplicates are counted, not
+    stored. `result.updated` names the messages a status changed, for the
+    caller to announce after the commit (announce_updates)."""
     try:
         result = _record(provider, parsed, cache)
     except peewee.IntegrityError:
@@ -72,8 +73,6 @@ def record_webhook(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> 
         # long-lived process): forget the cache and try once more.
         cache.clear()
         result = _record(provider, parsed, cache)
-    if result.updated:
-        announce_updates(result.updated)
     return result
 
 
@@ -312,17 +311,14 @@ def _bounded(text, limit: int) -> str | None:
     return text or None
 
 
-def announce_updates(updated: list[tuple[str, str]]) -> None:
+def announce_updates(redis, prefix: str, updated: list[tuple[str, str]]) -> None:
     """Publish `message.updated` for messages whose status changed, after the
     commit, to whoever may see their conversation. Best effort: the status is
     recorded either way, and a console that missed the event re-reads it over REST."""
+    if not updated:
+        return
     try:
-        from flask import current_app, has_app_context
-
-        if not has_app_context():
-            return
-        rt = current_app.extensions["baton"]
-        publish(rt.redis, rt.settings.REDIS_PREFIX, updated_message_events(updated))
+        publish(redis, prefix, updated_message_events(updated))
     except Exception:
         log.warning("could not announce %d status change(s)", len(updated), exc_info=True)
 

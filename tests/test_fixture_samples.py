@@ -66,7 +66,7 @@ def test_every_cloud_api_message_type_and_status_has_a_fixture():
     kinds = {m["type"] for s in CLOUD for m in s.expected["parse"]["messages"]}
     statuses = {st["status"] for s in CLOUD for st in s.expected["parse"]["statuses"]}
     assert kinds == set(MESSAGE_TYPES)
-    assert statuses == {"sent", "delivered", "read", "failed"}
+    assert statuses == {"sent", "delivered", "read", "played", "failed"}
     assert any(m["from_me"] for s in CLOUD for m in s.expected["parse"]["messages"] if "from_me" in m)
 
 
@@ -185,6 +185,8 @@ def post_and_check(client, path: str, item: Sample, headers: dict) -> None:
         assert row.status == outcome["status"]
         if "error_code" in outcome:
             assert row.error_code == outcome["error_code"]
+        if "error_details" in outcome:
+            assert row.to_dict()["error"]["details"] == outcome["error_details"]
 
     again = _post(client, path, item.raw, headers)
     assert again == {"messages": 0, "statuses": len(parse["statuses"]), "duplicates": len(parse["messages"]),

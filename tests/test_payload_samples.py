@@ -252,7 +252,8 @@ def test_a_message_without_id_is_ignored_not_fatal():
 def test_send_fails_after_24h_and_the_status_keeps_metas_error():
     [status] = cloud_sample("bindambc__reEngagementMessageError.json").statuses
     assert (status.status, status.recipient_wa_id) == ("failed", "5511111111111")
-    assert status.error == {"code": 131047, "title": "Re-engagement message"}
+    assert (status.error["code"], status.error["title"]) == (131047, "Re-engagement message")
+    assert "24 hours" in status.error["details"]
 
 
 @needs_corpus
@@ -263,9 +264,9 @@ def test_delivered_status_is_tied_to_the_wamid():
 
 
 @needs_corpus
-def test_a_played_voice_note_counts_as_read():
+def test_a_played_voice_note_is_played():
     [status] = cloud_sample("pywa__message_status__played.json").statuses
-    assert status.status == "read"
+    assert status.status == "played"
 
 
 @needs_corpus
@@ -419,7 +420,7 @@ def test_wasender_status_update_never_stores_the_session_key_and_reads_ms_timest
 
 
 @pytest.mark.parametrize("ack, status", [(0, "failed"), (2, "sent"), (3, "delivered"),
-                                         (4, "read"), (5, "read"), ("DELIVERY_ACK", "delivered")])
+                                         (4, "read"), (5, "played"), ("DELIVERY_ACK", "delivered")])
 def test_wasender_ack_levels_map_to_baton_statuses(ack, status):
     body = our_wasender_body("messages.update__read")
     body["data"]["update"]["status"] = ack

@@ -21,7 +21,7 @@ from redis import Redis
 from integrations.whatsapp.base import ParsedWebhook, StatusUpdate
 from models import AGENT_CONTROLLED, Conversation, Message, utcnow
 from models.message import ERROR_DETAILS_LIMIT, STATUS_RANK
-from routing.ingest import IngestCache, record_webhook
+from routing.ingest import IngestCache, announce_updates, record_webhook
 from routing.live import channel
 from tests.fixtures.samples import cloud_headers
 from tests.support import (
@@ -84,9 +84,9 @@ def recorded(app, provider_message_id: str, status: str, error: dict | None = No
     update = StatusUpdate(provider_message_id=provider_message_id, phone_number_id=PHONE_NUMBER_ID,
                           recipient_wa_id=CUSTOMER, status=status,
                           timestamp=datetime(2027, 1, 1, tzinfo=timezone.utc), error=error)
-    with app.app_context():
-        record_webhook(rt.adapter.name, ParsedWebhook(statuses=[update]),
-                       rt.caches.setdefault("ingest", IngestCache()))
+    result = record_webhook(rt.adapter.name, ParsedWebhook(statuses=[update]),
+                            rt.caches.setdefault("ingest", IngestCache()))
+    announce_updates(rt.redis, rt.settings.REDIS_PREFIX, result.updated)
 
 
 def handled_by(conv_id: str, agent_id: str, group: str = "support") -> None:

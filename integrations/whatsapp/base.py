@@ -15,7 +15,6 @@ MESSAGE_TYPES = (
     "interactive", "button", "reaction", "order", "system", "unsupported",
 )
 MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
-STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
 
 
 @dataclass(frozen=True)
@@ -40,9 +39,9 @@ class StatusUpdate:
     provider_message_id: str
     phone_number_id: str
     recipient_wa_id: str | None
-    status: str                   # sent|delivered|read|failed  ("played" is reported as "read")
+    status: str                   # sent|delivered|read|played|failed
     timestamp: datetime
-    error: dict | None = None     # {"code": int, "title": str}
+    error: dict | None = None     # {"code": int, "title": str, "details": str | None}
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 RETRYABLE_CODES = frozenset({130429, 131056, 131057, 80007, 4, 131016, 131000, 1, 2})
 
 _STATUSES = {"sent": "sent", "delivered": "delivered", "read": "read", "failed": "failed",
-             "played": "read"}  # a played voice note has necessarily been read
+             "played": "played"}  # a voice message was played (ranks above read: models.message.STATUS_RANK)
 
 
 def header_value(headers: Mapping[str, str], name: str) -> str | None:
@@ -78,7 +78,9 @@ def _error_summary(errors: Any) -> dict | None:
         code = int(code)
     except (TypeError, ValueError):
         pass
-    return {"code": code, "title": first.get("title") or first.get("message") or ""}
+    details = _dict(first.get("error_data")).get("details") or first.get("message")
+    return {"code": code, "title": first.get("title") or first.get("message") or "",
+            "details": str(details) if details else None}
 
 
 class CloudApiAdapter:

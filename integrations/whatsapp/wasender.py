@@ -31,8 +31,8 @@ STATUS_EVENTS = frozenset({"messages.update", "message-receipt.update", "message
 # WhatsApp's message ack levels as WASender reports them in messages.update:
 # 0 ERROR -> failed, 1 PENDING -> no status (not yet left the session; Baton's
 # own "queued" covers it), 2 SERVER_ACK -> sent, 3 DELIVERY_ACK -> delivered,
-# 4 READ -> read, 5 PLAYED -> read (played media has been read).
-ACK_STATUS = {0: "failed", 2: "sent", 3: "delivered", 4: "read", 5: "read"}
+# 4 READ -> read, 5 PLAYED -> played (ranks above read).
+ACK_STATUS = {0: "failed", 2: "sent", 3: "delivered", 4: "read", 5: "played"}
 _NAMED_ACKS = {"ERROR": 0, "PENDING": 1, "SERVER_ACK": 2, "SENT": 2, "DELIVERY_ACK": 3,
                "DELIVERED": 3, "READ": 4, "PLAYED": 5, "FAILED": 0}
 
@@ -318,7 +318,7 @@ def _ack_status(ack: Any) -> str | None:
 
 
 def _receipt_status(receipt: dict) -> tuple[str | None, Any]:
-    for field_name, status in (("playedTimestamp", "read"), ("readTimestamp", "read"),
+    for field_name, status in (("playedTimestamp", "played"), ("readTimestamp", "read"),
                                ("receiptTimestamp", "delivered")):
         if receipt.get(field_name) is not None:
             return status, receipt[field_name]
