@@ -113,6 +113,14 @@ def sentiment_applies(conv: ConversationView, msg_type: str, text: str | None, f
     return conv.state == BOT_CONTROLLED and not conv.typing_held and conv.cooldown_remaining <= 0
 
 
+def needs_sentiment(conv: ConversationView, msg_type: str, text: str | None, from_me: bool,
+                    policy: Policy) -> bool:
+    """Is it worth asking the analyser about this message? Only past the gate,
+    and not when the customer asks for a human in words (that rule comes first)."""
+    return (policy.sentiment is not None and sentiment_applies(conv, msg_type, text, from_me)
+            and not is_explicit_request(text, policy.phrases))
+
+
 def decide(conv: ConversationView, msg: InboundView, policy: Policy, now: datetime) -> Decision:
     """Route one inbound message given the conversation's current state: the complete change."""
     return _complete(conv, msg, _route(conv, msg, policy, now), now)

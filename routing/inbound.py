@@ -7,7 +7,7 @@ from models.prepared import PreparedSelect
 
 from .bot_turns import issue_bot_turn
 from .change import Change, Changes, view_of
-from .decide import Decision, InboundView, Policy, decide, sentiment_applies
+from .decide import Decision, InboundView, Policy, decide, needs_sentiment
 
 _MESSAGE = PreparedSelect(lambda message_id: Message.select().where(Message.id == message_id))
 
@@ -27,7 +27,7 @@ def _route(change: Change, policy: Policy, message_id: str) -> str | None:
     from_me = message.direction == "out"
     view = view_of(conv, now)
     urgency = None
-    if policy.sentiment is not None and sentiment_applies(view, message.type, message.text, from_me):
+    if needs_sentiment(view, message.type, message.text, from_me, policy):
         urgency = policy.sentiment.urgency(message.text, (conv.metadata or {}).get("preferred_language"))
     decision = decide(view, InboundView(message.type, message.text, from_me, urgency, message.sent_at),
                       policy, now)

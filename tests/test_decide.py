@@ -201,3 +201,12 @@ def test_the_sentiment_gate(story, view, msg, applies):
     angry = InboundView(msg.type, msg.text, msg.from_me, sentiment_urgency=0.9)
     escalated = decide(view, angry, POLICY, NOW).reason == "sentiment"
     assert escalated is applies
+
+
+def test_the_analyser_is_not_asked_when_the_customer_asks_for_a_human_in_words():
+    from routing.decide import needs_sentiment
+
+    policy = Policy(phrases=POLICY.phrases, sentiment=object())
+    assert needs_sentiment(ConversationView(BOT), "text", HELLO.text, False, policy)
+    assert not needs_sentiment(ConversationView(BOT), "text", HUMAN.text, False, policy)
+    assert not needs_sentiment(ConversationView(BOT), "text", HELLO.text, False, POLICY)   # sentiment off
