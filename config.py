@@ -97,6 +97,10 @@ class Settings:
     BOT_HISTORY: int = setting(10, "How many earlier messages a `bot.turn` event carries in `history`.")
     ESCALATION_PHRASES_FILE: str = setting("", "A file of extra phrases that mean \"I want a human\", one a line "
                                                "(`=` for a whole message); empty uses the built-in list only.")
+    TEMPLATES_FILE: str = setting("", "A JSON file listing the approved WhatsApp templates agents may send "
+                                      "(`GET /api/v1/templates`; format in templates.example.json); when set, a "
+                                      "template message must name one of them with fitting parameters. Empty: no "
+                                      "catalog, any template goes to the provider as given.")
     DEFAULT_GROUP: str = setting("support", "The agent group an escalation goes to when none is named.")
     STICKY_ASSIGNMENT: bool = setting(True, "Offer a returning customer to the agent who served them last, when "
                                             "that agent is online with free capacity.")
@@ -206,6 +210,13 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"SENTIMENT_LANGUAGES: the analyser reads English only, not {', '.join(sorted(unreadable))}")
     if s.ESCALATION_PHRASES_FILE and not Path(s.ESCALATION_PHRASES_FILE).is_file():
         raise ConfigError(f"ESCALATION_PHRASES_FILE {s.ESCALATION_PHRASES_FILE!r} is not a readable file")
+    if s.TEMPLATES_FILE:
+        from integrations.templates import CatalogError, catalog_for
+
+        try:
+            catalog_for(s.TEMPLATES_FILE)
+        except CatalogError as exc:
+            raise ConfigError(f"TEMPLATES_FILE: {exc}") from None
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}

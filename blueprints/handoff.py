@@ -12,6 +12,7 @@ from .errors import ApiError
 from .idempotency import idempotent
 from .schemas import (AgentMessageSchema, CloseSchema, ConversationSchema, QueuedMessageSchema, ReleaseSchema,
                       TransferSchema, TypingSchema)
+from .templates import check_template
 
 bp = Blueprint("handoff", __name__, url_prefix="/api/v1/conversations")
 
@@ -43,7 +44,8 @@ def claim(conversation_id):
 @responds(202, QueuedMessageSchema, "Queued for sending, in order")
 @errors(400, 401, codes={403: ("forbidden", "not_an_agent", "not_assigned"), 404: ("not_found",),
                          409: ("wrong_state", "already_assigned", "at_capacity"),
-                         422: ("unknown_media", "outside_customer_service_window"),
+                         422: ("unknown_media", "outside_customer_service_window", "unknown_template",
+                               "bad_template_components"),
                          503: ("conversation_busy",)})
 @require("agent")
 @idempotent
@@ -54,6 +56,8 @@ def send_message(conversation_id, data):
     if "media_id" in data:
         # Media upload and storage arrive with the media issue; until then no id exists.
         raise ApiError(422, "unknown_media", "No stored media has this id.", {"media_id": data["media_id"]})
+    if "template" in data:
+        check_template(data["template"])
     rt = _rt()
     result = handoff.send(rt.changes, rt.reservations, conversation_id, _actor(),
                                 text=data.get("text"), template=data.get("template"))

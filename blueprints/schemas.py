@@ -358,8 +358,12 @@ class TemplateSchema(StrictSchema):
                          metadata=about("an approved WhatsApp template"))
     language = fields.String(required=True, validate=validate.Length(min=2, max=16),
                              metadata=about("its language code, e.g. `en_US`"))
-    components = fields.List(fields.Dict(), load_default=None, allow_none=True,
-                             metadata=about("parameters, as the Cloud API takes them"))
+    components = fields.List(fields.Dict(), allow_none=True, validate=validate.Length(max=20),
+                             metadata=about("its `header`, `body` and `button` components with their parameters, "
+                                            "as the Cloud API takes them, e.g. `[{\"type\": \"body\", "
+                                            "\"parameters\": [{\"type\": \"text\", \"text\": \"Ana\"}]}]`; "
+                                            "with TEMPLATES_FILE set they must fit the catalog's declared "
+                                            "parameters"))
 
 
 class AgentMessageSchema(StrictSchema):
@@ -377,6 +381,40 @@ class AgentMessageSchema(StrictSchema):
                                   "or `template`", "_schema")
         if "caption" in data and "media_id" not in data:
             raise ValidationError("`caption` goes with `media_id`", "caption")
+
+
+class CatalogHeaderSchema(ResponseSchema):
+    format = fields.String(required=True, validate=validate.OneOf(("text", "image", "video", "document")),
+                           metadata=about("`text`, or the media kind the header shows"))
+    parameters = fields.Integer(required=True, metadata=about("parameters the header takes (a media header: 1)"))
+
+
+class CatalogButtonSchema(ResponseSchema):
+    index = fields.Integer(required=True, metadata=about("the button's `index` in a `button` component"))
+    type = fields.String(required=True,
+                         validate=validate.OneOf(("quick_reply", "url", "copy_code", "phone_number")),
+                         metadata=about("the button's `sub_type`"))
+    parameters = fields.Integer(required=True, metadata=about("parameters it takes (0 or 1)"))
+
+
+class CatalogTemplateSchema(ResponseSchema):
+    name = fields.String(required=True, metadata=about("the approved template's name"))
+    language = fields.String(required=True, metadata=about("its language code, e.g. `en_US`"))
+    category = fields.String(required=True, validate=validate.OneOf(("MARKETING", "UTILITY", "AUTHENTICATION")),
+                             metadata=about("Meta's template category"))
+    text = fields.String(required=True, allow_none=True, metadata=about("its body text, for showing to agents"))
+    body_parameters = fields.Integer(required=True, metadata=about("parameters the body takes"))
+    header = fields.Nested(CatalogHeaderSchema, required=True, allow_none=True,
+                           metadata=about("its header; null when it has none"))
+    buttons = fields.List(fields.Nested(CatalogButtonSchema), required=True, metadata=about("its buttons, in order"))
+
+
+class TemplateListSchema(ResponseSchema):
+    configured = fields.Boolean(required=True,
+                                metadata=about("false when TEMPLATES_FILE is empty: no catalog, and any template "
+                                               "is passed to the provider as given"))
+    items = fields.List(fields.Nested(CatalogTemplateSchema), required=True,
+                        metadata=about("the catalog, in the file's order"))
 
 
 class QueuedMessageSchema(ResponseSchema):

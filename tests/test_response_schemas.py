@@ -563,6 +563,22 @@ def _stream_events(w: World):
     w.get("/api/v1/events", 401)
 
 
+@scenario("/api/v1/templates", "GET")
+def _list_templates(w: World):
+    from config import ROOT
+
+    _, ana = w.agent("ana", online=False)
+    assert w.get("/api/v1/templates", token=ana).json == {"configured": False, "items": []}
+    listed = w.app_with(TEMPLATES_FILE=str(ROOT / "templates.example.json"))
+    assert w.get("/api/v1/templates", token=w.bot, app=listed).json["items"]
+    w.get("/api/v1/templates", 401, app=listed)
+    conv = w.held_by(ana, "15551230031")
+    assert w.post(f"/api/v1/conversations/{conv.id}/messages", 422, token=ana, app=listed, json={
+        "template": {"name": "follow_up", "language": "en_US"}}).json["error"] == "bad_template_components"
+    assert w.post(f"/api/v1/conversations/{conv.id}/messages", 422, token=ana, app=listed, json={
+        "template": {"name": "nope", "language": "en_US"}}).json["error"] == "unknown_template"
+
+
 @scenario("/api/v1/admin/outbox", "GET")
 def _outbox(w: World):
     w.customer_says("hello", "15551230018")

@@ -241,9 +241,12 @@ class CloudApiAdapter:
         body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual",
                                 "to": message.to}
         if message.template:
-            template = dict(message.template)
-            if isinstance(template.get("language"), str):
-                template["language"] = {"code": template["language"]}
+            # Graph's shape: {"name", "language": {"code"}, "components"?}; no components key when there are none.
+            language = message.template.get("language")
+            template = {"name": message.template.get("name"),
+                        "language": {"code": language} if isinstance(language, str) else language}
+            if message.template.get("components"):
+                template["components"] = message.template["components"]
             body.update(type="template", template=template)
         elif message.media:
             kind = message.media.get("type")
