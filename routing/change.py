@@ -120,8 +120,12 @@ class Change:
         the hold ends in `columns`."""
         if self.conv.held_since is None:
             return
-        self.effects.update(Message, {"routed_to": routed_to}, {"conversation": self.conv.id, "routed_to": "held"})
+        self.hand_held_messages_to(routed_to)
         columns.update(held_since=None, typing_agent_id=None, typing_until=None)
+
+    def hand_held_messages_to(self, routed_to: str) -> None:
+        """The messages held for a typing agent are now routed to `routed_to`."""
+        self.effects.update(Message, {"routed_to": routed_to}, {"conversation": self.conv.id, "routed_to": "held"})
 
     def route_held_again(self) -> int:
         """The typing agent stopped (or the lock expired) without answering:

@@ -33,8 +33,7 @@ def _route(change: Change, policy: Policy, message_id: str) -> str | None:
                       policy, now)
     change.set(decision.columns)
     if decision.held_messages_to:
-        change.effects.update(Message, {"routed_to": decision.held_messages_to},
-                              {"conversation": conv.id, "routed_to": "held"})
+        change.hand_held_messages_to(decision.held_messages_to)
     change.free_seat(decision.free_seat_of)
     change.mark_routed(message, decision.routed_to)
     if decision.offer:

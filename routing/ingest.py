@@ -67,13 +67,12 @@ def record_webhook(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> 
     stored. `result.updated` names the messages a status changed, for the
     caller to announce after the commit (announce_updates)."""
     try:
-        result = _record(provider, parsed, cache)
+        return _record(provider, parsed, cache)
     except peewee.IntegrityError:
         # A cached id can point at a row that is gone (database reset under a
         # long-lived process): forget the cache and try once more.
         cache.clear()
-        result = _record(provider, parsed, cache)
-    return result
+        return _record(provider, parsed, cache)
 
 
 def _record(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> IngestResult:
