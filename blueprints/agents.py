@@ -5,7 +5,7 @@ from flask import Blueprint, current_app, g
 
 from models import Agent, CallbackRequest, Conversation, utcnow, write_transaction
 from routing import agents as agent_service
-from routing.assignment import offer_next
+from routing.assignment import offer_waiting
 from routing.errors import NotFound
 from routing import timeouts
 
@@ -108,8 +108,7 @@ def heartbeat():
 
 def _offer_waiting(rt) -> None:
     """An agent just became available: offer what waits now, not at the next tick."""
-    for conversation_id in timeouts.waiting_for_offer():
-        offer_next(rt.changes, rt.reservations, conversation_id)
+    offer_waiting(rt.changes, rt.reservations)
 
 
 @bp.get("/callbacks")

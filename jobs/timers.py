@@ -17,7 +17,7 @@ from models import Agent, Delivery, Message, utcnow
 from models.base import epoch_seconds
 from models.delivery import PENDING
 from routing import timeouts
-from routing.assignment import offer_next
+from routing.assignment import offer_waiting
 from routing.lanes import LANES
 
 from .context import job_logger, runtime
@@ -91,8 +91,7 @@ def handoff_timers() -> dict:
     agent_ids = [agent.id for agent in Agent.select(Agent.id)]
     if not any(rt.presence.online(agent_ids).values()):
         return _logged(outcomes)           # nobody to offer waiting customers to
-    for conversation_id in timeouts.waiting_for_offer():
-        outcomes["offered"] += offer_next(changes, rt.reservations, conversation_id)
+    outcomes["offered"] = offer_waiting(changes, rt.reservations)
     return _logged(outcomes)
 
 

@@ -18,6 +18,8 @@ import logging
 import time
 from datetime import timedelta
 
+from peewee import fn
+
 from models import AGENT_CONTROLLED, PENDING_AGENT, Agent, Conversation, utcnow
 from models.conversation import holder_of
 
@@ -25,6 +27,8 @@ from .change import Change, Changes
 from .presence import Presence
 
 log = logging.getLogger(__name__)
+
+WAITING_BATCH = 200         # waiting conversations considered per pass
 # A reservation the database does not confirm after this long was left by a
 # process that died between reserving and committing.
 STALE_RESERVATION_SECONDS = 60
@@ -145,6 +149,36 @@ def offer_next(changes: Changes, reservations: Reservations, conversation_id: st
         plan_offer(change, next(a for a in agents if a.id == chosen), lapsed)
         return True
     return changes.run(conversation_id, plan)
+
+
+def waiting_for_offer() -> list[tuple[str, str | None]]:
+    """(conversation, group) of those waiting without an offer, in line order:
+    most urgent first, then longest waiting."""
+    rows = (Conversation.select(Conversation.id, Conversation.group)
+            .where((Conversation.state == PENDING_AGENT) & Conversation.offered_agent_id.is_null())
+            .order_by(fn.COALESCE(Conversation.escalation_urgency, 0).desc(), Conversation.pending_since,
+                      Conversation.id)
+            .limit(WAITING_BATCH))
+    return [(row.id, row.group) for row in rows]
+
+
+def offer_waiting(changes: Changes, reservations: Reservations) -> int:
+    """Offer waiting conversations in line order; how many got an offer.
+
+    Once nobody in a group has room, the rest of that group's line waits for
+    the next pass: a seat freed while this pass runs must go to the customer
+    waiting longest, not to whoever the loop happens to be at."""
+    full: set[str] = set()
+    offered = 0
+    for conversation_id, group in waiting_for_offer():
+        group = group or changes.settings.DEFAULT_GROUP
+        if group in full:
+            continue
+        if offer_next(changes, reservations, conversation_id):
+            offered += 1
+        else:
+            full.add(group)
+    return offered
 
 
 def plan_offer(change: Change, agent: Agent, lapsed: list[str], actor: str = "system") -> None:

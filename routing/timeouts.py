@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from peewee import fn
 
 from config import Settings
 from models import (AGENT_CONTROLLED, BOT_CONTROLLED, CLOSED, PENDING_AGENT, Agent, CallbackRequest,
@@ -56,15 +55,6 @@ def due_holds(now: datetime) -> list[str]:
 def due_idle(settings: Settings, now: datetime) -> list[str]:
     return _due(Conversation.state != CLOSED,
                 Conversation.last_activity_at < now - timedelta(seconds=settings.IDLE_CLOSE_AFTER))
-
-
-def waiting_for_offer() -> list[str]:
-    rows = (Conversation.select(Conversation.id)
-            .where((Conversation.state == PENDING_AGENT) & Conversation.offered_agent_id.is_null())
-            .order_by(fn.COALESCE(Conversation.escalation_urgency, 0).desc(), Conversation.pending_since,
-                      Conversation.id)
-            .limit(BATCH))
-    return [row.id for row in rows]
 
 
 def _agent(agent_id: str | None) -> Agent | None:

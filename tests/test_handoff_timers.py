@@ -224,3 +224,33 @@ def test_an_agent_marks_a_callback_request_done(make_desk):
         200, "done", team.id("ana"), "called, all sorted")
     assert team.call("ana", "GET", "/api/v1/callbacks").json["items"] == []
     assert [c["id"] for c in team.call("ana", "GET", "/api/v1/callbacks?status=done").json["items"]] == [request.id]
+
+
+def test_a_seat_freed_during_a_pass_goes_to_the_customer_waiting_longest(desk, team, monkeypatch):
+    """CI caught this through real processes: the cron's pass found no room for the
+    customers at the head of the line, a close freed a seat while it was still
+    going, and a customer further back took it."""
+    team.add("ana", max_concurrent=1)
+    held = waiting_customer(desk, wa_id="15551000100")
+    assert held.offered_agent_id == team.id("ana")
+    assert team.act("ana", "claim", held.id).status_code == 200
+    line = [waiting_customer(desk, wa_id=f"1555100010{i}") for i in (1, 2, 3)]
+    for seconds, conv in zip((30, 20, 10), line):
+        backdate(conv.id, pending_since=seconds)
+    first_in_line = line[0].id
+    reservations = desk.extensions["baton"].reservations
+    real_reserve_next = reservations.reserve_next
+
+    def reserve_next_while_ana_finishes(conversation_id, *args):
+        chosen = real_reserve_next(conversation_id, *args)
+        if conversation_id == first_in_line and chosen is None:
+            monkeypatch.setattr(reservations, "reserve_next", real_reserve_next)
+            assert team.act("ana", "close", held.id).status_code == 200   # her seat frees mid-pass
+        return chosen
+
+    monkeypatch.setattr(reservations, "reserve_next", reserve_next_while_ana_finishes)
+    timers.handoff_timers()
+    settle(desk)
+    assert [Conversation.get_by_id(c.id).offered_agent_id for c in line[1:]] == [None, None]
+    assert timers.handoff_timers()["offered"] == 1
+    assert Conversation.get_by_id(first_in_line).offered_agent_id == team.id("ana")
