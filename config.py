@@ -51,8 +51,9 @@ class Settings:
                                              "API.")
     WHATSAPP_API_BASE: str = setting("https://graph.facebook.com/v23.0",
                                      "Base URL of the Graph API, version included.")
-    WHATSAPP_MPS: int = setting(80, "Messages per second the provider accepts from this number; reserved for "
-                                    "the send-rate scheduler (today a 429 is retried with backoff).")
+    WHATSAPP_MPS: int = setting(80, "Messages per second Baton sends from one business number, counted in Redis "
+                                    "across every process: 80 is Meta's default, 20 for a number that coexists "
+                                    "with the WhatsApp Business app, up to 1000 once Meta raises the tier.")
     WASENDER_API_KEY: str = setting("", "WASender API key used to send messages and decrypt media.")
     WASENDER_WEBHOOK_SECRET: str = setting("", "Shared secret WASender sends in X-Webhook-Signature with each "
                                                "webhook.")
@@ -114,8 +115,16 @@ class Settings:
     SECRET_KEY: str = setting("", "Flask's secret key (for signed cookies; Baton's API itself uses bearer tokens).")
     METRICS_TOKEN: str = setting("", "When set, `GET /metrics` needs `Authorization: Bearer <METRICS_TOKEN>`.")
     MAX_WEBHOOK_BYTES: int = setting(3 * 1024 * 1024, "Largest request body accepted, in bytes; bigger gets 413.")
-    SEND_MAX_ATTEMPTS: int = setting(6, "Tries of one outbound message on retryable provider errors (429, 5xx) "
-                                        "before it is marked failed.")
+    SEND_MAX_ATTEMPTS: int = setting(6, "Tries of one outbound message on retryable provider errors (429, 5xx, "
+                                        "130429, pair limit 131056, network) before it fails with its last error.")
+    SEND_MAX_AGE: int = setting(3600, "Seconds after it was queued that an outbound message still waiting for a "
+                                      "retry fails with its last error instead.")
+    SEND_CONCURRENCY: int = setting(0, "Provider calls one outbound pump keeps in flight (each conversation has one "
+                                       "at a time, so its messages stay in order); 0 means WHATSAPP_MPS / 2, enough "
+                                       "to reach the rate when a call takes up to 500 ms.")
+    SEND_RECONCILE_SECONDS: float = setting(30.0, "When a send's outcome is unknown (the request went out, no "
+                                                  "answer came back), how long Baton waits for a status webhook "
+                                                  "naming it before sending it again.")
     LOCK_TTL: float = setting(30.0, "Seconds a conversation lock lives without renewal; a crashed worker's lock "
                                     "frees itself after this long.")
     REQUEUE_AFTER: int = setting(10, "Seconds after which the cron sweep re-queues a message recorded but not "
@@ -200,7 +209,7 @@ def _validate(s: Settings) -> None:
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",
-                 "PUMP_LINGER"):
+                 "PUMP_LINGER", "SEND_CONCURRENCY", "SEND_RECONCILE_SECONDS", "SEND_MAX_AGE"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(s, name)}")
     if not -1 <= s.SENTIMENT_THRESHOLD < 0:
@@ -217,6 +226,11 @@ def _validate(s: Settings) -> None:
             catalog_for(s.TEMPLATES_FILE)
         except CatalogError as exc:
             raise ConfigError(f"TEMPLATES_FILE: {exc}") from None
+
+
+def send_concurrency(s: Settings) -> int:
+    """Provider calls in flight per outbound pump (SEND_CONCURRENCY, or from WHATSAPP_MPS)."""
+    return s.SEND_CONCURRENCY or min(max(s.WHATSAPP_MPS // 2, 4), 512)
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}

@@ -26,6 +26,7 @@ from routing.dispatch import dispatch
 from routing.escalation import load_phrases
 from routing.assignment import Reservations
 from routing.lanes import LANES, Lanes, PumpClaim
+from routing.send_rate import SendRate
 from routing.presence import Presence
 
 PUMP_JOB_TIMEOUT = 600
@@ -97,12 +98,14 @@ class Runtime:
     presence: Presence | None = None
     reservations: Reservations | None = None
     changes: Changes | None = None
+    send_rate: SendRate | None = None
 
     def __post_init__(self):
         self.feeder = InboxFeeder(self)
         self.presence = Presence(self.redis, self.settings.REDIS_PREFIX, self.settings.AGENT_HEARTBEAT_TTL)
         self.reservations = Reservations(self.presence)
         self.changes = Changes(self.settings, dispatch=self.dispatch)
+        self.send_rate = SendRate(self.redis, self.settings.REDIS_PREFIX, self.settings.WHATSAPP_MPS)
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":

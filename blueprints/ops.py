@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery, Message, db, utcnow
 from models.base import parse_time
+from models.message import UNSENT, is_unsent
 from routing.lanes import LANES
 
 from .api import build_spec, errors, reply, responds
@@ -63,8 +64,12 @@ def metrics():
         by_state.labels(state).set(count)
     Gauge("baton_messages_unrouted", "Inbound messages recorded but not routed yet",
           registry=registry).set(Message.select().where(Message.routed_to.is_null()).count())
-    Gauge("baton_outbound_queued", "Outbound messages waiting to be sent",
-          registry=registry).set(Message.select().where(Message.status == "queued").count())
+    unsent = Gauge("baton_outbound_unsent", "Outbound messages not yet accepted by the provider: `queued`, or "
+                   "`unknown` (a send whose outcome waits to be reconciled)", ["status"], registry=registry)
+    counts = dict(Message.select(Message.status, peewee.fn.COUNT(Message.id))
+                  .where(is_unsent()).group_by(Message.status).tuples())
+    for status in UNSENT:
+        unsent.labels(status).set(counts.get(status, 0))
     deliveries = Gauge("baton_deliveries", "n8n deliveries by status", ["status"], registry=registry)
     for status, count in (Delivery.select(Delivery.status, peewee.fn.COUNT(Delivery.id))
                           .group_by(Delivery.status).tuples()):

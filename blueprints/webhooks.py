@@ -80,6 +80,8 @@ def _receive(path_provider: str):
     cache = rt.caches.setdefault("ingest", IngestCache())
     result = record_webhook(adapter.name, parsed, cache)
     announce_updates(rt.redis, rt.settings.REDIS_PREFIX, result.updated)
+    for conversation_id in result.reconciled:
+        rt.schedule("outbound", conversation_id)      # its next message no longer waits
     # Durable from here on; the hand-off to the inbound lane happens in the
     # background (and, should it fail, through the cron sweep).
     rt.feeder.submit(result.to_route)

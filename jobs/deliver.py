@@ -12,7 +12,7 @@ from models.prepared import update_statement
 from models.delivery import DELIVERED, FAILED, PENDING
 
 from .context import job_logger, runtime
-from .retry import backoff_seconds
+from routing.backoff import backoff_seconds
 
 log = job_logger(__name__)
 _session = requests.Session()

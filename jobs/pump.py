@@ -8,10 +8,10 @@ from routing.lanes import PumpClaim
 from .context import job_logger, runtime
 from .deliver import deliver_event
 from .drain import drain
-from .send import send_pending
+from .send import pump_outbound
 
 log = job_logger(__name__)
-HANDLERS = {"inbound": drain, "outbound": send_pending, "events": deliver_event}
+HANDLERS = {"inbound": drain, "events": deliver_event}
 RETRY_FAILED_KEY_AFTER = 5.0
 UPKEEP_SECONDS = 0.25
 
@@ -19,8 +19,10 @@ UPKEEP_SECONDS = 0.25
 def pump(lane: str, token: str) -> int:
     """Run the lane's handler on ready keys until none is left or the budget
     is spent (then hand over to a fresh job so other queues get a turn)."""
-    rt = runtime()
     claim = PumpClaim(lane, token)
+    if lane == "outbound":
+        return pump_outbound(claim)         # many conversations at once: see jobs/send.py
+    rt = runtime()
     handler = HANDLERS[lane]
     started = time.monotonic()
     deadline = started + rt.settings.PUMP_BUDGET_SECONDS

@@ -1,108 +1,315 @@
-"""send_pending(conversation_id): send a conversation's queued outbound
-messages in order through the provider adapter."""
+"""The outbound lane: every message Baton sends goes out here, under one discipline.
+
+- **In order per conversation.** A conversation has at most one provider call
+  in flight, under its outbound lock; the next message goes only once the
+  provider has answered for the one before.
+- **Concurrent across conversations.** One pump keeps up to
+  `send_concurrency(settings)` calls in flight on a thread pool, so the rate is
+  reached even when each call takes hundreds of milliseconds. The threads only
+  make the HTTP call: every database read and write stays on the pump's thread.
+- **At the number's rate.** Each call first takes a place in the number's
+  moving one-second window in Redis (routing.send_rate), shared by every
+  process; a conversation that finds none waits in line for the next place.
+- **What a failure means** is decided by routing.send_policy: retry (only that
+  conversation waits), reconcile (outcome unknown: wait for a status webhook
+  naming the message before sending again), or fail with the provider's reason.
+
+A message's status here: `queued` until the provider accepts it (`sent`, then
+the status webhooks move it on), `unknown` while an ambiguous outcome waits to
+be reconciled, `failed` for good.
+"""
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import timedelta
 
-from integrations.whatsapp.base import OutboundMessage, SendError
-from models import Message, execute_write, utcnow
-from models.prepared import PreparedSelect, update_statement
+from config import send_concurrency
+from integrations.whatsapp.base import OutboundMessage, SendError, SendResult
+from models import Message, utcnow, write_transaction
+from models.message import is_unsent
+from models.prepared import PreparedSelect
 from routing.bot_turns import outbound_allowed
 from routing.change import load_conversation
-from routing.locks import ConversationLock
+from routing.ingest import announce_message_ids
+from routing.lanes import PumpClaim
+from routing.locks import ConversationLock, LockLost
+from routing.send_policy import WINDOW_CLOSED, WINDOW_CLOSED_TITLE, Fail, Reconcile, after_send_error
 
 from .context import job_logger, runtime
-from .retry import backoff_seconds
 
 log = job_logger(__name__)
-WINDOW_CLOSED = (131047, "Re-engagement message: more than 24 hours since the customer last wrote; send a template")
+LANE = "outbound"
 CANCELLED = (None, "cancelled: control of the conversation changed before the bot reply was sent")
+EXPIRED_TITLE = "not sent: older than SEND_MAX_AGE"
+UPKEEP_SECONDS = 0.25
+IDLE_WAIT = 0.02            # how long a busy pump waits for an answer before looking for new work
+
+_pool_lock = threading.Lock()
+_pools: dict[int, ThreadPoolExecutor] = {}
 
 
-def send_pending(conversation_id: str) -> int:
-    rt = runtime()
-    sent = 0
-    while True:
-        lock = ConversationLock(rt.redis, f"{rt.settings.REDIS_PREFIX}:outlock:{conversation_id}",
-                                rt.settings.LOCK_TTL)
-        if not lock.acquire():
-            return sent
-        try:
-            blocked, count = _send_in_order(rt, conversation_id, lock)
-            sent += count
-        finally:
-            lock.release()
-        if blocked or not _next_queued(conversation_id):
-            return sent
+def _pool(size: int) -> ThreadPoolExecutor:
+    """One pool of sending threads per process (pump jobs come and go)."""
+    with _pool_lock:
+        if size not in _pools:
+            _pools[size] = ThreadPoolExecutor(size, thread_name_prefix="baton-send")
+        return _pools[size]
 
 
-_NEXT_QUEUED = PreparedSelect(lambda conversation_id: (
+_HEAD = PreparedSelect(lambda conversation_id: (
     Message.select()
     .where((Message.conversation == conversation_id) & (Message.direction == "out")
-           & (Message.status == "queued"))
+           & is_unsent())
     .order_by(Message.id)
     .limit(1)))
 
 
-def _next_queued(conversation_id: str) -> Message | None:
-    return _NEXT_QUEUED.first(conversation_id)
+def next_to_send(conversation_id: str) -> Message | None:
+    """The conversation's oldest outbound message not yet accepted by the provider."""
+    return _HEAD.first(conversation_id)
 
 
-def _update_message(message_id: str, changes: dict, only_if_queued: bool = True) -> int:
-    where = {"id": message_id, "status": "queued"} if only_if_queued else {"id": message_id}
-    return execute_write(*update_statement(Message, changes, where))
+@dataclass
+class Slot:
+    """A conversation this pump is sending for: its lock and the message in hand."""
+    conversation_id: str
+    lock: ConversationLock
+    renewed: float
+    message: Message | None = None
+    request: OutboundMessage | None = None
+    number: str = ""
+    future: Future | None = None
 
 
-def _fail(message: Message, code, title: str) -> None:
-    _update_message(message.id, {"status": "failed", "error_code": code, "error_title": title[:400],
-                                 "next_attempt_at": None})
+@dataclass
+class Sender:
+    rt: object
+    capacity: int
+    slots: dict[str, Slot] = field(default_factory=dict)
+    # per business number: conversations whose message waits for a place in the
+    # rate window, in arrival order, and when the next place frees
+    waiting_for_rate: dict[str, deque] = field(default_factory=dict)
+    rate_free_at: dict[str, float] = field(default_factory=dict)
+    sent: int = 0
 
+    @property
+    def busy(self) -> bool:
+        return bool(self.slots)
 
-def _send_in_order(rt, conversation_id: str, lock) -> tuple[bool, int]:
-    """Returns (blocked, sent): blocked when the head message waits for a retry."""
-    sent = 0
-    renewed = time.monotonic()
-    while True:
-        message = _next_queued(conversation_id)
-        if message is None:
-            return False, sent
-        if message.next_attempt_at and message.next_attempt_at > utcnow():
-            delay = (message.next_attempt_at - utcnow()).total_seconds()
-            rt.lanes.schedule_at("outbound", conversation_id, time.time() + max(delay, 0.05))
-            return True, sent
-        conv = load_conversation(conversation_id)
-        if not outbound_allowed(message, conv):
-            _fail(message, *CANCELLED)
-            continue
-        if not message.template and (conv.window_expires_at is None or conv.window_expires_at < utcnow()):
-            _fail(message, *WINDOW_CLOSED)
-            continue
-        attempt = message.attempts + 1
-        try:
-            result = rt.adapter.send(OutboundMessage(
-                to=conv.contact.wa_id, phone_number_id=conv.channel.phone_number_id, text=message.text,
-                template=message.template, media=message.media))
-        except SendError as exc:
-            if exc.retryable and attempt < rt.settings.SEND_MAX_ATTEMPTS:
-                delay = backoff_seconds(attempt, exc.retry_after)
-                _update_message(message.id, {"attempts": attempt,
-                                             "next_attempt_at": utcnow() + timedelta(seconds=delay),
-                                             "error_code": _int_or_none(exc.code),
-                                             "error_title": exc.title[:400]})
-                rt.lanes.schedule_at("outbound", conversation_id, time.time() + delay)
-                log.info("send %s attempt %d refused (%s); retry in %.1f s", message.id, attempt, exc, delay)
-                return True, sent
-            _fail(message, _int_or_none(exc.code), exc.title)
+    def has_room(self) -> bool:
+        return len(self.slots) < self.capacity
+
+    # -- taking a conversation ----------------------------------------------------------------
+    def take(self, conversation_id: str) -> None:
+        if conversation_id in self.slots:
+            return
+        settings = self.rt.settings
+        lock = ConversationLock(self.rt.redis, f"{settings.REDIS_PREFIX}:outlock:{conversation_id}",
+                                settings.LOCK_TTL)
+        if not lock.acquire():
+            return      # another pump sends for it, and looks for more before it lets go
+        slot = Slot(conversation_id, lock, time.monotonic())
+        self.slots[conversation_id] = slot
+        self._advance(slot)
+
+    def _let_go(self, slot: Slot) -> None:
+        del self.slots[slot.conversation_id]
+        slot.lock.release()
+        head = next_to_send(slot.conversation_id)
+        if head is not None and not _waits(head):
+            self.rt.schedule(LANE, slot.conversation_id)   # queued while we were letting go
+
+    # -- the next message of a conversation ------------------------------------------------------
+    def _advance(self, slot: Slot) -> None:
+        """Send the conversation's next message, or let the conversation go."""
+        settings = self.rt.settings
+        while True:
+            message = next_to_send(slot.conversation_id)
+            if message is None:
+                return self._let_go(slot)
+            now = utcnow()
+            if _waits(message, now):
+                delay = (message.next_attempt_at - now).total_seconds()
+                self.rt.lanes.schedule_at(LANE, slot.conversation_id, time.time() + max(delay, 0.05))
+                return self._let_go(slot)
+            conv = load_conversation(slot.conversation_id)
+            if not outbound_allowed(message, conv):
+                self._finish(message, {"status": "failed", "error_code": CANCELLED[0], "error_title": CANCELLED[1]})
+                continue
+            if not message.template and (conv.window_expires_at is None or conv.window_expires_at < now):
+                self._finish(message, {"status": "failed", "error_code": WINDOW_CLOSED,
+                                       "error_title": WINDOW_CLOSED_TITLE})
+                continue
+            if message.status == "unknown":
+                # No status webhook named it in SEND_RECONCILE_SECONDS: the provider never took it.
+                if not self._write(message, {"status": "queued"}, expect="unknown"):
+                    continue
+                message.status = "queued"
+            if message.attempts and (now - message.sent_at).total_seconds() > settings.SEND_MAX_AGE:
+                self._finish(message, {"status": "failed", "error_title": message.error_title or EXPIRED_TITLE})
+                continue
+            slot.message = message
+            slot.number = conv.channel.phone_number_id
+            slot.request = OutboundMessage(
+                to=conv.contact.wa_id, phone_number_id=slot.number, text=message.text,
+                template=message.template, media=message.media, reference=message.id)
+            return self._call_when_rate_allows(slot)
+
+    def _call_when_rate_allows(self, slot: Slot) -> None:
+        line = self.waiting_for_rate.get(slot.number)
+        if not line:        # nobody ahead in line for this number: ask for a place
+            wait_for = self.rt.send_rate.acquire(slot.number)
+            if not wait_for:
+                return self._call(slot)
+            self.rate_free_at[slot.number] = time.monotonic() + wait_for
+            line = self.waiting_for_rate.setdefault(slot.number, deque())
+        line.append(slot)
+
+    def _call(self, slot: Slot) -> None:
+        adapter = self.rt.adapter
+        if getattr(adapter, "inline", False):
+            slot.future = Future()
+            try:
+                slot.future.set_result(adapter.send(slot.request))
+            except SendError as exc:
+                slot.future.set_exception(exc)
+        else:
+            slot.future = _pool(self.capacity).submit(adapter.send, slot.request)
+
+    def _release_rate_waiters(self) -> None:
+        """Give freed places in each number's window to the conversations waiting longest."""
+        now = time.monotonic()
+        for number, line in self.waiting_for_rate.items():
+            while line and now >= self.rate_free_at[number]:
+                wait_for = self.rt.send_rate.acquire(number)
+                if wait_for:
+                    self.rate_free_at[number] = now + wait_for
+                    break
+                self._call(line.popleft())
+
+    def _next_rate_place(self) -> float | None:
+        """Seconds until a waiting conversation may ask for a place again (None: nobody waits)."""
+        due = [self.rate_free_at[n] for n, line in self.waiting_for_rate.items() if line]
+        return max(min(due) - time.monotonic(), 0.0) if due else None
+
+    # -- answers ---------------------------------------------------------------------------------
+    def step(self, timeout: float) -> None:
+        """Wait up to `timeout` for answers (or a place in the rate window), record them."""
+        self._release_rate_waiters()
+        in_flight = [slot.future for slot in self.slots.values() if slot.future is not None]
+        place = self._next_rate_place()
+        if place is not None:
+            timeout = min(timeout, place)
+        if in_flight:
+            wait(in_flight, timeout=timeout, return_when=FIRST_COMPLETED)
+        elif timeout:
+            time.sleep(timeout)
+        answered = [slot for slot in self.slots.values() if slot.future is not None and slot.future.done()]
+        if answered:
+            self._record(answered)
+            for slot in answered:
+                slot.future = slot.message = slot.request = None
+                self._advance(slot)
+        self._release_rate_waiters()
+
+    def _record(self, answered: list[Slot]) -> None:
+        """Write every answer in one transaction; then reschedule and announce."""
+        settings, now = self.rt.settings, utcnow()
+        failed: list[str] = []
+        with write_transaction():
+            for slot in answered:
+                message, attempt = slot.message, slot.message.attempts + 1
+                try:
+                    result: SendResult = slot.future.result()
+                except SendError as exc:
+                    outcome = after_send_error(
+                        exc, attempt, (now - message.sent_at).total_seconds(),
+                        max_attempts=settings.SEND_MAX_ATTEMPTS, max_age=settings.SEND_MAX_AGE,
+                        reconcile_seconds=settings.SEND_RECONCILE_SECONDS)
+                    self._record_failure(slot, exc, attempt, outcome, now, failed)
+                    continue
+                except Exception as exc:       # a bug in an adapter: keep the message, look again later
+                    log.exception("send %s: the adapter raised", message.id)
+                    self._write(message, {"attempts": attempt, "error_title": f"{type(exc).__name__}"[:400],
+                                          "next_attempt_at": now + timedelta(seconds=5)})
+                    continue
+                self._write(message, {"status": "sent", "provider_message_id": result.provider_message_id,
+                                      "attempts": attempt, "next_attempt_at": None, "error_code": None,
+                                      "error_title": None, "error_details": None})
+                self.sent += 1
+        if failed:
+            announce_message_ids(self.rt.redis, settings.REDIS_PREFIX, failed)
+
+    def _record_failure(self, slot: Slot, exc: SendError, attempt: int, outcome, now, failed: list) -> None:
+        """Retries and reconciliations leave the message due later (`_advance`
+        then schedules the conversation for that moment)."""
+        message = slot.message
+        error = {"error_code": _int_or_none(exc.code), "error_title": exc.title[:400]}
+        if isinstance(outcome, Fail):
             log.warning("send %s failed for good: %s", message.id, exc)
-            continue
-        _update_message(message.id, {"status": "sent", "provider_message_id": result.provider_message_id,
-                                     "attempts": attempt, "next_attempt_at": None, "error_code": None,
-                                     "error_title": None})
-        sent += 1
-        if time.monotonic() - renewed > rt.settings.LOCK_TTL / 3:
-            lock.extend()
-            renewed = time.monotonic()
+            self._write(message, {"status": "failed", "attempts": attempt, "next_attempt_at": None,
+                                  "error_code": _int_or_none(outcome.code), "error_title": outcome.title[:400]})
+            failed.append(message.id)
+            return
+        if isinstance(outcome, Reconcile):
+            log.info("send %s: outcome unknown (%s); waiting %.0f s for a status naming it",
+                     message.id, exc, outcome.delay)
+            changes = {"status": "unknown", **error}
+        else:
+            log.info("send %s attempt %d refused (%s); retry in %.1f s", message.id, attempt, exc, outcome.delay)
+            changes = dict(error)
+        self._write(message, {**changes, "attempts": attempt,
+                              "next_attempt_at": now + timedelta(seconds=outcome.delay)})
+
+    # -- writes ---------------------------------------------------------------------------------
+    def _write(self, message: Message, changes: dict, expect: str = "queued") -> bool:
+        """Change the message only while it is still `expect` (a status webhook
+        may have reconciled it meanwhile); True when it changed."""
+        updated = (Message.update({getattr(Message, k): v for k, v in changes.items()})
+                   .where((Message.id == message.id) & (Message.status == expect)).execute())
+        if updated:
+            for name, value in changes.items():
+                setattr(message, name, value)
+        return bool(updated)
+
+    def _finish(self, message: Message, changes: dict) -> None:
+        with write_transaction():
+            changed = self._write(message, {"next_attempt_at": None, **changes}, expect=message.status)
+        if changed:
+            log.warning("send %s: %s", message.id, changes.get("error_title"))
+            announce_message_ids(self.rt.redis, self.rt.settings.REDIS_PREFIX, [message.id])
+
+    # -- upkeep ---------------------------------------------------------------------------------
+    def renew_locks(self) -> None:
+        now = time.monotonic()
+        for slot in list(self.slots.values()):
+            if now - slot.renewed > self.rt.settings.LOCK_TTL / 3:
+                try:
+                    slot.lock.extend()
+                except LockLost:
+                    log.warning("outbound lock of %s lapsed while sending", slot.conversation_id)
+                slot.renewed = now
+
+    def stop(self) -> None:
+        """Wait for the calls in flight, record them, and let every conversation go."""
+        while any(slot.future is not None for slot in self.slots.values()):
+            answered = [s for s in self.slots.values() if s.future is not None]
+            wait([s.future for s in answered])
+            self._record(answered)
+            for slot in answered:
+                slot.future = None
+        self.waiting_for_rate.clear()
+        for slot in list(self.slots.values()):
+            self._let_go(slot)
+
+
+def _waits(message: Message, now=None) -> bool:
+    """A retry (or a reconciliation) not yet due."""
+    return message.next_attempt_at is not None and message.next_attempt_at > (now or utcnow())
 
 
 def _int_or_none(code):
@@ -110,3 +317,54 @@ def _int_or_none(code):
         return int(code)
     except (TypeError, ValueError):
         return None
+
+
+def pump_outbound(claim: PumpClaim) -> int:
+    """Send for as many conversations at once as the pool allows until the lane
+    is empty or the budget is spent (then hand over to a fresh job)."""
+    rt = runtime()
+    settings = rt.settings
+    sender = Sender(rt, send_concurrency(settings) if not getattr(rt.adapter, "inline", False) else 1)
+    deadline = time.monotonic() + settings.PUMP_BUDGET_SECONDS
+    upkeep_due = 0.0
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= upkeep_due:
+                rt.lanes.promote_due(LANE)
+                rt.lanes.renew(claim)
+                sender.renew_locks()
+                upkeep_due = now + UPKEEP_SECONDS
+            taking = now < deadline
+            while taking and sender.has_room() and sender._next_rate_place() is None:
+                key = rt.lanes.pop(LANE, wait=0 if sender.busy else settings.PUMP_LINGER)
+                if key is None:
+                    break
+                sender.take(key)
+            if sender.busy:
+                sender.step(IDLE_WAIT)
+                continue
+            if not taking:
+                if rt.lanes.finish(claim):
+                    rt.start_pump(claim)
+                return sender.sent
+            if not rt.lanes.finish(claim):
+                return sender.sent
+    except BaseException:
+        try:
+            sender.stop()
+        finally:
+            if rt.lanes.finish(claim):
+                rt.start_pump(claim)
+        raise
+
+
+def send_pending(conversation_id: str) -> int:
+    """Send one conversation's queued messages now, in this process (the
+    command line and tests; production goes through the lane's pump)."""
+    rt = runtime()
+    sender = Sender(rt, 1)
+    sender.take(conversation_id)
+    while sender.busy:
+        sender.step(IDLE_WAIT)
+    return sender.sent

@@ -16,6 +16,7 @@ from datetime import timedelta
 from models import Agent, Delivery, Message, utcnow
 from models.base import epoch_seconds
 from models.delivery import PENDING
+from models.message import is_unsent
 from routing import timeouts
 from routing.assignment import offer_waiting
 from routing.lanes import LANES
@@ -49,7 +50,7 @@ def sweep() -> dict:
         rt.start_pump(rt.lanes.schedule_inbound_many(items[start:start + 200]))
     counts["inbound"] = len(items)
     stuck_out = (Message.select(Message.conversation).distinct()
-                 .where((Message.direction == "out") & (Message.status == "queued")
+                 .where((Message.direction == "out") & is_unsent()
                         & (Message.received_at < cutoff)
                         & (Message.next_attempt_at.is_null() | (Message.next_attempt_at < cutoff)))
                  .limit(SWEEP_LIMIT))

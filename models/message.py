@@ -16,7 +16,19 @@ from .conversation import Conversation
 # was played) implies `read`, so it ranks above it; `failed` is final and ranks
 # above everything: a late `sent` or `read` never hides a failure.
 STATUS_RANK = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4, "failed": 5}
+# Not yet accepted by the provider: `queued`, or `unknown` (a send whose outcome
+# waits to be reconciled, see jobs/send.py). Written as literals, not bound
+# parameters, so SQLite can prove a query fits the partial index holding them
+# (migration 0008).
+UNSENT = ("queued", "unknown")
 ERROR_DETAILS_LIMIT = 1000                               # characters of the provider's explanation kept
+
+
+def is_unsent():
+    """`message.status IN ('queued', 'unknown')`, with the values inline."""
+    from peewee import OP, SQL, Expression
+
+    return Expression(Message.status, OP.IN, SQL("(%s)" % ", ".join(f"'{s}'" for s in UNSENT)))
 
 
 class Message(BaseModel):

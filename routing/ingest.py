@@ -21,7 +21,7 @@ import peewee
 from integrations.whatsapp.base import InboundMessage, ParsedWebhook, StatusUpdate
 from models import Channel, Contact, Conversation, Message, UnsupportedUpdate, db, new_id, write_transaction
 from models.base import as_naive_utc, epoch_seconds, utcnow
-from models.message import ERROR_DETAILS_LIMIT, STATUS_RANK
+from models.message import ERROR_DETAILS_LIMIT, STATUS_RANK, UNSENT
 from models.prepared import PreparedSelect
 
 from .live import live_event, publish
@@ -44,6 +44,9 @@ class IngestResult:
     to_route: list[tuple[str, str, float]] = field(default_factory=list)
     # (channel_id, provider_message_id) of each outbound message a status changed
     updated: list[tuple[str, str]] = field(default_factory=list)
+    # conversations whose send with an unknown outcome this webhook showed accepted:
+    # their outbound queue may go on (the caller schedules the lane)
+    reconciled: list[str] = field(default_factory=list)
 
     def counts(self) -> dict:
         return {"messages": self.messages, "statuses": self.statuses,
@@ -81,7 +84,7 @@ def _record(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> IngestR
         for message in parsed.messages:
             _record_message(provider, message, cache, result)
         for status in parsed.statuses:
-            updated = _record_status(provider, status, cache)
+            updated = _record_status(provider, status, cache, result)
             if updated is not None and updated not in result.updated:
                 result.updated.append(updated)
             result.statuses += 1
@@ -156,7 +159,7 @@ def _record_message(provider: str, message: InboundMessage, cache: IngestCache, 
     channel_id = _channel_id(provider, message.phone_number_id, cache)
     conversation_id = conversation_for(channel_id, message.wa_id,
                                        None if message.from_me else message.contact_name, cache)
-    if message.from_me and _is_our_own_echo(provider, channel_id, conversation_id, message):
+    if message.from_me and _is_our_own_echo(provider, channel_id, conversation_id, message, result):
         result.duplicates += 1
         return
     message_id = new_id("m")
@@ -203,30 +206,41 @@ def _insert_message(values: dict) -> bool:
     return database.execute_sql(sql, params).rowcount == 1
 
 
-def _is_our_own_echo(provider: str, channel_id: str, conversation_id: str, message: InboundMessage) -> bool:
+def _is_our_own_echo(provider: str, channel_id: str, conversation_id: str, message: InboundMessage,
+                     result: IngestResult) -> bool:
     """WASender echoes Baton's own sends back as `fromMe` with an id that does
     not match the one its send API returned; recognise them by conversation
     and text so they are not taken for a human replying from the phone. The
-    echo's id is the one its status webhooks carry: the message adopts it."""
+    echo's id is the one its status webhooks carry: the message adopts it.
+    A send whose answer was lost (status `unknown`) is reconciled the same way:
+    its echo proves WASender took it."""
     if not message.text:
         return False
-    echoed = (Message.select(Message.id, Message.sender, Message.provider_message_id)
+    echoed = (Message.select(Message.id, Message.sender, Message.provider_message_id, Message.status,
+                             Message.conversation)
               .where((Message.conversation == conversation_id) & (Message.direction == "out")
                      & (Message.text == message.text) & (Message.received_at >= utcnow() - ECHO_WINDOW))
               .order_by(Message.sent_at, Message.id))
     rows = list(echoed)
-    if provider == WASENDER:
-        waiting = [row for row in rows if _is_wasender_send_id(row.provider_message_id)]
-        if waiting and not _known_id(channel_id, message.provider_message_id):
-            _adopt_id(waiting[0].id, waiting[0].provider_message_id, message.provider_message_id)
-            return True
+    if provider == WASENDER and not _known_id(channel_id, message.provider_message_id):
+        for row in rows:
+            if _is_wasender_send_id(row.provider_message_id):
+                _adopt_id(row.id, row.provider_message_id, message.provider_message_id)
+                return True
+            if row.provider_message_id is None and row.status in UNSENT:
+                if _reconcile(row.id, message.provider_message_id, {Message.status: "sent"}):
+                    result.reconciled.append(row.conversation_id)
+                    return True
     return any(row.sender != "agent" for row in rows)
 
 
-def _record_status(provider: str, status: StatusUpdate, cache: IngestCache) -> tuple[str, str] | None:
+def _record_status(provider: str, status: StatusUpdate, cache: IngestCache,
+                   result: IngestResult) -> tuple[str, str] | None:
     """Statuses only move forward (models.message.STATUS_RANK): an older status
     arriving late changes nothing. Returns (channel_id, provider_message_id)
-    when the message changed."""
+    when the message changed. A status naming Baton's own message id (Cloud
+    API `biz_opaque_callback_data`) of a send not yet known as accepted
+    reconciles it: the message takes the provider's id and the status."""
     rank = STATUS_RANK.get(status.status)
     if rank is None:
         return None
@@ -243,9 +257,32 @@ def _record_status(provider: str, status: StatusUpdate, cache: IngestCache) -> t
                      & (Message.direction == "out")
                      & (Message.status.is_null() | Message.status.in_(lower))))
     changed = update.execute()
+    if not changed and status.reference:
+        reconciled = _reconcile(status.reference, status.provider_message_id, changes, channel_id)
+        if reconciled:
+            result.reconciled.append(reconciled)
+            changed = 1
     if not changed and provider == WASENDER and _adopt_wasender_id(channel_id, status):
         changed = update.execute()
     return (channel_id, status.provider_message_id) if changed else None
+
+
+def _reconcile(message_id: str, provider_message_id: str, changes: dict, channel_id: str | None = None) -> str | None:
+    """A send not yet known as accepted was: it takes the provider's id and
+    `changes`; returns its conversation id (None when nothing matched)."""
+    where = ((Message.id == message_id) & (Message.direction == "out") & Message.provider_message_id.is_null()
+             & Message.status.in_(UNSENT))
+    if channel_id is not None:
+        where &= Message.channel == channel_id
+    row = Message.select(Message.conversation, Message.channel).where(where).first()
+    if row is None or _known_id(row.channel_id if channel_id is None else channel_id, provider_message_id):
+        return None
+    updated = (Message.update({**changes, Message.provider_message_id: provider_message_id,
+                               Message.next_attempt_at: None})
+               .where(where).execute())
+    if updated:
+        log.info("message %s reconciled: the provider took it as %s", message_id, provider_message_id)
+    return row.conversation_id if updated else None
 
 
 # -- WASender ids ---------------------------------------------------------------------------------
@@ -326,16 +363,28 @@ def updated_message_events(updated: list[tuple[str, str]]) -> list[dict]:
     """One `message.updated` event per changed message, in the order given; one query."""
     channels = {channel_id for channel_id, _ in updated}
     provider_ids = {provider_message_id for _, provider_message_id in updated}
-    rows = (Message.select(Message, Conversation.id, Conversation.state, Conversation.group,
-                           Conversation.assigned_agent_id, Conversation.offered_agent_id)
-            .join(Conversation, on=(Message.conversation == Conversation.id), attr="conv")
-            .where(Message.channel.in_(list(channels)) & Message.provider_message_id.in_(list(provider_ids))
-                   & (Message.direction == "out")))
+    rows = _with_conversation(Message.channel.in_(list(channels)) & Message.provider_message_id.in_(list(provider_ids)))
     by_key = {(row.channel_id, row.provider_message_id): row for row in rows}
-    events = []
-    for key in updated:
-        message = by_key.get(key)
-        if message is not None:
-            events.append(live_event("message.updated", message.conversation_id, message.to_dict(),
-                                     snapshot(message.conv)))
-    return events
+    return [_updated_event(by_key[key]) for key in updated if key in by_key]
+
+
+def announce_message_ids(redis, prefix: str, message_ids: list[str]) -> None:
+    """`message.updated` for outbound messages Baton changed itself (a send that failed)."""
+    if not message_ids:
+        return
+    try:
+        rows = {row.id: row for row in _with_conversation(Message.id.in_(message_ids))}
+        publish(redis, prefix, [_updated_event(rows[i]) for i in message_ids if i in rows])
+    except Exception:
+        log.warning("could not announce %d message change(s)", len(message_ids), exc_info=True)
+
+
+def _with_conversation(where) -> list[Message]:
+    return list(Message.select(Message, Conversation.id, Conversation.state, Conversation.group,
+                               Conversation.assigned_agent_id, Conversation.offered_agent_id)
+                .join(Conversation, on=(Message.conversation == Conversation.id), attr="conv")
+                .where(where & (Message.direction == "out")))
+
+
+def _updated_event(message: Message) -> dict:
+    return live_event("message.updated", message.conversation_id, message.to_dict(), snapshot(message.conv))

@@ -159,7 +159,8 @@ def test_after_the_window_free_text_is_refused_but_a_catalog_template_is_sent(cl
                  what="the template to be sent")
     assert template_bodies(graph_api) == [{
         "messaging_product": "whatsapp", "recipient_type": "individual", "to": CUSTOMER, "type": "template",
-        "template": {"name": "follow_up", "language": {"code": "en_US"}, "components": FOLLOW_UP["components"]}}]
+        "template": {"name": "follow_up", "language": {"code": "en_US"}, "components": FOLLOW_UP["components"]},
+        "biz_opaque_callback_data": sent.json["message"]["id"]}]
 
 
 @pytest.mark.parametrize("template, code, details", [

@@ -42,6 +42,7 @@ class StatusUpdate:
     status: str                   # sent|delivered|read|played|failed
     timestamp: datetime
     error: dict | None = None     # {"code": int, "title": str, "details": str | None}
+    reference: str | None = None  # the OutboundMessage.reference it was sent with, when echoed
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class OutboundMessage:
     template: dict | None = None  # {"name","language","components"?}
     media: dict | None = None     # {"type","link"|"id","caption"?,"filename"?}
     reply_to: str | None = None   # provider message id for context
+    reference: str | None = None  # Baton's message id; the Cloud API echoes it in the message's statuses
 
 
 @dataclass(frozen=True)
@@ -86,15 +88,53 @@ class WebhookRejected(Exception):
         self.message = message
 
 
-class SendError(Exception):
-    """A send the provider refused. `retryable` says whether trying later may work."""
+# Where a failed call stopped. Only "unknown" can have reached the provider:
+# the request was written and no answer came (a read timeout, a connection
+# dropped mid-response), so the message may have been accepted.
+REFUSED, NOT_SENT, UNKNOWN = "refused", "not_sent", "unknown"
 
-    def __init__(self, code: int | str, title: str, retryable: bool, retry_after: float | None = None):
+
+class SendError(Exception):
+    """A call the provider refused (`stage` "refused", `code` its error code),
+    or one that failed on the way ("not_sent": never reached it; "unknown":
+    it may have been accepted). `retryable` says whether trying later may work."""
+
+    def __init__(self, code: int | str, title: str, retryable: bool, retry_after: float | None = None,
+                 stage: str = REFUSED):
         super().__init__(f"{code}: {title}")
         self.code = code
         self.title = title
         self.retryable = retryable
         self.retry_after = retry_after
+        self.stage = stage
+
+
+def pooled_session(connections: int):
+    """A requests session keeping up to `connections` connections to the
+    provider alive, one per send that can be in flight at once."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    session = requests.Session()
+    pool = HTTPAdapter(pool_connections=4, pool_maxsize=max(connections, 1))
+    session.mount("https://", pool)
+    session.mount("http://", pool)
+    return session
+
+
+def transport_error(exc: Exception) -> SendError:
+    """A requests exception as a SendError: failing to connect means the
+    request was never written (NOT_SENT); anything later (a read timeout, a
+    connection reset or closed before the answer) leaves the outcome UNKNOWN."""
+    import requests
+    from urllib3.exceptions import NewConnectionError
+
+    title = f"{type(exc).__name__}: {exc}"[:400]
+    cause = exc.args[0] if exc.args else None
+    reason = getattr(cause, "reason", cause)
+    if isinstance(exc, requests.ConnectTimeout) or isinstance(reason, NewConnectionError):
+        return SendError("network", title, retryable=True, stage=NOT_SENT)
+    return SendError("network", title, retryable=True, stage=UNKNOWN)
 
 
 class WhatsAppAdapter(Protocol):

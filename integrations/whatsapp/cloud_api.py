@@ -25,6 +25,8 @@ from .base import (
     SendResult,
     StatusUpdate,
     WebhookRejected,
+    pooled_session,
+    transport_error,
 )
 
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
@@ -90,13 +92,13 @@ class CloudApiAdapter:
 
     def __init__(self, app_secret: str, access_token: str = "",
                  api_base: str = "https://graph.facebook.com/v23.0", verify_token: str = "",
-                 timeout: float = 10.0, session: requests.Session | None = None):
+                 timeout: float = 10.0, session: requests.Session | None = None, connections: int = 10):
         self.app_secret = app_secret
         self.access_token = access_token
         self.api_base = api_base.rstrip("/")
         self.verify_token = verify_token
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self.session = session or pooled_session(connections)
 
     # ---- webhooks in -------------------------------------------------------
 
@@ -205,6 +207,7 @@ class CloudApiAdapter:
             status=normalized,
             timestamp=unix_time(status.get("timestamp"), now),
             error=_error_summary(status.get("errors")),
+            reference=_reference(status.get("biz_opaque_callback_data")),
         ))
 
     # ---- sending and media -------------------------------------------------
@@ -262,6 +265,10 @@ class CloudApiAdapter:
             raise SendError("invalid_message", "nothing to send: no text, template or media", retryable=False)
         if message.reply_to:
             body["context"] = {"message_id": message.reply_to}
+        if message.reference:
+            # Meta echoes it in this message's status webhooks: how a send whose
+            # answer was lost is recognised as accepted (jobs/send.py).
+            body["biz_opaque_callback_data"] = message.reference
         return body
 
     def _request(self, method: str, url: str, json: dict | None = None,
@@ -271,7 +278,7 @@ class CloudApiAdapter:
                 method, url, json=json, timeout=self.timeout,
                 headers={"Authorization": f"Bearer {self.access_token}"})
         except requests.RequestException as exc:
-            raise SendError("network", f"{type(exc).__name__}: {exc}", retryable=True) from None
+            raise transport_error(exc) from None
         if response.status_code >= 400:
             raise graph_error(response, not_found_retryable)
         return response
@@ -290,6 +297,11 @@ def graph_error(response: requests.Response, not_found_retryable: bool = False) 
     title = error.get("message") or response.reason or f"HTTP {response.status_code}"
     return SendError(code, title, retryable=retryable,
                      retry_after=_retry_after(response.headers.get("Retry-After")))
+
+
+def _reference(value: Any) -> str | None:
+    """Baton's message id from `biz_opaque_callback_data` (only a string of a sane length counts)."""
+    return value if isinstance(value, str) and 0 < len(value) <= 512 else None
 
 
 def _retry_after(value: str | None) -> float | None:

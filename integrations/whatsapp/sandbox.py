@@ -13,7 +13,7 @@ from .cloud_api import CloudApiAdapter
 
 class SandboxAdapter(CloudApiAdapter):
     name = "sandbox"
-
+    inline = True      # a send is a database insert: made on the sender's own thread, not the pool
     def send(self, message: OutboundMessage) -> SendResult:
         provider_message_id = "wamid.SANDBOX" + os.urandom(12).hex().upper()
         payload = self._send_body(message)

@@ -22,6 +22,8 @@ from .base import (
     SendResult,
     StatusUpdate,
     WebhookRejected,
+    pooled_session,
+    transport_error,
 )
 from .cloud_api import header_value
 
@@ -120,12 +122,12 @@ class WasenderAdapter:
 
     def __init__(self, webhook_secret: str, api_key: str = "",
                  api_base: str = "https://www.wasenderapi.com", timeout: float = 10.0,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None, connections: int = 10):
         self.webhook_secret = webhook_secret
         self.api_key = api_key
         self.api_base = api_base.rstrip("/")
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self.session = session or pooled_session(connections)
 
     # ---- webhooks in -------------------------------------------------------
 
@@ -284,7 +286,7 @@ class WasenderAdapter:
             response = self.session.request(method, url, json=json, timeout=self.timeout,
                                             headers={"Authorization": f"Bearer {self.api_key}"})
         except requests.RequestException as exc:
-            raise SendError("network", f"{type(exc).__name__}: {exc}", retryable=True) from None
+            raise transport_error(exc) from None
         if response.status_code >= 400:
             payload = _json(response)
             retry_after = payload.get("retry_after") or response.headers.get("Retry-After")
