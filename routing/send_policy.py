@@ -64,11 +64,11 @@ def after_send_error(error: SendError, attempt: int, age_seconds: float, *, max_
     if code == WINDOW_CLOSED:
         return Fail(code, WINDOW_CLOSED_TITLE)
     if error.stage == NOT_SENT:
-        delay = 0.0 if attempt == 1 else backoff_seconds(attempt - 1)
+        delay = 0.0 if attempt == 1 else backoff_seconds(attempt - 1, rand=rand)
     elif code == PAIR_LIMIT:
-        delay = max(error.retry_after or 0.0, PAIR_LIMIT_SECONDS) + rand(0, 2)
+        delay = max(error.retry_after or 0.0, PAIR_LIMIT_SECONDS) + rand(0, PAIR_LIMIT_SECONDS / 3)
     elif error.retryable:
-        delay = backoff_seconds(attempt, error.retry_after)
+        delay = backoff_seconds(attempt, error.retry_after, rand=rand)
     else:
         return Fail(code, error.title)
     if attempt >= max_attempts or age_seconds + delay > max_age:

@@ -129,8 +129,9 @@ def admin_token(app):
 def fast_retries(monkeypatch):
     """Every retry (a provider send, an n8n delivery) is due at once: the backoff the
     jobs would wait is taken as already passed, so a test never waits it out."""
-    no_wait = lambda attempt, retry_after=None: 0.0      # noqa: E731
+    no_wait = lambda attempt, retry_after=None, **_: 0.0      # noqa: E731
     monkeypatch.setattr("routing.send_policy.backoff_seconds", no_wait)
+    monkeypatch.setattr("routing.send_policy.PAIR_LIMIT_SECONDS", 0.0)
     monkeypatch.setattr("jobs.deliver.backoff_seconds", no_wait)
 
 

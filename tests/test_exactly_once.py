@@ -1,0 +1,198 @@
+"""A send whose answer is lost is never sent twice (issue 8, part 2).
+
+The request went out and no answer came back: Meta may have accepted the
+message. Baton marks it `unknown` and waits up to SEND_RECONCILE_SECONDS for a
+status webhook carrying its id in `biz_opaque_callback_data` (WASender: its
+echo); only when none comes does it send the message again. A connection that
+never opened is retried at once. The fake Graph API is real HTTP; the lost
+answer is a read timeout raised after the fake accepted the message."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import orjson
+import pytest
+import requests
+
+from integrations.whatsapp.base import NOT_SENT, UNKNOWN, OutboundMessage, SendError, transport_error
+from integrations.whatsapp.cloud_api import CloudApiAdapter
+from models import Message
+from tests.fixtures.samples import cloud_headers
+from tests.support import CUSTOMER, TEST_APP_SECRET, customer_says, settle, settle_until
+from tests.test_takeover_and_recovery import post, wasender_app, wasender_message  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def cloud_app(app_factory, graph_api):
+    return app_factory(WHATSAPP_PROVIDER="cloud_api", WHATSAPP_ACCESS_TOKEN=graph_api.access_token,
+                       WHATSAPP_API_BASE=graph_api.api_base, WHATSAPP_VERIFY_TOKEN="v",
+                       SEND_RECONCILE_SECONDS=0.5)
+
+
+def accepted(graph_api) -> list[dict]:
+    """Bodies the fake Graph API accepted (answered with a wamid), in arrival order."""
+    return [body for method, path, _, body in graph_api.requests
+            if path.endswith("/messages") and body and body.get("type")]
+
+
+def answers_lost(app, times: int, *, accepted_first: bool):
+    """The next `times` sends lose their answer: a read timeout after the request
+    went out (`accepted_first`: the provider took the message before the answer
+    was lost). Returns the list of wamids the provider gave out."""
+    adapter = app.extensions["baton"].adapter
+    real_send, lost, wamids = adapter.send, [times], []
+
+    def send(message: OutboundMessage):
+        if lost[0] > 0:
+            lost[0] -= 1
+            if accepted_first:
+                wamids.append((message.reference, real_send(message).provider_message_id))
+            raise transport_error(requests.ReadTimeout("read timed out"))
+        return real_send(message)
+
+    adapter.send = send
+    return wamids
+
+
+def status_webhook(app, wamid: str, status: str = "sent", reference: str | None = None):
+    value = {"id": wamid, "status": status, "timestamp": str(int(time.time())), "recipient_id": CUSTOMER}
+    if reference:
+        value["biz_opaque_callback_data"] = reference
+    body = orjson.dumps({"object": "whatsapp_business_account", "entry": [{"id": "w", "changes": [{
+        "field": "messages", "value": {"messaging_product": "whatsapp", "metadata": {"phone_number_id": "sandbox-1"},
+                                       "statuses": [value]}}]}]})
+    response = app.test_client().post("/webhooks/whatsapp", data=body, headers=cloud_headers(body, TEST_APP_SECRET))
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def test_a_lost_answer_is_reconciled_by_the_status_webhook_and_never_sent_twice(cloud_app, graph_api):
+    wamids = answers_lost(cloud_app, 1, accepted_first=True)
+    customer_says(cloud_app, "hi")
+    settle(cloud_app)
+    reply = Message.get(Message.direction == "out")
+    assert (reply.status, reply.provider_message_id, reply.attempts) == ("unknown", None, 1)
+    [(reference, wamid)] = wamids
+    assert reference == reply.id and accepted(graph_api)[0]["biz_opaque_callback_data"] == reply.id
+
+    status_webhook(cloud_app, wamid, "delivered", reference=reply.id)
+    reply = Message.get_by_id(reply.id)
+    assert (reply.status, reply.provider_message_id, reply.next_attempt_at) == ("delivered", wamid, None)
+    time.sleep(0.6)                     # past SEND_RECONCILE_SECONDS: nothing is sent again
+    settle(cloud_app)
+    assert len(accepted(graph_api)) == 1
+    status_webhook(cloud_app, wamid, "read")          # its later statuses find it by the wamid
+    assert Message.get_by_id(reply.id).status == "read"
+
+
+def test_the_next_message_waits_for_the_reconciliation_then_goes_at_once(cloud_app, graph_api):
+    from models import ApiToken, BotTurn
+
+    wamids = answers_lost(cloud_app, 1, accepted_first=True)
+    customer_says(cloud_app, "hi")
+    settle(cloud_app)
+    turn, token = BotTurn.get(), ApiToken.issue("bot", "bot")[1]
+    followed = cloud_app.test_client().post("/api/v1/bot/replies", headers={"Authorization": f"Bearer {token}"},
+                                            json={"conversation_id": turn.conversation_id, "turn_id": turn.id,
+                                                  "text": "and one more thing"})
+    assert followed.status_code in (200, 202), followed.json
+    settle(cloud_app)
+    assert [b.get("text", {}).get("body") for b in accepted(graph_api)][1:] == []     # held behind the unknown
+    [(reference, wamid)] = wamids
+    status_webhook(cloud_app, wamid, "sent", reference=reference)
+    settle(cloud_app)                   # long before SEND_RECONCILE_SECONDS would have passed
+    assert [b["text"]["body"] for b in accepted(graph_api)][1:] == ["and one more thing"]
+
+
+def test_without_a_status_the_message_is_sent_again_after_the_reconcile_time(cloud_app, graph_api):
+    answers_lost(cloud_app, 1, accepted_first=False)
+    customer_says(cloud_app, "hi")
+    settle(cloud_app)
+    reply = Message.get(Message.direction == "out")
+    assert reply.status == "unknown" and accepted(graph_api) == []
+    settle_until(cloud_app, lambda: Message.get_by_id(reply.id).status == "sent", timeout=5,
+                 what="the resend after SEND_RECONCILE_SECONDS")
+    [body] = accepted(graph_api)
+    assert body["biz_opaque_callback_data"] == reply.id
+    assert Message.get_by_id(reply.id).attempts == 2
+
+
+def test_a_status_that_arrives_before_the_answer_is_kept(cloud_app, graph_api):
+    """Meta's `sent` webhook can beat the HTTP answer: the message takes it, and
+    the answer that follows changes nothing."""
+    adapter = cloud_app.extensions["baton"].adapter
+    real_send = adapter.send
+
+    def send(message):
+        result = real_send(message)
+        status_webhook(cloud_app, result.provider_message_id, "delivered", reference=message.reference)
+        return result
+
+    adapter.send = send
+    customer_says(cloud_app, "hi")
+    settle(cloud_app)
+    reply = Message.get(Message.direction == "out")
+    assert reply.status == "delivered" and reply.provider_message_id.startswith("wamid.")
+    assert len(accepted(graph_api)) == 1
+
+
+def test_a_status_naming_an_unknown_or_foreign_id_changes_nothing(cloud_app, graph_api):
+    customer_says(cloud_app, "hi")
+    settle(cloud_app)
+    reply = Message.get(Message.direction == "out")
+    assert status_webhook(cloud_app, "wamid.OTHER", "read", reference="m_not_ours")["statuses"] == 1
+    assert status_webhook(cloud_app, "wamid.OTHER2", "read", reference=reply.id)["statuses"] == 1
+    row = Message.get_by_id(reply.id)
+    assert (row.status, row.provider_message_id) == ("sent", reply.provider_message_id)   # already accepted
+
+
+def test_a_wasender_send_whose_answer_was_lost_is_reconciled_by_its_echo(wasender_app):  # noqa: F811
+    adapter = wasender_app.extensions["baton"].adapter
+    real_send, lost = adapter.send, [1]
+
+    def send(message):
+        if lost[0]:
+            lost[0] -= 1
+            real_send(message)
+            raise transport_error(requests.ReadTimeout("read timed out"))
+        return real_send(message)
+
+    adapter.send = send
+    assert post(wasender_app, wasender_message("hello")).json["messages"] == 1
+    settle(wasender_app)
+    reply = Message.get(Message.direction == "out")
+    assert reply.status == "unknown"
+    echoed = post(wasender_app, wasender_message(reply.text, from_me=True, message_id="3EB0ECHOLOST"))
+    assert echoed.json["duplicates"] == 1
+    row = Message.get_by_id(reply.id)
+    assert (row.status, row.provider_message_id) == ("sent", "3EB0ECHOLOST")
+    assert Message.select().count() == 2
+
+
+# -- where a failed call stopped ---------------------------------------------------------------------
+
+def test_a_connection_that_never_opened_is_not_sent_and_a_read_timeout_is_unknown():
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()                                    # nobody listens: the request is never written
+    adapter = CloudApiAdapter("secret", "token", api_base=f"http://127.0.0.1:{port}/v23.0", timeout=0.3)
+    with pytest.raises(SendError) as refused:
+        adapter.send(OutboundMessage(to=CUSTOMER, phone_number_id="1", text="hi"))
+    assert refused.value.stage == NOT_SENT
+
+    silent = socket.socket()                          # accepts, reads, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    held = []
+    threading.Thread(target=lambda: held.append(silent.accept()), daemon=True).start()
+    adapter = CloudApiAdapter("secret", "token", api_base=f"http://127.0.0.1:{silent.getsockname()[1]}/v23.0",
+                              timeout=0.3)
+    try:
+        with pytest.raises(SendError) as lost:
+            adapter.send(OutboundMessage(to=CUSTOMER, phone_number_id="1", text="hi"))
+        assert lost.value.stage == UNKNOWN
+    finally:
+        silent.close()
