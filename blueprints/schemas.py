@@ -229,8 +229,9 @@ class MessageSchema(ResponseSchema):
     routed_to = fields.String(required=True, allow_none=True, validate=validate.OneOf(ROUTED_TO),
                               metadata=about("where routing sent an inbound message; null until routed"))
     status = fields.String(required=True, allow_none=True,
-                           metadata=about("outbound delivery status: queued, sent, delivered, read, played, "
-                                          "failed, …; webhooks only move it forward in that order"))
+                           metadata=about("outbound delivery status: queued, unknown (sent, the answer lost: "
+                                          "waiting for a status webhook before sending again), sent, "
+                                          "delivered, read, played, failed; webhooks only move it forward"))
     error = fields.Nested(MessageErrorSchema, required=True, allow_none=True,
                           metadata=about("why sending failed"))
 

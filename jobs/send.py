@@ -219,7 +219,7 @@ class Sender:
     def _record(self, answered: list[Slot]) -> None:
         """Write every answer in one transaction; then reschedule and announce."""
         settings, now = self.rt.settings, utcnow()
-        failed: list[str] = []
+        announce: list[str] = []        # failed, or unknown: the console shows it at once
         with write_transaction():
             for slot in answered:
                 message, attempt = slot.message, slot.message.attempts + 1
@@ -230,7 +230,7 @@ class Sender:
                         exc, attempt, (now - message.sent_at).total_seconds(),
                         max_attempts=settings.SEND_MAX_ATTEMPTS, max_age=settings.SEND_MAX_AGE,
                         reconcile_seconds=settings.SEND_RECONCILE_SECONDS)
-                    self._record_failure(slot, exc, attempt, outcome, now, failed)
+                    self._record_failure(slot, exc, attempt, outcome, now, announce)
                     continue
                 except Exception as exc:       # a bug in an adapter: keep the message, look again later
                     log.exception("send %s: the adapter raised", message.id)
@@ -241,10 +241,10 @@ class Sender:
                                       "attempts": attempt, "next_attempt_at": None, "error_code": None,
                                       "error_title": None, "error_details": None})
                 self.sent += 1
-        if failed:
-            announce_message_ids(self.rt.redis, settings.REDIS_PREFIX, failed)
+        if announce:
+            announce_message_ids(self.rt.redis, settings.REDIS_PREFIX, announce)
 
-    def _record_failure(self, slot: Slot, exc: SendError, attempt: int, outcome, now, failed: list) -> None:
+    def _record_failure(self, slot: Slot, exc: SendError, attempt: int, outcome, now, announce: list) -> None:
         """Retries and reconciliations leave the message due later (`_advance`
         then schedules the conversation for that moment)."""
         message = slot.message
@@ -253,12 +253,13 @@ class Sender:
             log.warning("send %s failed for good: %s", message.id, exc)
             self._write(message, {"status": "failed", "attempts": attempt, "next_attempt_at": None,
                                   "error_code": _int_or_none(outcome.code), "error_title": outcome.title[:400]})
-            failed.append(message.id)
+            announce.append(message.id)
             return
         if isinstance(outcome, Reconcile):
             log.info("send %s: outcome unknown (%s); waiting %.0f s for a status naming it",
                      message.id, exc, outcome.delay)
             changes = {"status": "unknown", **error}
+            announce.append(message.id)
         else:
             log.info("send %s attempt %d refused (%s); retry in %.1f s", message.id, attempt, exc, outcome.delay)
             changes = dict(error)

@@ -529,7 +529,8 @@
       ? el("span", { className: `msg-status status-${m.status}`, dataset: { status: m.status },
         title: [error.code, error.title, error.details].filter((part) => part !== null && part !== undefined
           && part !== "").join(" · ") || undefined },
-      m.status + (error.title ? `: ${error.title}` : ""))
+      m.status === "unknown" ? "sent? waiting for WhatsApp to confirm"
+        : m.status + (m.status === "failed" && error.title ? `: ${error.title}` : ""))
       : null;
     const details = m.direction === "out" && m.status === "failed" && error.details
       ? el("div", { className: "msg-error-details" }, error.details) : null;
@@ -891,7 +892,7 @@
     });
     every(STATUS_POLL_MS, () => {
       if (state.live === "live") return;           // message.updated events bring the ticks
-      const inFlight = state.messages.some((m) => m.direction === "out" && (m.status === "queued" ||
+      const inFlight = state.messages.some((m) => m.direction === "out" && (m.status === "queued" || m.status === "unknown" ||
         (m.status === "sent" && since(m.sent_at) < 600000)));
       if (state.openId && inFlight) reloadHistory().catch((err) => report(err, $("detail-error")));
     });
