@@ -407,14 +407,28 @@ class CatalogTemplateSchema(ResponseSchema):
     header = fields.Nested(CatalogHeaderSchema, required=True, allow_none=True,
                            metadata=about("its header; null when it has none"))
     buttons = fields.List(fields.Nested(CatalogButtonSchema), required=True, metadata=about("its buttons, in order"))
+    source = fields.String(required=True, validate=validate.OneOf(("file", "whatsapp_business_account")),
+                           metadata=about("`file` (TEMPLATES_FILE) or `whatsapp_business_account` (its APPROVED "
+                                          "templates, read from the Cloud API)"))
 
 
 class TemplateListSchema(ResponseSchema):
     configured = fields.Boolean(required=True,
-                                metadata=about("false when TEMPLATES_FILE is empty: no catalog, and any template "
-                                               "is passed to the provider as given"))
+                                metadata=about("false when no catalog is in effect (no TEMPLATES_FILE and no "
+                                               "WhatsApp Business Account list): any template is passed to the "
+                                               "provider as given"))
+    sources = fields.List(fields.String(validate=validate.OneOf(("file", "whatsapp_business_account"))),
+                          required=True, metadata=about("where the listed templates come from"))
+    account_templates = fields.String(
+        required=True, validate=validate.OneOf(("listed", "unavailable", "not_configured", "unsupported")),
+        metadata=about("the WhatsApp Business Account's own list: `listed`; `unavailable` (the Graph API did "
+                       "not answer; `note` says why); `not_configured` (no WHATSAPP_WABA_ID); `unsupported` "
+                       "(the provider has none: WASender has no templates at all, the sandbox no account)"))
+    note = fields.String(required=True, allow_none=True, metadata=about("what an agent or admin should know "
+                                                                         "about the list, in words"))
     items = fields.List(fields.Nested(CatalogTemplateSchema), required=True,
-                        metadata=about("the catalog, in the file's order"))
+                        metadata=about("the file's templates in its order, then the account's (the file wins "
+                                       "on the same name and language)"))
 
 
 class QueuedMessageSchema(ResponseSchema):
