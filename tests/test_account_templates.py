@@ -111,12 +111,12 @@ def test_the_list_merges_the_file_and_the_accounts_approved_templates(account_de
         True, ["file", "whatsapp_business_account"], "listed", None)
     assert [(t["name"], t["language"], t["source"]) for t in listed["items"]] == [
         ("follow_up", "en_US", "file"), ("follow_up", "es", "file"), ("order_update", "en_US", "file"),
-        ("callback_reminder", "en_US", "file"),
+        ("callback_reminder", "en_US", "file"), ("team_will_reply", "en_US", "file"),
         ("shipping_update", "en_US", "whatsapp_business_account"),
         ("login_code", "en_US", "whatsapp_business_account"),
         ("welcome_video", "es", "whatsapp_business_account")]
     assert listed["items"][0]["text"].startswith("Hi {{1}}, this is {{2}}")        # the file's follow_up wins
-    assert listed["items"][4]["buttons"] == [{"index": 0, "type": "url", "parameters": 1},
+    assert listed["items"][5]["buttons"] == [{"index": 0, "type": "url", "parameters": 1},
                                              {"index": 1, "type": "quick_reply", "parameters": 0}]
     assert listings(graph_api) == 3                                                 # three pages
 
@@ -149,7 +149,7 @@ def test_when_the_account_cannot_be_read_the_file_still_counts_and_the_list_says
     team = Team(app)
     team.add("ana", online=False)
     listed = team.call("ana", "GET", "/api/v1/templates").json
-    assert (listed["account_templates"], listed["sources"], len(listed["items"])) == ("unavailable", ["file"], 4)
+    assert (listed["account_templates"], listed["sources"], len(listed["items"])) == ("unavailable", ["file"], 5)
     assert listed["note"] == ("The WhatsApp Business Account's templates could not be read: "
                               "2: Service temporarily unavailable")
 

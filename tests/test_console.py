@@ -280,7 +280,7 @@ def test_an_agent_picks_a_template_fills_its_parameters_and_sends_it(catalog_ser
     expect(page.locator("#composer-text")).to_be_disabled()
     expect(page.locator("#template-select option")).to_have_text([
         "follow_up · en_US (utility)", "follow_up · es (utility)", "order_update · en_US (utility)",
-        "callback_reminder · en_US (utility)"])
+        "callback_reminder · en_US (utility)", "team_will_reply · en_US (utility)"])
     expect(page.locator("#template-text")).to_contain_text("Hi {{1}}, this is {{2}} from the support team")
     expect(page.locator("#template-params label")).to_have_text(["Body {{1}}", "Body {{2}}"])
 

@@ -254,3 +254,12 @@ def test_good_notice_template_settings_are_accepted(catalog_path):
                                       "PENDING_NOTICE_TEMPLATE": "still_in_queue"})
     assert (settings.HANDOFF_NOTICE_TEMPLATE, settings.PENDING_NOTICE_TEMPLATE) == ("team_will_reply:es",
                                                                                     "still_in_queue")
+
+
+def test_the_shipped_example_has_a_template_for_every_notice():
+    from config import ROOT
+
+    example = {"WHATSAPP_APP_SECRET": "s", "TEMPLATES_FILE": str(ROOT / "templates.example.json")}
+    settings = load_settings(environ={**example, **{f"{n}_TEMPLATE": "team_will_reply" for n in (
+        "HANDOFF_NOTICE", "PENDING_NOTICE", "CALLBACK_NOTICE", "TIMEOUT_CLOSE_NOTICE")}})
+    assert settings.CALLBACK_NOTICE_TEMPLATE == "team_will_reply"

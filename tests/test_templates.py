@@ -106,7 +106,8 @@ def test_agents_and_bots_list_the_catalog(cloud_desk):
     listed = team.call("ana", "GET", "/api/v1/templates")
     assert listed.status_code == 200 and listed.json["configured"] is True
     assert [(t["name"], t["language"]) for t in listed.json["items"]] == [
-        ("follow_up", "en_US"), ("follow_up", "es"), ("order_update", "en_US"), ("callback_reminder", "en_US")]
+        ("follow_up", "en_US"), ("follow_up", "es"), ("order_update", "en_US"), ("callback_reminder", "en_US"),
+        ("team_will_reply", "en_US")]
     assert listed.json["items"][2] == {
         "name": "order_update", "language": "en_US", "category": "UTILITY", "text": "Your order {{1}} has shipped.",
         "body_parameters": 1, "header": {"format": "text", "parameters": 1},
