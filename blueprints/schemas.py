@@ -397,6 +397,11 @@ class CatalogButtonSchema(ResponseSchema):
     parameters = fields.Integer(required=True, metadata=about("parameters it takes (0 or 1)"))
 
 
+class CatalogParameterNamesSchema(ResponseSchema):
+    header = fields.List(fields.String(), required=True, metadata=about("the text header's parameter name"))
+    body = fields.List(fields.String(), required=True, metadata=about("the body's parameter names, in order"))
+
+
 class CatalogTemplateSchema(ResponseSchema):
     name = fields.String(required=True, metadata=about("the approved template's name"))
     language = fields.String(required=True, metadata=about("its language code, e.g. `en_US`"))
@@ -410,6 +415,10 @@ class CatalogTemplateSchema(ResponseSchema):
     source = fields.String(required=True, validate=validate.OneOf(("file", "whatsapp_business_account")),
                            metadata=about("`file` (TEMPLATES_FILE) or `whatsapp_business_account` (its APPROVED "
                                           "templates, read from the Cloud API)"))
+    parameter_names = fields.Nested(CatalogParameterNamesSchema, required=True, allow_none=True,
+                                    metadata=about("for an account template written with named placeholders "
+                                                   "(`{{first_name}}`): the `parameter_name` each header and "
+                                                   "body parameter must carry; null for positional ones"))
 
 
 class TemplateListSchema(ResponseSchema):

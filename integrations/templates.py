@@ -65,6 +65,10 @@ class Template:
     buttons: tuple[Button, ...] = ()
     text: str | None = None
     source: str = FILE
+    # A template of the account's list written with named placeholders (`{{first_name}}`): the names
+    # each parameter of its text header and its body must carry as `parameter_name`, in order.
+    header_names: tuple[str, ...] = ()
+    body_names: tuple[str, ...] = ()
 
     @property
     def parameters(self) -> int:
@@ -80,6 +84,8 @@ class Template:
     def to_dict(self) -> dict:
         return {"name": self.name, "language": self.language, "category": self.category, "text": self.text,
                 "source": self.source,
+                "parameter_names": {"header": list(self.header_names), "body": list(self.body_names)}
+                if self.header_names or self.body_names else None,
                 "body_parameters": self.body_parameters,
                 "header": None if self.header is None else {"format": self.header.format,
                                                             "parameters": self.header.parameters},
@@ -259,7 +265,12 @@ class Unsupported(ValueError):
 
 
 def _placeholders(text: Any) -> int:
-    return len(set(_PLACEHOLDER.findall(text))) if isinstance(text, str) else 0
+    return len(_names(text))
+
+
+def _names(text: Any) -> tuple[str, ...]:
+    """The distinct placeholders of `text`, in order of first appearance."""
+    return tuple(dict.fromkeys(_PLACEHOLDER.findall(text))) if isinstance(text, str) else ()
 
 
 def _graph_header(component: dict) -> Header:
@@ -292,11 +303,15 @@ def from_graph(entry: Any) -> Template | None:
     if category not in CATEGORIES:
         raise Unsupported(f"category {category!r}")
     header, buttons, body, text = None, (), 0, None
+    named = str(entry.get("parameter_format", "")).upper() == "NAMED"
+    header_names = body_names = ()
     for component in entry.get("components") or []:
         kind = str(component.get("type", "")).upper() if isinstance(component, dict) else ""
         if kind == "HEADER":
             header = _graph_header(component)
+            header_names = _names(component.get("text"))[:1] if named and header.format == "text" else ()
         elif kind == "BODY":
+            body_names = _names(component.get("text")) if named else ()
             text = component.get("text") if isinstance(component.get("text"), str) else None
             body = _placeholders(text)
         elif kind == "BUTTONS":
@@ -304,7 +319,7 @@ def from_graph(entry: Any) -> Template | None:
         elif kind != "FOOTER":
             raise Unsupported(f"a {kind or 'malformed'} component")
     return Template(name=name, language=language, category=category, body_parameters=body, header=header,
-                    buttons=buttons, text=text, source=ACCOUNT)
+                    buttons=buttons, text=text, source=ACCOUNT, header_names=header_names, body_names=body_names)
 
 
 def account_catalog(entries: list) -> Catalog:
@@ -434,6 +449,7 @@ def validate(catalog: Catalog, template: dict) -> list[str]:
     problems += _count_problem("the body", entry.body_parameters, len(params))
     for j, param in enumerate(params):
         problems += _value_problems(param, f"body parameter {j + 1}", TEXT_PARAMETER_VALUE)
+    problems += _name_problems(params, entry.body_names, "body")
 
     if entry.header is None:
         if header is not None:
@@ -448,6 +464,7 @@ def validate(catalog: Catalog, template: dict) -> list[str]:
                 problems += _value_problems(param, f"header parameter {j + 1}", kinds)
             else:
                 problems += _media_problems(param, entry.header.format, f"header parameter {j + 1}")
+        problems += _name_problems(params, entry.header_names, "header")
 
     for index, declared in enumerate(entry.buttons):
         component = buttons.get(index)
@@ -466,6 +483,17 @@ def validate(catalog: Catalog, template: dict) -> list[str]:
         for j, param in enumerate(params):
             problems += _value_problems(param, f"button {index} parameter {j + 1}", {kind: kind})
     return problems
+
+
+def _name_problems(params: list, names: tuple[str, ...], where: str) -> list[str]:
+    """A template with named placeholders takes each parameter with its `parameter_name`, each name once."""
+    if not names:
+        return []
+    given = [p.get("parameter_name") if isinstance(p, dict) else None for p in params]
+    if sorted(n for n in given if isinstance(n, str)) == sorted(names) and len(given) == len(names):
+        return []
+    return [f"the {where}'s parameters need `parameter_name` {', '.join(names)} (each once), "
+            f"got {', '.join(str(n) for n in given) or 'none'}"]
 
 
 def _media_problems(param: Any, fmt: str, where: str) -> list[str]:

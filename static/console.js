@@ -795,11 +795,17 @@
         el("input", { id, type: ["image", "video", "document"].includes(dataset.kind) ? "url" : "text",
           spellcheck: "false", className: "template-param", dataset }));
     };
+    const names = (t && t.parameter_names) || { header: [], body: [] };
+    const named = (part, list, i) => (list[i] ? { component: part, kind: "text", name: list[i] }
+      : { component: part, kind: "text" });
     if (t && t.header && t.header.parameters) {
       const media = t.header.format !== "text";
-      field(media ? `Header ${t.header.format} link` : "Header {{1}}", { component: "header", kind: t.header.format });
+      if (media) field(`Header ${t.header.format} link`, { component: "header", kind: t.header.format });
+      else field(`Header {{${names.header[0] || 1}}}`, named("header", names.header, 0));
     }
-    for (let i = 1; t && i <= t.body_parameters; i += 1) field(`Body {{${i}}}`, { component: "body", kind: "text" });
+    for (let i = 0; t && i < t.body_parameters; i += 1) {
+      field(`Body {{${names.body[i] || i + 1}}}`, named("body", names.body, i));
+    }
     for (const button of (t ? t.buttons : [])) {
       if (!button.parameters) continue;
       field(`Button ${button.index + 1} (${button.type.replace("_", " ")})`,
@@ -815,12 +821,14 @@
     const body = [];
     const buttons = [];
     for (const input of document.querySelectorAll("#template-params .template-param")) {
-      const { component, kind, index, subType } = input.dataset;
+      const { component, kind, index, subType, name } = input.dataset;
       const value = input.value.trim();
+      // A template written with named placeholders takes each text parameter with its name.
+      const text = name ? { type: "text", parameter_name: name, text: value } : { type: "text", text: value };
       if (component === "header") {
-        header.push(kind === "text" ? { type: "text", text: value } : { type: kind, [kind]: { link: value } });
+        header.push(kind === "text" ? text : { type: kind, [kind]: { link: value } });
       } else if (component === "body") {
-        body.push({ type: "text", text: value });
+        body.push(text);
       } else {
         buttons.push({ type: "button", sub_type: subType, index, parameters: [{ type: kind, [kind]: value }] });
       }

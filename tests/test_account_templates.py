@@ -50,8 +50,10 @@ def test_graphs_components_become_the_parameters_a_message_fills():
     login = from_graph(ACCOUNT[5])
     assert (login.body_parameters, login.buttons) == (1, (Button("url", 1),))   # an OTP button is sent as `url`
     assert from_graph(ACCOUNT[6]).header == Header("video", 1)
-    named = graph_template("booking", body="{{guests}} guests on {{day}}", parameter_format="NAMED")
-    assert from_graph(named).body_parameters == 2
+    named = from_graph(graph_template("booking", body="{{guests}} guests on {{day}}, {{guests}} seats",
+                                      parameter_format="NAMED"))
+    assert (named.body_parameters, named.body_names, named.to_dict()["parameter_names"]) == (
+        2, ("guests", "day"), {"header": [], "body": ["guests", "day"]})
 
 
 def test_only_approved_templates_baton_can_check_are_kept():
@@ -62,6 +64,20 @@ def test_only_approved_templates_baton_can_check_are_kept():
         from_graph(graph_template("survey", components=[{"type": "BUTTONS", "buttons": [{"type": "FLOW"}]}]))
     assert [(t.name, t.language) for t in account_catalog(ACCOUNT).templates] == [
         ("shipping_update", "en_US"), ("follow_up", "en_US"), ("login_code", "en_US"), ("welcome_video", "es")]
+
+
+def test_a_named_template_takes_each_parameter_with_its_name():
+    from integrations.templates import Catalog, validate
+
+    catalog = Catalog((from_graph(graph_template("booking", body="{{guests}} guests on {{day}}",
+                                                 parameter_format="NAMED")),))
+    message = {"name": "booking", "language": "en_US", "components": [{"type": "body", "parameters": [
+        {"type": "text", "parameter_name": "day", "text": "Sunday"},
+        {"type": "text", "parameter_name": "guests", "text": "4"}]}]}
+    assert validate(catalog, message) == []
+    message["components"][0]["parameters"][0].pop("parameter_name")
+    assert validate(catalog, message) == [
+        "the body's parameters need `parameter_name` guests, day (each once), got None, guests"]
 
 
 # -- the adapter --------------------------------------------------------------------------------------

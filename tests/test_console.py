@@ -221,16 +221,30 @@ def test_a_link_from_a_notification_opens_that_conversation_after_sign_in(app, l
 
 
 @pytest.fixture
-def catalog_server(make_desk, monkeypatch):
-    """A desk app with the example TEMPLATES_FILE, over real HTTP on a thread (jobs run in-process)."""
+def serve_desk(make_desk, monkeypatch):
+    """Factory: serve_desk(**settings) is a desk app over real HTTP on a thread (jobs run in-process):
+    (app, url)."""
     from blueprints import events
-    from config import ROOT
     from tests.support import ServedApp
 
     monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.2)
-    desk = make_desk(TEMPLATES_FILE=str(ROOT / "templates.example.json"))
-    with ServedApp(desk, "baton") as served:
-        yield desk, served.url
+    served: list[ServedApp] = []
+
+    def serve(**settings):
+        desk = make_desk(**settings)
+        served.append(ServedApp(desk, "baton").start())
+        return desk, served[-1].url
+    yield serve
+    for server in served:
+        server.stop()
+
+
+@pytest.fixture
+def catalog_server(serve_desk):
+    """A desk app with the example TEMPLATES_FILE, over real HTTP."""
+    from config import ROOT
+
+    return serve_desk(TEMPLATES_FILE=str(ROOT / "templates.example.json"))
 
 
 @pytest.mark.browser
@@ -299,6 +313,39 @@ def test_an_agent_picks_a_template_fills_its_parameters_and_sends_it(catalog_ser
     assert sent.template == {"name": "follow_up", "language": "es", "components": [
         {"type": "body", "parameters": [{"type": "text", "text": "Eve"}, {"type": "text", "text": "Bo"}]}]}
     expect(page.locator("#template-error")).to_have_text("")
+    assert tab.dialogs == [] and tab.errors == []
+
+
+@pytest.mark.browser
+def test_a_template_of_the_business_account_with_named_parameters_is_sent_with_their_names(
+        serve_desk, graph_api, tabs):
+    from models import Message
+    from tests.support import settle_until
+
+    graph_api.set_templates("WABA-7", [{
+        "id": "9", "name": "booking", "language": "en_US", "status": "APPROVED", "category": "UTILITY",
+        "parameter_format": "NAMED", "components": [{"type": "BODY", "text": "Table for {{guests}} on {{day}}."}]}])
+    desk, url = serve_desk(WHATSAPP_PROVIDER="cloud_api", WHATSAPP_ACCESS_TOKEN=graph_api.access_token,
+                           WHATSAPP_API_BASE=graph_api.api_base, WHATSAPP_VERIFY_TOKEN="v", WHATSAPP_WABA_ID="WABA-7")
+    team = Team(desk)
+    team.add("bo")
+    eve = waiting_customer(desk, wa_id="15557770002", name="Eve")
+    backdate(eve.id, last_inbound_at=25 * 3600)
+    tab = tabs(url)
+    tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve.id}")
+    page, expect = tab.page, tab.expect
+    expect(page.locator("#template-select option")).to_have_text(["booking · en_US (utility)"])
+    expect(page.locator("#template-params label")).to_have_text(["Body {{guests}}", "Body {{day}}"])
+    page.fill("#template-param-0", "4")
+    page.fill("#template-param-1", "Sunday")
+    page.click("#template-send")
+    expect(page.locator('#history li[data-sender="agent"] .msg-text')).to_have_text(["[template]"])
+    sent = Message.get((Message.conversation == eve.id) & (Message.sender == "agent"))
+    settle_until(desk, lambda: Message.get_by_id(sent.id).status == "sent", what="the template to be sent")
+    [body] = [b for _, p, _, b in graph_api.requests if p.endswith("/messages") and b.get("type") == "template"]
+    assert body["template"] == {"name": "booking", "language": {"code": "en_US"}, "components": [
+        {"type": "body", "parameters": [{"type": "text", "parameter_name": "guests", "text": "4"},
+                                        {"type": "text", "parameter_name": "day", "text": "Sunday"}]}]}
     assert tab.dialogs == [] and tab.errors == []
 
 

@@ -112,7 +112,8 @@ def test_agents_and_bots_list_the_catalog(cloud_desk):
         "name": "order_update", "language": "en_US", "category": "UTILITY", "text": "Your order {{1}} has shipped.",
         "body_parameters": 1, "header": {"format": "text", "parameters": 1},
         "buttons": [{"index": 0, "type": "url", "parameters": 1}, {"index": 1, "type": "quick_reply",
-                                                                     "parameters": 1}], "source": "file"}
+                                                                     "parameters": 1}], "source": "file",
+        "parameter_names": None}
     assert (listed.json["sources"], listed.json["account_templates"]) == (["file"], "not_configured")
     client = cloud_desk.test_client()
     bot = ApiToken.issue("n8n", "bot")[1]

@@ -241,7 +241,7 @@ class CloudApiAdapter:
         """The WhatsApp Business Account's message templates, every page (`GET /{waba_id}/message_templates`,
         following `paging.next`): Graph's entries as they come, whatever their status."""
         url: str | None = f"{self.api_base}/{waba_id}/message_templates"
-        params: dict | None = {"fields": "name,language,status,category,components", "limit": 100}
+        params: dict | None = {"fields": "name,language,status,category,parameter_format,components", "limit": 100}
         entries: list[dict] = []
         for _ in range(most_pages):
             try:
