@@ -229,6 +229,8 @@ def _validate(s: Settings) -> None:
     except CatalogError as exc:
         raise ConfigError(f"TEMPLATES_FILE: {exc}") from None
     for name in NOTICE_SETTINGS.values():
+        if getattr(s, name) and s.WHATSAPP_PROVIDER == "wasender":
+            raise ConfigError(f"{name}: WASender has no message templates, so it cannot send one; leave it empty")
         if getattr(s, name):
             try:
                 notice_template(catalog, getattr(s, name))

@@ -242,6 +242,13 @@ def test_a_notice_template_setting_must_name_a_parameterless_catalog_template(ca
     assert str(error.value).startswith(f"{setting}: ") and says in str(error.value)
 
 
+def test_wasender_cannot_send_a_notice_template(catalog_path):
+    with pytest.raises(ConfigError, match="^HANDOFF_NOTICE_TEMPLATE: WASender has no message templates"):
+        load_settings(environ={"WHATSAPP_PROVIDER": "wasender", "WASENDER_WEBHOOK_SECRET": "w",
+                               "WASENDER_API_KEY": "k", "TEMPLATES_FILE": catalog_path,
+                               "HANDOFF_NOTICE_TEMPLATE": "still_in_queue"})
+
+
 def test_a_notice_template_needs_the_templates_file():
     with pytest.raises(ConfigError, match="^PENDING_NOTICE_TEMPLATE: names the template 'x', but TEMPLATES_FILE "
                                           "is empty"):
