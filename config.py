@@ -145,9 +145,12 @@ class Settings:
                                                "wrote over 24 hours ago: `name` (or `name:language`) of a "
                                                "TEMPLATES_FILE entry that takes no parameters. Empty: outside "
                                                "the window the notice is not sent (and the audit trail says so).")
-    PENDING_NOTICE_TEMPLATE: str = setting("", "The same for PENDING_NOTICE.")
-    CALLBACK_NOTICE_TEMPLATE: str = setting("", "The same for CALLBACK_NOTICE.")
-    TIMEOUT_CLOSE_NOTICE_TEMPLATE: str = setting("", "The same for TIMEOUT_CLOSE_NOTICE.")
+    PENDING_NOTICE_TEMPLATE: str = setting("", "The template PENDING_NOTICE is sent as outside the 24-hour "
+                                               "window (as HANDOFF_NOTICE_TEMPLATE).")
+    CALLBACK_NOTICE_TEMPLATE: str = setting("", "The template CALLBACK_NOTICE is sent as outside the 24-hour "
+                                                "window (as HANDOFF_NOTICE_TEMPLATE).")
+    TIMEOUT_CLOSE_NOTICE_TEMPLATE: str = setting("", "The template TIMEOUT_CLOSE_NOTICE is sent as outside the "
+                                                     "24-hour window (as HANDOFF_NOTICE_TEMPLATE).")
     WHATSAPP_WABA_ID: str = setting("", "The WhatsApp Business Account id (Cloud API only): its APPROVED "
                                         "templates are listed and accepted beside TEMPLATES_FILE's (the file "
                                         "wins on the same name and language). Empty: the file alone.")
