@@ -150,6 +150,21 @@ class Settings:
     TIMEOUT_CLOSE_NOTICE: str = setting("Sorry, nobody from our team is available right now. Please write to us "
                                         "again later — we'll be glad to help.",
                                         "What the customer is told when the `close` policy ends a wait.")
+    HANDOFF_NOTICE_TEMPLATE: str = setting("", "The template HANDOFF_NOTICE is sent as when the customer last "
+                                               "wrote over 24 hours ago: `name` (or `name:language`) of a "
+                                               "TEMPLATES_FILE entry that takes no parameters. Empty: outside "
+                                               "the window the notice is not sent (and the audit trail says so).")
+    PENDING_NOTICE_TEMPLATE: str = setting("", "The template PENDING_NOTICE is sent as outside the 24-hour "
+                                               "window (as HANDOFF_NOTICE_TEMPLATE).")
+    CALLBACK_NOTICE_TEMPLATE: str = setting("", "The template CALLBACK_NOTICE is sent as outside the 24-hour "
+                                                "window (as HANDOFF_NOTICE_TEMPLATE).")
+    TIMEOUT_CLOSE_NOTICE_TEMPLATE: str = setting("", "The template TIMEOUT_CLOSE_NOTICE is sent as outside the "
+                                                     "24-hour window (as HANDOFF_NOTICE_TEMPLATE).")
+    WHATSAPP_WABA_ID: str = setting("", "The WhatsApp Business Account id (Cloud API only): its APPROVED "
+                                        "templates are listed and accepted beside TEMPLATES_FILE's (the file "
+                                        "wins on the same name and language). Empty: the file alone.")
+    TEMPLATES_CACHE_SECONDS: int = setting(300, "Seconds each process keeps the WhatsApp Business Account's "
+                                                "template list before asking the Graph API again.")
     LOG_LEVEL: str = setting("INFO", "Python log level of every process (`DEBUG` also shows RQ's per-job lines).")
     TESTING: bool = setting(False, "Flask's testing mode; the test suite sets it.")
 
@@ -219,13 +234,22 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"SENTIMENT_LANGUAGES: the analyser reads English only, not {', '.join(sorted(unreadable))}")
     if s.ESCALATION_PHRASES_FILE and not Path(s.ESCALATION_PHRASES_FILE).is_file():
         raise ConfigError(f"ESCALATION_PHRASES_FILE {s.ESCALATION_PHRASES_FILE!r} is not a readable file")
-    if s.TEMPLATES_FILE:
-        from integrations.templates import CatalogError, catalog_for
+    from integrations.templates import NOTICE_SETTINGS, CatalogError, catalog_for, notice_template
 
-        try:
-            catalog_for(s.TEMPLATES_FILE)
-        except CatalogError as exc:
-            raise ConfigError(f"TEMPLATES_FILE: {exc}") from None
+    try:
+        catalog = catalog_for(s.TEMPLATES_FILE)
+    except CatalogError as exc:
+        raise ConfigError(f"TEMPLATES_FILE: {exc}") from None
+    for name in NOTICE_SETTINGS.values():
+        if getattr(s, name) and s.WHATSAPP_PROVIDER == "wasender":
+            raise ConfigError(f"{name}: WASender has no message templates, so it cannot send one; leave it empty")
+        if getattr(s, name):
+            try:
+                notice_template(catalog, getattr(s, name))
+            except CatalogError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+    if s.TEMPLATES_CACHE_SECONDS < 0:
+        raise ConfigError(f"TEMPLATES_CACHE_SECONDS must not be negative, got {s.TEMPLATES_CACHE_SECONDS}")
 
 
 def send_concurrency(s: Settings) -> int:

@@ -398,6 +398,11 @@ class CatalogButtonSchema(ResponseSchema):
     parameters = fields.Integer(required=True, metadata=about("parameters it takes (0 or 1)"))
 
 
+class CatalogParameterNamesSchema(ResponseSchema):
+    header = fields.List(fields.String(), required=True, metadata=about("the text header's parameter name"))
+    body = fields.List(fields.String(), required=True, metadata=about("the body's parameter names, in order"))
+
+
 class CatalogTemplateSchema(ResponseSchema):
     name = fields.String(required=True, metadata=about("the approved template's name"))
     language = fields.String(required=True, metadata=about("its language code, e.g. `en_US`"))
@@ -408,14 +413,32 @@ class CatalogTemplateSchema(ResponseSchema):
     header = fields.Nested(CatalogHeaderSchema, required=True, allow_none=True,
                            metadata=about("its header; null when it has none"))
     buttons = fields.List(fields.Nested(CatalogButtonSchema), required=True, metadata=about("its buttons, in order"))
+    source = fields.String(required=True, validate=validate.OneOf(("file", "whatsapp_business_account")),
+                           metadata=about("`file` (TEMPLATES_FILE) or `whatsapp_business_account` (its APPROVED "
+                                          "templates, read from the Cloud API)"))
+    parameter_names = fields.Nested(CatalogParameterNamesSchema, required=True, allow_none=True,
+                                    metadata=about("for an account template written with named placeholders "
+                                                   "(`{{first_name}}`): the `parameter_name` each header and "
+                                                   "body parameter must carry; null for positional ones"))
 
 
 class TemplateListSchema(ResponseSchema):
     configured = fields.Boolean(required=True,
-                                metadata=about("false when TEMPLATES_FILE is empty: no catalog, and any template "
-                                               "is passed to the provider as given"))
+                                metadata=about("false when no catalog is in effect (no TEMPLATES_FILE and no "
+                                               "WhatsApp Business Account list): any template is passed to the "
+                                               "provider as given"))
+    sources = fields.List(fields.String(validate=validate.OneOf(("file", "whatsapp_business_account"))),
+                          required=True, metadata=about("where the listed templates come from"))
+    account_templates = fields.String(
+        required=True, validate=validate.OneOf(("listed", "unavailable", "not_configured", "unsupported")),
+        metadata=about("the WhatsApp Business Account's own list: `listed`; `unavailable` (the Graph API did "
+                       "not answer; `note` says why); `not_configured` (no WHATSAPP_WABA_ID); `unsupported` "
+                       "(the provider has none: WASender has no templates at all, the sandbox no account)"))
+    note = fields.String(required=True, allow_none=True, metadata=about("what an agent or admin should know "
+                                                                         "about the list, in words"))
     items = fields.List(fields.Nested(CatalogTemplateSchema), required=True,
-                        metadata=about("the catalog, in the file's order"))
+                        metadata=about("the file's templates in its order, then the account's (the file wins "
+                                       "on the same name and language)"))
 
 
 class QueuedMessageSchema(ResponseSchema):

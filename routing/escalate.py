@@ -8,6 +8,7 @@ from models import BOT_CONTROLLED, PENDING_AGENT, Conversation, utcnow
 
 from .change import Change, Changes, view_of
 from .decide import decide_escalation, escalation_columns
+from .notices import say_notice
 
 
 @dataclass
@@ -43,7 +44,7 @@ def plan_escalation(change: Change, *, reason: str, actor: str, urgency: float |
     change.settle_held("queued_for_agent", columns)
     change.set(columns)
     change.audit(actor, before, PENDING_AGENT, reason, {"urgency": urgency, "group": conv.group, "note": note})
-    change.say(sender="bot" if notice_text else "system", text=notice_text or settings.HANDOFF_NOTICE)
+    say_notice(change, "HANDOFF_NOTICE", text=notice_text, sender="bot" if notice_text else "system")
     change.notify("handoff.requested", reason=reason)
     change.offer()
     return True

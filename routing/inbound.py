@@ -8,6 +8,7 @@ from models.prepared import PreparedSelect
 from .bot_turns import issue_bot_turn
 from .change import Change, Changes, view_of
 from .decide import Decision, InboundView, Policy, decide, needs_sentiment
+from .notices import say_notice
 
 _MESSAGE = PreparedSelect(lambda message_id: Message.select().where(Message.id == message_id))
 
@@ -45,11 +46,11 @@ def _route(change: Change, policy: Policy, message_id: str) -> str | None:
 
 
 def _follow_up(change: Change, policy: Policy, message: Message, decision: Decision) -> None:
-    settings, conv = change.settings, change.conv
+    conv = change.conv
     if decision.send_handoff_notice:
-        change.say(sender="system", text=settings.HANDOFF_NOTICE)
+        say_notice(change, "HANDOFF_NOTICE")
     if decision.send_pending_notice:
-        change.say(sender="system", text=settings.PENDING_NOTICE)
+        say_notice(change, "PENDING_NOTICE")
     agent_id = conv.assigned_agent_id or conv.offered_agent_id
     agent = Agent.get_or_none(Agent.id == agent_id) if agent_id and decision.notify else None
     for event_type in decision.notify:

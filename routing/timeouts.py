@@ -24,6 +24,7 @@ from models import (AGENT_CONTROLLED, BOT_CONTROLLED, CLOSED, PENDING_AGENT, Age
 from .change import Change, Changes
 from .decide import cleared_handoff
 from .handoff import plan_close
+from .notices import say_notice
 
 log = logging.getLogger(__name__)
 BATCH = 200
@@ -152,12 +153,12 @@ def pending_timeout(changes: Changes, conversation_id: str) -> bool:
                         "group": conv.group})
             change.audit("system", PENDING_AGENT, BOT_CONTROLLED, "pending_timeout",
                          {**details, "callback_request_id": request.id})
-            change.say(sender="system", text=settings.CALLBACK_NOTICE)
+            say_notice(change, "CALLBACK_NOTICE")
             change.notify("handoff.timeout", reason="pending_timeout")
         else:
             change.audit("system", PENDING_AGENT, PENDING_AGENT, "pending_timeout", details)
             change.notify("handoff.timeout", reason="pending_timeout")
-            change.say(sender="system", text=settings.TIMEOUT_CLOSE_NOTICE)
+            say_notice(change, "TIMEOUT_CLOSE_NOTICE")
             plan_close(change, actor="system", reason="pending_timeout", by={"type": "system"})
         return True
     return changes.run(conversation_id, plan)

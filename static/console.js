@@ -22,6 +22,11 @@
   const STATUS_RANK = { queued: 0, sent: 1, delivered: 2, read: 3, played: 4, failed: 5 };
   const BACKOFF_MAX_MS = 30000;
   const WINDOW_MESSAGE = "The customer last wrote over 24 h ago; only templates can be sent.";
+  const WINDOW_CLOSED_NOTE = "Free text is off: the customer last wrote over 24 hours ago, and WhatsApp delivers " +
+    "only approved templates until they write again. Send a template below; their reply reopens the window.";
+  const TEMPLATES_MAX_AGE_MS = 300000;   // re-read GET /templates when the picker opens after this long
+  // The parameter a button's one dynamic part takes, by the button's type (templates catalog).
+  const BUTTON_PARAMETER = { url: "text", quick_reply: "payload", copy_code: "coupon_code" };
 
   const STATE_LABELS = {
     BOT_CONTROLLED: "with the bot", PENDING_AGENT: "waiting", AGENT_CONTROLLED: "with an agent", CLOSED: "closed",
@@ -58,6 +63,9 @@
     lastByteAt: 0,
     lastHeartbeat: 0,
     timers: [],
+    templates: null,         // GET /templates: {configured, sources, account_templates, note, items}
+    templatesAt: 0,
+    pickerOpenedFor: null,   // the conversation whose closed window opened the picker (once per conversation)
   };
 
   // -- small helpers ----------------------------------------------------------------------
@@ -198,6 +206,7 @@
     state.supervisor = state.readOnly ? await loadAgents() : ["supervisor", "admin"].includes(state.me.role);
     if (session !== state.session) return;
     if (state.supervisor && !state.readOnly) loadAgents();
+    if (!state.readOnly) loadTemplates();
     showConsole(readOnlyReason);
     if (state.me && state.me.status === "online") heartbeat();
     startTimers(session);
@@ -214,6 +223,7 @@
     Object.assign(state, {
       token: null, me: null, readOnly: false, supervisor: false, open: null, openId: null, messages: [],
       historyCursor: null, typing: null, typingOn: false, stream: null, timers: [], live: "off",
+      templates: null, templatesAt: 0, pickerOpenedFor: null,
     });
     state.agents.clear();
     state.conversations.clear();
@@ -423,6 +433,8 @@
     $("composer-error").textContent = "";
     $("composer-text").value = "";
     $("detail-error").textContent = "";
+    $("template-error").textContent = "";
+    renderTemplateParameters();
     renderDetail();
     renderHistory();
     renderList();
@@ -578,11 +590,11 @@
         ? el("span", { className: "assignee" }, `offered to ${agentName(c.offered_agent_id)}`) : null,
       el("span", { className: "waited" }, waitedText(c))]));
 
-    const windowOpen = c.window_expires_at && Date.parse(c.window_expires_at) > Date.now();
-    $("detail-window").textContent = !c.window_expires_at || c.state === "CLOSED" ? ""
-      : windowOpen ? `Customer-service window closes in ${duration(Date.parse(c.window_expires_at) - Date.now())}.`
-        : WINDOW_MESSAGE;
-    $("detail-window").classList.toggle("warning", Boolean(c.window_expires_at) && !windowOpen);
+    const windowOpen = isWindowOpen(c);
+    $("detail-window").textContent = c.state === "CLOSED" ? ""
+      : windowOpen ? `Window open for ${duration(Date.parse(c.window_expires_at) - Date.now())}`
+        : "Window closed: send a template";
+    $("detail-window").classList.toggle("warning", c.state !== "CLOSED" && !windowOpen);
 
     const canManage = !state.readOnly && (state.supervisor || (c.state === "AGENT_CONTROLLED" && isMine(c)));
     const handedOff = c.state === "AGENT_CONTROLLED" || c.state === "PENDING_AGENT";
@@ -599,11 +611,22 @@
     const composer = $("composer");
     composer.hidden = state.readOnly;
     const blocked = composerBlocked(c);
-    $("composer-text").disabled = Boolean(blocked);
-    $("composer-send").disabled = Boolean(blocked);
-    $("composer-note").textContent = blocked || (offeredToMe(c) || c.state === "PENDING_AGENT"
+    const textBlocked = blocked || (windowOpen ? null : WINDOW_CLOSED_NOTE);
+    $("composer-text").disabled = Boolean(textBlocked);
+    $("composer-send").disabled = Boolean(textBlocked);
+    $("composer-note").textContent = textBlocked || (offeredToMe(c) || c.state === "PENDING_AGENT"
       ? "Replying claims this conversation." : "");
+    const picker = $("template-picker");
+    picker.hidden = state.readOnly || Boolean(blocked);
+    if (!picker.hidden && !windowOpen && state.pickerOpenedFor !== c.id) {
+      state.pickerOpenedFor = c.id;
+      picker.open = true;
+    }
     renderTyping();
+  }
+
+  function isWindowOpen(c) {
+    return Boolean(c.window_expires_at) && Date.parse(c.window_expires_at) > Date.now();
   }
 
   function composerBlocked(c) {
@@ -711,9 +734,141 @@
     } catch (err) {
       report(err, $("composer-error"));
     } finally {
-      $("composer-send").disabled = state.open ? Boolean(composerBlocked(state.open)) : false;
+      $("composer-send").disabled = state.open
+        ? Boolean(composerBlocked(state.open)) || !isWindowOpen(state.open) : false;
       // After the message, not before: ending a typing hold first would hand held messages to the bot.
       stopTyping(id);
+    }
+  }
+
+  // -- templates ------------------------------------------------------------------------------
+
+  async function loadTemplates() {
+    const session = state.session;
+    try {
+      const answer = await api("GET", "/templates");
+      if (session !== state.session) return;
+      state.templates = answer;
+      state.templatesAt = Date.now();
+    } catch (err) {
+      if (session !== state.session) return;
+      state.templates = null;
+      $("template-note").textContent = `The templates could not be read: ${describe(err)}`;
+      return;
+    }
+    renderTemplatePicker();
+  }
+
+  function renderTemplatePicker() {
+    const list = state.templates;
+    const items = list ? list.items : [];
+    const select = $("template-select");
+    const chosen = select.value;
+    select.replaceChildren(...items.map((t, i) => el("option", { value: String(i) },
+      `${t.name} · ${t.language}${t.category ? ` (${t.category.toLowerCase()})` : ""}`)));
+    if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
+    const notes = [];
+    if (list && !items.length) {
+      notes.push(list.configured ? "No approved template is listed."
+        : "No approved templates are listed here: an admin names them in TEMPLATES_FILE or WHATSAPP_WABA_ID.");
+    }
+    if (list && list.note && list.account_templates !== "not_configured") notes.push(list.note);
+    $("template-note").textContent = notes.join(" ");
+    $("template-send").disabled = !items.length;
+    select.disabled = !items.length;
+    renderTemplateParameters();
+  }
+
+  function chosenTemplate() {
+    const list = state.templates;
+    const index = Number($("template-select").value);
+    return list && Number.isInteger(index) ? list.items[index] || null : null;
+  }
+
+  /** One input per parameter the chosen template takes: header, body {{1}}…, then its buttons'. */
+  function renderTemplateParameters() {
+    const t = chosenTemplate();
+    $("template-text").textContent = t && t.text ? t.text : "";
+    const fields = [];
+    const field = (label, dataset) => {
+      const id = `template-param-${fields.length / 2}`;
+      fields.push(el("label", { for: id }, label),
+        el("input", { id, type: ["image", "video", "document"].includes(dataset.kind) ? "url" : "text",
+          spellcheck: "false", className: "template-param", dataset }));
+    };
+    const names = (t && t.parameter_names) || { header: [], body: [] };
+    const named = (part, list, i) => (list[i] ? { component: part, kind: "text", name: list[i] }
+      : { component: part, kind: "text" });
+    if (t && t.header && t.header.parameters) {
+      const media = t.header.format !== "text";
+      if (media) field(`Header ${t.header.format} link`, { component: "header", kind: t.header.format });
+      else field(`Header {{${names.header[0] || 1}}}`, named("header", names.header, 0));
+    }
+    for (let i = 0; t && i < t.body_parameters; i += 1) {
+      field(`Body {{${names.body[i] || i + 1}}}`, named("body", names.body, i));
+    }
+    for (const button of (t ? t.buttons : [])) {
+      if (!button.parameters) continue;
+      field(`Button ${button.index + 1} (${button.type.replace("_", " ")})`,
+        { component: "button", kind: BUTTON_PARAMETER[button.type] || "text", index: String(button.index),
+          subType: button.type });
+    }
+    $("template-params").replaceChildren(...fields);
+  }
+
+  /** The Cloud API components for the chosen template, from the filled inputs. */
+  function templateComponents() {
+    const header = [];
+    const body = [];
+    const buttons = [];
+    for (const input of document.querySelectorAll("#template-params .template-param")) {
+      const { component, kind, index, subType, name } = input.dataset;
+      const value = input.value.trim();
+      // A template written with named placeholders takes each text parameter with its name.
+      const text = name ? { type: "text", parameter_name: name, text: value } : { type: "text", text: value };
+      if (component === "header") {
+        header.push(kind === "text" ? text : { type: kind, [kind]: { link: value } });
+      } else if (component === "body") {
+        body.push(text);
+      } else {
+        buttons.push({ type: "button", sub_type: subType, index, parameters: [{ type: kind, [kind]: value }] });
+      }
+    }
+    return present([
+      header.length ? { type: "header", parameters: header } : null,
+      body.length ? { type: "body", parameters: body } : null,
+      ...buttons]);
+  }
+
+  async function sendTemplate(event) {
+    event.preventDefault();
+    const id = state.openId;
+    const t = chosenTemplate();
+    if (!id || !t) return;
+    $("template-error").textContent = "";
+    const empty = [...document.querySelectorAll("#template-params .template-param")].some((i) => !i.value.trim());
+    if (empty) {
+      $("template-error").textContent = "Fill in every parameter of the template.";
+      return;
+    }
+    $("template-send").disabled = true;
+    try {
+      const answer = await api("POST", `/conversations/${enc(id)}/messages`, {
+        template: { name: t.name, language: t.language, components: templateComponents() },
+      });
+      if (state.openId === id) {
+        addMessage(answer.message);
+        renderHistory();
+        document.querySelectorAll("#template-params .template-param").forEach((i) => { i.value = ""; });
+      }
+      const conversation = await api("GET", `/conversations/${enc(id)}`);
+      upsert(conversation);
+      if (state.openId === id) renderDetail();
+      renderList();
+    } catch (err) {
+      report(err, $("template-error"));
+    } finally {
+      $("template-send").disabled = !chosenTemplate();
     }
   }
 
@@ -929,6 +1084,14 @@
     $("action-close").addEventListener("click", () => act("close", {}));
     $("transfer-form").addEventListener("submit", transfer);
     $("composer").addEventListener("submit", send);
+    $("template-form").addEventListener("submit", sendTemplate);
+    $("template-select").addEventListener("change", () => {
+      $("template-error").textContent = "";
+      renderTemplateParameters();
+    });
+    $("template-picker").addEventListener("toggle", () => {
+      if ($("template-picker").open && Date.now() - state.templatesAt > TEMPLATES_MAX_AGE_MS) loadTemplates();
+    });
     const textarea = $("composer-text");
     textarea.addEventListener("input", typed);
     textarea.addEventListener("keydown", (event) => {

@@ -10,14 +10,13 @@ Run: .venv/bin/python -m pytest tests/test_console.py
 from __future__ import annotations
 
 import re
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import requests
 
-from models import ApiToken, Conversation, utcnow
-from tests.support import ASK_FOR_A_HUMAN, Team, customer_says, waiting_customer
+from models import ApiToken, Conversation
+from tests.support import ASK_FOR_A_HUMAN, Team, backdate, customer_says, waiting_customer
 from tests.harness import agent_add_with_cli, customers_say
 from tests.support import bearer
 
@@ -221,21 +220,133 @@ def test_a_link_from_a_notification_opens_that_conversation_after_sign_in(app, l
     expect(tab.page.locator("#action-claim")).to_be_visible()
 
 
+@pytest.fixture
+def serve_desk(make_desk, monkeypatch):
+    """Factory: serve_desk(**settings) is a desk app over real HTTP on a thread (jobs run in-process):
+    (app, url)."""
+    from blueprints import events
+    from tests.support import ServedApp
+
+    monkeypatch.setattr(events, "KEEPALIVE_SECONDS", 0.2)
+    served: list[ServedApp] = []
+
+    def serve(**settings):
+        desk = make_desk(**settings)
+        served.append(ServedApp(desk, "baton").start())
+        return desk, served[-1].url
+    yield serve
+    for server in served:
+        server.stop()
+
+
+@pytest.fixture
+def catalog_server(serve_desk):
+    """A desk app with the example TEMPLATES_FILE, over real HTTP."""
+    from config import ROOT
+
+    return serve_desk(TEMPLATES_FILE=str(ROOT / "templates.example.json"))
+
+
 @pytest.mark.browser
-def test_a_reply_outside_the_customer_service_window_says_only_templates_can_be_sent(
-        app, live_server, tabs, eve_waits):
+def test_outside_the_window_free_text_is_disabled_and_says_why(app, live_server, tabs, eve_waits):
     team = Team(app)
     team.add("bo")
-    (Conversation.update(last_inbound_at=utcnow() - timedelta(hours=25))
-     .where(Conversation.id == eve_waits.id)
-     .execute())
+    backdate(eve_waits.id, last_inbound_at=25 * 3600)
     tab = tabs(live_server)
     tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve_waits.id}")
-    tab.page.fill("#composer-text", "Hello?")
-    tab.page.click("#composer-send")
-    tab.expect(tab.page.locator("#composer-error")).to_have_text(
-        "The customer last wrote over 24 h ago; only templates can be sent.")
+    page, expect = tab.page, tab.expect
+    expect(page.locator("#detail-window")).to_have_text("Window closed: send a template")
+    expect(page.locator("#composer-text")).to_be_disabled()
+    expect(page.locator("#composer-send")).to_be_disabled()
+    expect(page.locator("#composer-note")).to_have_text(re.compile(
+        r"^Free text is off: the customer last wrote over 24 hours ago, and WhatsApp delivers only approved "
+        r"templates until they write again\."))
+    expect(page.locator("#template-picker")).to_have_attribute("open", "")
+    expect(page.locator("#template-note")).to_contain_text("No approved templates are listed here")
     assert Conversation.get_by_id(eve_waits.id).state == "PENDING_AGENT"
+    assert tab.dialogs == [] and tab.errors == []
+
+
+@pytest.mark.browser
+def test_inside_the_window_the_console_says_how_long_it_stays_open(app, live_server, tabs, eve_waits):
+    team = Team(app)
+    team.add("bo")
+    backdate(eve_waits.id, last_inbound_at=20 * 3600 + 45 * 60)          # 3 h 15 min left
+    tab = tabs(live_server)
+    tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve_waits.id}")
+    tab.expect(tab.page.locator("#detail-window")).to_have_text(re.compile(r"^Window open for 3 h 1[45] min$"))
+    tab.expect(tab.page.locator("#composer-text")).to_be_enabled()
+    assert tab.page.locator("#template-picker").get_attribute("open") is None
+
+
+@pytest.mark.browser
+def test_an_agent_picks_a_template_fills_its_parameters_and_sends_it(catalog_server, tabs):
+    from models import Message
+
+    desk, url = catalog_server
+    team = Team(desk)
+    team.add("bo")
+    eve = waiting_customer(desk, wa_id="15557770002", name="Eve")
+    backdate(eve.id, last_inbound_at=25 * 3600)
+    tab = tabs(url)
+    tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve.id}")
+    page, expect = tab.page, tab.expect
+    expect(page.locator("#composer-text")).to_be_disabled()
+    expect(page.locator("#template-select option")).to_have_text([
+        "follow_up · en_US (utility)", "follow_up · es (utility)", "order_update · en_US (utility)",
+        "callback_reminder · en_US (utility)", "team_will_reply · en_US (utility)"])
+    expect(page.locator("#template-text")).to_contain_text("Hi {{1}}, this is {{2}} from the support team")
+    expect(page.locator("#template-params label")).to_have_text(["Body {{1}}", "Body {{2}}"])
+
+    page.click("#template-send")                                       # nothing filled in yet
+    expect(page.locator("#template-error")).to_have_text("Fill in every parameter of the template.")
+    page.select_option("#template-select", label="order_update · en_US (utility)")
+    expect(page.locator("#template-params label")).to_have_text([
+        "Header {{1}}", "Body {{1}}", "Button 1 (url)", "Button 2 (quick reply)"])
+    page.select_option("#template-select", label="follow_up · es (utility)")
+    page.fill("#template-param-0", "Eve")
+    page.fill("#template-param-1", "Bo")
+    page.click("#template-send")
+    expect(page.locator('#history li[data-sender="agent"] .msg-text')).to_have_text(["[template]"])
+    expect(page.locator("#detail-state")).to_have_attribute("data-state", "AGENT_CONTROLLED")   # it claimed
+    sent = Message.get((Message.conversation == eve.id) & (Message.sender == "agent"))
+    assert sent.template == {"name": "follow_up", "language": "es", "components": [
+        {"type": "body", "parameters": [{"type": "text", "text": "Eve"}, {"type": "text", "text": "Bo"}]}]}
+    expect(page.locator("#template-error")).to_have_text("")
+    assert tab.dialogs == [] and tab.errors == []
+
+
+@pytest.mark.browser
+def test_a_template_of_the_business_account_with_named_parameters_is_sent_with_their_names(
+        serve_desk, graph_api, tabs):
+    from models import Message
+    from tests.support import settle_until
+
+    graph_api.set_templates("WABA-7", [{
+        "id": "9", "name": "booking", "language": "en_US", "status": "APPROVED", "category": "UTILITY",
+        "parameter_format": "NAMED", "components": [{"type": "BODY", "text": "Table for {{guests}} on {{day}}."}]}])
+    desk, url = serve_desk(WHATSAPP_PROVIDER="cloud_api", WHATSAPP_ACCESS_TOKEN=graph_api.access_token,
+                           WHATSAPP_API_BASE=graph_api.api_base, WHATSAPP_VERIFY_TOKEN="v", WHATSAPP_WABA_ID="WABA-7")
+    team = Team(desk)
+    team.add("bo")
+    eve = waiting_customer(desk, wa_id="15557770002", name="Eve")
+    backdate(eve.id, last_inbound_at=25 * 3600)
+    tab = tabs(url)
+    tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve.id}")
+    page, expect = tab.page, tab.expect
+    expect(page.locator("#template-select option")).to_have_text(["booking · en_US (utility)"])
+    expect(page.locator("#template-params label")).to_have_text(["Body {{guests}}", "Body {{day}}"])
+    page.fill("#template-param-0", "4")
+    page.fill("#template-param-1", "Sunday")
+    page.click("#template-send")
+    expect(page.locator('#history li[data-sender="agent"] .msg-text')).to_have_text(["[template]"])
+    sent = Message.get((Message.conversation == eve.id) & (Message.sender == "agent"))
+    settle_until(desk, lambda: Message.get_by_id(sent.id).status == "sent", what="the template to be sent")
+    [body] = [b for _, p, _, b in graph_api.requests if p.endswith("/messages") and b.get("type") == "template"]
+    assert body["template"] == {"name": "booking", "language": {"code": "en_US"}, "components": [
+        {"type": "body", "parameters": [{"type": "text", "parameter_name": "guests", "text": "4"},
+                                        {"type": "text", "parameter_name": "day", "text": "Sunday"}]}]}
+    assert tab.dialogs == [] and tab.errors == []
 
 
 @pytest.mark.browser

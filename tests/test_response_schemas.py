@@ -568,9 +568,20 @@ def _list_templates(w: World):
     from config import ROOT
 
     _, ana = w.agent("ana", online=False)
-    assert w.get("/api/v1/templates", token=ana).json == {"configured": False, "items": []}
+    assert w.get("/api/v1/templates", token=ana).json["configured"] is False
     listed = w.app_with(TEMPLATES_FILE=str(ROOT / "templates.example.json"))
     assert w.get("/api/v1/templates", token=w.bot, app=listed).json["items"]
+    assert w.get("/api/v1/templates", token=ana, app=w.wasender_app()).json["account_templates"] == "unsupported"
+    graph = w.request.getfixturevalue("graph_api")
+    graph.set_templates("WABA-1", [{"id": "1", "name": "hello", "language": "en", "status": "APPROVED",
+                                    "category": "UTILITY", "components": [{"type": "BODY", "text": "Hi {{1}}"}]}])
+    cloud = dict(WHATSAPP_PROVIDER="cloud_api", WHATSAPP_ACCESS_TOKEN=graph.access_token, WHATSAPP_VERIFY_TOKEN="v",
+                 WHATSAPP_API_BASE=graph.api_base, TEMPLATES_FILE=str(ROOT / "templates.example.json"))
+    both = w.get("/api/v1/templates", token=ana, app=w.app_with(**cloud, WHATSAPP_WABA_ID="WABA-1")).json
+    assert (both["sources"], both["items"][-1]["source"]) == (["file", "whatsapp_business_account"],
+                                                            "whatsapp_business_account")
+    down = w.get("/api/v1/templates", token=ana, app=w.app_with(**cloud, WHATSAPP_WABA_ID="WABA-2")).json
+    assert (down["account_templates"], down["sources"]) == ("unavailable", ["file"]) and down["note"]
     w.get("/api/v1/templates", 401, app=listed)
     conv = w.held_by(ana, "15551230031")
     assert w.post(f"/api/v1/conversations/{conv.id}/messages", 422, token=ana, app=listed, json={

@@ -106,12 +106,15 @@ def test_agents_and_bots_list_the_catalog(cloud_desk):
     listed = team.call("ana", "GET", "/api/v1/templates")
     assert listed.status_code == 200 and listed.json["configured"] is True
     assert [(t["name"], t["language"]) for t in listed.json["items"]] == [
-        ("follow_up", "en_US"), ("follow_up", "es"), ("order_update", "en_US"), ("callback_reminder", "en_US")]
+        ("follow_up", "en_US"), ("follow_up", "es"), ("order_update", "en_US"), ("callback_reminder", "en_US"),
+        ("team_will_reply", "en_US")]
     assert listed.json["items"][2] == {
         "name": "order_update", "language": "en_US", "category": "UTILITY", "text": "Your order {{1}} has shipped.",
         "body_parameters": 1, "header": {"format": "text", "parameters": 1},
         "buttons": [{"index": 0, "type": "url", "parameters": 1}, {"index": 1, "type": "quick_reply",
-                                                                     "parameters": 1}]}
+                                                                     "parameters": 1}], "source": "file",
+        "parameter_names": None}
+    assert (listed.json["sources"], listed.json["account_templates"]) == (["file"], "not_configured")
     client = cloud_desk.test_client()
     bot = ApiToken.issue("n8n", "bot")[1]
     assert client.get("/api/v1/templates", headers=bearer(bot)).status_code == 200
@@ -121,7 +124,9 @@ def test_agents_and_bots_list_the_catalog(cloud_desk):
 def test_without_a_catalog_the_list_is_empty(desk):
     team = Team(desk)
     team.add("ana", online=False)
-    assert team.call("ana", "GET", "/api/v1/templates").json == {"configured": False, "items": []}
+    assert team.call("ana", "GET", "/api/v1/templates").json == {
+        "configured": False, "sources": [], "account_templates": "unsupported", "items": [],
+        "note": "The sandbox provider has no WhatsApp Business Account: only TEMPLATES_FILE lists templates."}
 
 
 def template_bodies(graph_api) -> list[dict]:

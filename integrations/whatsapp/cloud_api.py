@@ -240,6 +240,34 @@ class CloudApiAdapter:
                      or download.headers.get("Content-Type", "application/octet-stream"))
         return download.content, mime_type
 
+    def fetch_templates(self, waba_id: str, most_pages: int = 50) -> list[dict]:
+        """The WhatsApp Business Account's message templates, every page (`GET /{waba_id}/message_templates`,
+        following `paging.next`): Graph's entries as they come, whatever their status."""
+        url: str | None = f"{self.api_base}/{waba_id}/message_templates"
+        params: dict | None = {"fields": "name,language,status,category,parameter_format,components", "limit": 100}
+        entries: list[dict] = []
+        for _ in range(most_pages):
+            try:
+                response = self.session.get(url, params=params, timeout=self.timeout,
+                                            headers={"Authorization": f"Bearer {self.access_token}"})
+            except requests.RequestException as exc:
+                raise SendError("network", f"{type(exc).__name__}: {exc}", retryable=True) from None
+            try:
+                page = response.json()
+            except ValueError:
+                page = None
+            if response.status_code >= 400 or not isinstance(page, dict):
+                error = _dict(_dict(page).get("error"))
+                raise SendError(error.get("code", response.status_code),
+                                error.get("message") or f"HTTP {response.status_code} listing message templates",
+                                retryable=response.status_code == 429 or response.status_code >= 500)
+            entries.extend(e for e in _list(page.get("data")) if isinstance(e, dict))
+            url, params = _dict(page.get("paging")).get("next"), None     # `next` carries its own query
+            if not url:
+                return entries
+        raise SendError("too_many_pages", f"more than {most_pages} pages of message templates",
+                        retryable=False)
+
     def _send_body(self, message: OutboundMessage) -> dict:
         body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual",
                                 "to": message.to}

@@ -1,7 +1,8 @@
 """A fake Meta Graph API speaking the WhatsApp Cloud API wire protocol over real HTTP.
 
 Routes: POST /<version>/<phone_number_id>/messages, GET /<version>/<media_id>,
-and the media download URL that lookup returns (which needs the token too).
+the media download URL that lookup returns (which needs the token too), and
+GET /<version>/<waba_id>/message_templates (paged by `after`, with `paging.next`).
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ class FakeGraphApi(FakeServer):
         self.app.add_url_rule("/<version>/<media_id>", view_func=self._media_lookup, methods=["GET"])
         self.app.add_url_rule("/lookaside/<media_id>/content", view_func=self._media_download,
                               methods=["GET"])
+        self._templates: dict[str, tuple[list[dict], int]] = {}
+        self.app.add_url_rule("/<version>/<waba_id>/message_templates", view_func=self._message_templates,
+                              methods=["GET"])
 
     @property
     def api_base(self) -> str:
@@ -43,6 +47,11 @@ class FakeGraphApi(FakeServer):
     def add_media(self, media_id: str, content: bytes, mime: str) -> None:
         """Make `media_id` resolvable and downloadable."""
         self._media.put(media_id, content, mime)
+
+    def set_templates(self, waba_id: str, templates: list[dict], page_size: int = 25) -> None:
+        """The WhatsApp Business Account `waba_id` has these templates (Graph's entries), listed
+        `page_size` to a page."""
+        self._templates[waba_id] = (list(templates), page_size)
 
     def _unauthorized(self):
         if self.bearer_token() == self.access_token:
@@ -81,3 +90,20 @@ class FakeGraphApi(FakeServer):
         if self.bearer_token() != self.access_token:
             return Response(b"", 401)  # the real lookaside host also refuses without the token
         return self._media.download(media_id)
+
+    def _message_templates(self, version: str, waba_id: str):
+        if (denied := self._unauthorized()) is not None:
+            return denied
+        if waba_id not in self._templates:
+            return graph_error(400, 100, f"Unsupported get request. Object with ID '{waba_id}' does not exist",
+                               "GraphMethodException")
+        templates, page_size = self._templates[waba_id]
+        start = int(request.args.get("after") or 0)
+        size = min(int(request.args.get("limit") or page_size), page_size)
+        wanted = [f for f in request.args.get("fields", "").split(",") if f] or ["name", "language", "status", "id"]
+        data = [{k: t[k] for k in ("id", *wanted) if k in t} for t in templates[start:start + size]]
+        paging = {"cursors": {"before": str(start), "after": str(start + size)}}
+        if start + size < len(templates):
+            paging["next"] = (f"{self.url}/{version}/{waba_id}/message_templates?fields={','.join(wanted)}"
+                              f"&limit={size}&after={start + size}")
+        return jsonify({"data": data, "paging": paging})
