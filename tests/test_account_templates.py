@@ -206,4 +206,5 @@ def test_an_agent_sends_an_account_template_checked_against_its_components(accou
     [body] = [b for _, p, _, b in graph_api.requests if p.endswith("/messages") and b["type"] == "template"]
     assert body == {"messaging_product": "whatsapp", "recipient_type": "individual", "to": CUSTOMER,
                     "type": "template", "template": {"name": "shipping_update", "language": {"code": "en_US"},
-                                                     "components": components}}
+                                                     "components": components},
+                    "biz_opaque_callback_data": sent.json["message"]["id"]}
