@@ -179,7 +179,8 @@ class ConversationSchema(ResponseSchema):
     last_inbound_at = fields.String(required=True, allow_none=True,
                                     metadata=about(f"the customer's last message: {TIME}"))
     window_expires_at = fields.String(required=True, allow_none=True,
-                                      metadata=about(f"end of WhatsApp's 24-hour service window: {TIME}"))
+                                      metadata=about(f"end of WhatsApp's 24-hour service window: {TIME} (the "
+                                                     "Cloud API's rule; WASender channels have none)"))
     metadata = fields.Dict(required=True, metadata=about("free-form data (bot mode, language, …)"))
     updated_at = fields.String(required=True, metadata=about(f"last change: {TIME}"))
 

@@ -37,6 +37,7 @@ from routing.change import load_conversation
 from routing.ingest import announce_message_ids
 from routing.lanes import PumpClaim
 from routing.locks import ConversationLock, LockLost
+from routing.notices import window_open
 from routing.send_policy import WINDOW_CLOSED, WINDOW_CLOSED_TITLE, Fail, Reconcile, after_send_error
 
 from .context import job_logger, runtime
@@ -140,7 +141,7 @@ class Sender:
             if not outbound_allowed(message, conv):
                 self._finish(message, {"status": "failed", "error_code": CANCELLED[0], "error_title": CANCELLED[1]})
                 continue
-            if not message.template and (conv.window_expires_at is None or conv.window_expires_at < now):
+            if not message.template and not window_open(conv, now):
                 self._finish(message, {"status": "failed", "error_code": WINDOW_CLOSED,
                                        "error_title": WINDOW_CLOSED_TITLE})
                 continue

@@ -19,6 +19,7 @@ from .change import Change, Changes
 from .decide import cleared_handoff
 from .errors import Conflict, Forbidden, NotFound, Unprocessable
 from .live import live_event
+from .notices import NO_SERVICE_WINDOW, window_open
 from .visibility import snapshot
 
 
@@ -150,7 +151,10 @@ def send(changes: Changes, reservations: Reservations, conversation_id: str, act
                                {"assigned_agent_id": conv.assigned_agent_id}, code="already_assigned")
             raise _not_assigned()
         _check_claimable(conv, actor)
-        if template is None and (conv.window_expires_at is None or conv.window_expires_at < utcnow()):
+        if template is not None and conv.channel.provider in NO_SERVICE_WINDOW:
+            raise Unprocessable("WASender sends no message templates: send text (it has no 24-hour window).",
+                                {"provider": conv.channel.provider}, code="templates_unsupported")
+        if template is None and not window_open(conv):
             raise Unprocessable("The customer last wrote more than 24 hours ago: only a template may be sent.",
                                 {"window_expires_at": conv.to_dict()["window_expires_at"]},
                                 code="outside_customer_service_window")

@@ -19,8 +19,17 @@ from .change import Change
 log = logging.getLogger(__name__)
 
 
+# WhatsApp's 24-hour customer service window is the Cloud API's rule (and the
+# sandbox's, which speaks it). WASender drives a WhatsApp Web session: it has
+# no window and no templates.
+NO_SERVICE_WINDOW = frozenset({"wasender"})
+
+
 def window_open(conv: Conversation, now: datetime | None = None) -> bool:
-    """Whether free text may reach the customer now: they wrote within the last 24 hours."""
+    """Whether free text may reach the customer now: they wrote within the last
+    24 hours, or the channel's provider has no such window."""
+    if conv.channel.provider in NO_SERVICE_WINDOW:
+        return True
     expires = conv.window_expires_at
     return expires is not None and expires > (now or utcnow())
 

@@ -591,7 +591,8 @@
       el("span", { className: "waited" }, waitedText(c))]));
 
     const windowOpen = isWindowOpen(c);
-    $("detail-window").textContent = c.state === "CLOSED" ? ""
+    const noWindow = Boolean(c.channel && c.channel.provider === "wasender");
+    $("detail-window").textContent = c.state === "CLOSED" || noWindow ? ""
       : windowOpen ? `Window open for ${duration(Date.parse(c.window_expires_at) - Date.now())}`
         : "Window closed: send a template";
     $("detail-window").classList.toggle("warning", c.state !== "CLOSED" && !windowOpen);
@@ -626,6 +627,7 @@
   }
 
   function isWindowOpen(c) {
+    if (c.channel && c.channel.provider === "wasender") return true;   // a WhatsApp Web session: no window
     return Boolean(c.window_expires_at) && Date.parse(c.window_expires_at) > Date.now();
   }
 

@@ -14,7 +14,7 @@ from config import ConfigError, load_settings
 from integrations.signing import signature
 from jobs import timers
 from models import Conversation, Event, Message
-from tests.support import (CUSTOMER, PHONE_NUMBER_ID, TEST_APP_SECRET, Team, backdate, bearer, conversation_of,
+from tests.support import (ASK_FOR_A_HUMAN, CUSTOMER, PHONE_NUMBER_ID, TEST_APP_SECRET, Team, backdate, bearer, conversation_of,
                            customer_says, settle, settle_until, waiting_customer)
 from tests.test_takeover_and_recovery import SECRET as WASENDER_SECRET
 from tests.test_takeover_and_recovery import wasender_message
@@ -270,3 +270,32 @@ def test_the_shipped_example_has_a_template_for_every_notice():
     settings = load_settings(environ={**example, **{f"{n}_TEMPLATE": "team_will_reply" for n in (
         "HANDOFF_NOTICE", "PENDING_NOTICE", "CALLBACK_NOTICE", "TIMEOUT_CLOSE_NOTICE")}})
     assert settings.CALLBACK_NOTICE_TEMPLATE == "team_will_reply"
+
+
+# -- WASender: a WhatsApp Web session has no 24-hour window and no templates ----------------------
+
+def test_on_wasender_an_agent_writes_a_day_later_and_a_template_is_refused_up_front(app_factory, wasender_api):
+    app = app_factory(WHATSAPP_PROVIDER="wasender", WASENDER_WEBHOOK_SECRET=WASENDER_SECRET,
+                      WASENDER_API_KEY=wasender_api.api_key, WASENDER_API_BASE=wasender_api.url)
+    headers = {"Content-Type": "application/json", "X-Webhook-Signature": WASENDER_SECRET}
+    team = Team(app)
+    team.add("ana")
+    app.test_client().post("/webhooks/wasender", data=wasender_message(ASK_FOR_A_HUMAN, wa_id=CUSTOMER),
+                           headers=headers)
+    settle(app)
+    conv = conversation_of()
+    assert team.act("ana", "claim", conv.id).status_code == 200
+    the_customer_last_wrote(conv.id, 30)
+    before = Message.select().where(Message.conversation == conv.id).count()
+
+    template = team.act("ana", "messages", conv.id, {"template": {"name": "follow_up", "language": "en_US"}})
+    assert (template.status_code, template.json["error"]) == (422, "templates_unsupported")
+    assert Message.select().where(Message.conversation == conv.id).count() == before
+
+    text = team.act("ana", "messages", conv.id, {"text": "Sorry for the wait, Rita"})
+    assert text.status_code == 202, text.json
+    settle(app)
+    sent = Message.get_by_id(text.json["message"]["id"])
+    assert sent.status == "sent" and sent.error_code is None
+    assert any(body and body.get("text") == "Sorry for the wait, Rita"
+               for _, path, _, body in wasender_api.requests if path.endswith("/send-message"))
