@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 from peewee import fn
@@ -48,9 +49,23 @@ for i = 0, n - 1 do
   end
 end
 if best == nil then return false end
+local agent = ARGV[4 + 2 * best]
+local previous = redis.call('HGET', KEYS[2], agent) or '0'
+local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[5 + 3 * best], ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[4 + 2 * best], redis.call('INCR', KEYS[1]))
-return ARGV[4 + 2 * best]
+redis.call('HSET', KEYS[2], agent, seq)
+return {agent, tostring(seq), previous}
+"""
+
+# Undo a reserve_next whose change did not commit: free the seat and give the
+# agent back its place in the rotation, unless another pick moved it since.
+# KEYS: load, last; ARGV: conversation, agent, seq, previous
+_UNRESERVE_NEXT = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('HGET', KEYS[2], ARGV[2]) == ARGV[3] then
+  if ARGV[4] == '0' then redis.call('HDEL', KEYS[2], ARGV[2]) else redis.call('HSET', KEYS[2], ARGV[2], ARGV[4]) end
+end
+return 1
 """
 
 # KEYS: load; ARGV: conversation, now, max, force -> 1 reserved (or already held), 0 full
@@ -64,6 +79,15 @@ return 0
 """
 
 
+@dataclass(frozen=True)
+class Pick:
+    """A seat reserve_next reserved, and what undoing it restores."""
+    agent_id: str
+    conversation_id: str
+    seq: str
+    previous: str
+
+
 class Reservations:
     """Capacity reservations over `Presence`'s keys."""
 
@@ -71,9 +95,12 @@ class Reservations:
         self.presence = presence
         redis = presence.redis
         self._next = redis.register_script(_RESERVE_NEXT)
+        self._unreserve_next = redis.register_script(_UNRESERVE_NEXT)
         self._for = redis.register_script(_RESERVE_FOR)
 
-    def reserve_next(self, conversation_id: str, candidates: list[Agent], sticky: str | None) -> str | None:
+    def reserve_next(self, conversation_id: str, candidates: list[Agent], sticky: str | None) -> Pick | None:
+        """Reserve a seat for `conversation_id` with the candidate next in the
+        rotation (moving them to its end); None when nobody has room."""
         if not candidates:
             return None
         p = self.presence
@@ -83,7 +110,17 @@ class Reservations:
             keys += [p.status_key(agent.id), p.heartbeat_key(agent.id), p.load_key(agent.id)]
             args += [agent.id, agent.max_concurrent]
         chosen = self._next(keys=keys, args=args)
-        return chosen.decode() if chosen else None
+        if not chosen:
+            return None
+        agent_id, seq, previous = (part.decode() if isinstance(part, bytes) else str(part) for part in chosen)
+        return Pick(agent_id, conversation_id, seq, previous)
+
+    def undo(self, pick: Pick) -> None:
+        """The offer `pick` was for did not commit: free the seat, and the agent
+        keeps their place in the rotation (a lost race is not an offer)."""
+        p = self.presence
+        self._unreserve_next(keys=[p.load_key(pick.agent_id), p.last_assigned_key],
+                             args=[pick.conversation_id, pick.agent_id, pick.seq, pick.previous])
 
     def reserve_for(self, agent: Agent, conversation_id: str, force: bool = False) -> bool:
         return bool(self._for(keys=[self.presence.load_key(agent.id)],
@@ -137,16 +174,16 @@ def offer_next(changes: Changes, reservations: Reservations, conversation_id: st
         agents = agents_of_group(conv.group or settings.DEFAULT_GROUP)
         lapsed = list(conv.offers_lapsed or [])
         sticky = conv.last_agent_id if settings.STICKY_ASSIGNMENT and conv.last_agent_id not in lapsed else None
-        chosen = reservations.reserve_next(conv.id, [a for a in agents if a.id not in lapsed], sticky)
-        if chosen is None and lapsed:
+        pick = reservations.reserve_next(conv.id, [a for a in agents if a.id not in lapsed], sticky)
+        if pick is None and lapsed:
             # Everyone eligible has let this one lapse: go round again, least
             # recently offered first (so the last to lapse comes last).
             lapsed = []
-            chosen = reservations.reserve_next(conv.id, agents, None)
-        if chosen is None:
+            pick = reservations.reserve_next(conv.id, agents, None)
+        if pick is None:
             return False
-        change.on_rollback(lambda: reservations.release(chosen, conv.id))
-        plan_offer(change, next(a for a in agents if a.id == chosen), lapsed)
+        change.on_rollback(lambda: reservations.undo(pick))
+        plan_offer(change, next(a for a in agents if a.id == pick.agent_id), lapsed)
         return True
     return changes.run(conversation_id, plan)
 

@@ -130,3 +130,45 @@ def test_reconcile_repairs_reservations_after_redis_loses_them(desk, team):
     rt.redis.delete(rt.presence.load_key(ana.id))            # Redis flushed, say
     assert rt.reservations.reconcile() == {"added": 1, "removed": 0}
     assert escalate_and_see_who_is_offered(rt, b) is None   # still full: no double booking
+
+
+def test_an_offer_that_loses_a_race_keeps_its_agents_place_in_the_rotation(desk, team, monkeypatch):
+    """Two processes offer the same waiting customer at once: both reserve a seat,
+    one commits, the other's compare-and-set fails. The loser's agent was never
+    offered anything, so it must stay next in line (CI caught the rotation going
+    ana, cy, … instead of cy, ana, … through real processes)."""
+    from routing import assignment
+
+    rt = desk.extensions["baton"]
+    ana, bo, cy = (team.add(name) for name in ("ana", "bo", "cy"))
+    raced, later = new_conversations(2)
+    escalate(rt.changes, raced, reason="explicit_request", actor="test")
+    Conversation.update(offered_agent_id=None).where(Conversation.id == raced).execute()
+    rt.reservations.release(ana.id, raced)                       # waiting, no offer: as the timers find it
+    real_reserve_next, raced_once = rt.reservations.reserve_next, []
+
+    def reserve_next_while_another_process_offers(conversation_id, candidates, sticky):
+        pick = real_reserve_next(conversation_id, candidates, sticky)
+        if conversation_id == raced and not raced_once:
+            raced_once.append(pick.agent_id)
+            assert assignment.offer_next(rt.changes, rt.reservations, raced)     # the other process wins
+        return pick
+
+    monkeypatch.setattr(rt.reservations, "reserve_next", reserve_next_while_another_process_offers)
+    assert assignment.offer_next(rt.changes, rt.reservations, raced) is False    # lost: already offered
+    monkeypatch.setattr(rt.reservations, "reserve_next", real_reserve_next)
+    winner = Conversation.get_by_id(raced).offered_agent_id
+    assert raced_once and winner and winner != raced_once[0]
+    assert rt.presence.loads([raced_once[0]])[raced_once[0]] == 0               # the loser's seat is free
+    assert escalate_and_see_who_is_offered(rt, later) == raced_once[0]            # and it is next in line
+
+
+def test_undoing_a_pick_leaves_a_later_pick_of_the_same_agent_alone(desk, team):
+    rt = desk.extensions["baton"]
+    ana = team.add("ana", max_concurrent=2)
+    first, second = new_conversations(2)
+    one = rt.reservations.reserve_next(first, [ana], None)
+    two = rt.reservations.reserve_next(second, [ana], None)
+    rt.reservations.undo(one)                                    # late: ana has been picked since
+    last = rt.redis.hget(rt.presence.last_assigned_key, ana.id).decode()
+    assert last == two.seq and rt.presence.loads([ana.id])[ana.id] == 1
