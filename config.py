@@ -96,6 +96,9 @@ class Settings:
     PENDING_NOTICE_INTERVAL: int = setting(600, "Least seconds between two PENDING_NOTICE messages to a customer "
                                                 "who keeps writing while waiting.")
     BOT_HISTORY: int = setting(10, "How many earlier messages a `bot.turn` event carries in `history`.")
+    BOT_TYPING_INDICATOR: bool = setting(True, "When the AI branch gets a turn, mark the customer's message read and "
+                                               "show WhatsApp's typing indicator (once per turn; WhatsApp drops it "
+                                               "after 25 s or at the reply).")
     ESCALATION_PHRASES_FILE: str = setting("", "A file of extra phrases that mean \"I want a human\", one a line "
                                                "(`=` for a whole message); empty uses the built-in list only.")
     TEMPLATES_FILE: str = setting("", "A JSON file listing the approved WhatsApp templates agents may send "

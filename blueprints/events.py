@@ -43,7 +43,8 @@ class EventStreamQueryArgsSchema(StrictSchema):
 
 @bp.get("")
 @responds(200, None, "A text/event-stream of `message.created`, `message.updated` (a delivery status "
-                     "changed; data: the message), `conversation.updated` and `typing` events the caller "
+                     "changed; data: the message), `conversation.updated` and `typing` (an agent's; or the "
+                     "bot's, with `bot: true`, while the AI branch prepares an answer) events the caller "
                      "may see", content_type="text/event-stream")
 @errors(401, 403, 422, codes={503: ("redis_unavailable",)})
 @require("agent")

@@ -25,6 +25,8 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
 from datetime import timedelta
 
 from config import send_concurrency
@@ -34,6 +36,7 @@ from models.message import is_unsent
 from models.prepared import PreparedSelect
 from routing.bot_turns import outbound_allowed
 from routing.change import load_conversation
+from routing.dispatch import typing_key
 from routing.ingest import announce_message_ids
 from routing.lanes import PumpClaim
 from routing.locks import ConversationLock, LockLost
@@ -80,8 +83,8 @@ class Slot:
     conversation_id: str
     lock: ConversationLock
     renewed: float
-    message: Message | None = None
-    request: OutboundMessage | None = None
+    message: Message | None = None     # None while the call in hand is a typing indicator
+    call: Callable[[], object] | None = None
     number: str = ""
     future: Future | None = None
 
@@ -115,7 +118,21 @@ class Sender:
             return      # another pump sends for it, and looks for more before it lets go
         slot = Slot(conversation_id, lock, time.monotonic())
         self.slots[conversation_id] = slot
-        self._advance(slot)
+        if not self._show_typing(slot):
+            self._advance(slot)
+
+    def _show_typing(self, slot: Slot) -> bool:
+        """A bot turn asked to show the customer that an answer is coming: do it
+        first, unless the answer is already here. True when the call is made."""
+        shown_for = self.rt.redis.getdel(typing_key(self.rt.settings.REDIS_PREFIX, slot.conversation_id))
+        if not shown_for or next_to_send(slot.conversation_id) is not None:
+            return False
+        conv = load_conversation(slot.conversation_id)
+        slot.number = conv.channel.phone_number_id
+        slot.call = partial(self.rt.adapter.show_typing, slot.number, conv.contact.wa_id,
+                            shown_for.decode() if isinstance(shown_for, bytes) else shown_for)
+        self._call_when_rate_allows(slot)
+        return True
 
     def _let_go(self, slot: Slot) -> None:
         del self.slots[slot.conversation_id]
@@ -155,9 +172,9 @@ class Sender:
                 continue
             slot.message = message
             slot.number = conv.channel.phone_number_id
-            slot.request = OutboundMessage(
+            slot.call = partial(self.rt.adapter.send, OutboundMessage(
                 to=conv.contact.wa_id, phone_number_id=slot.number, text=message.text,
-                template=message.template, media=message.media, reference=message.id)
+                template=message.template, media=message.media, reference=message.id))
             return self._call_when_rate_allows(slot)
 
     def _call_when_rate_allows(self, slot: Slot) -> None:
@@ -171,15 +188,14 @@ class Sender:
         line.append(slot)
 
     def _call(self, slot: Slot) -> None:
-        adapter = self.rt.adapter
-        if getattr(adapter, "inline", False):
+        if getattr(self.rt.adapter, "inline", False):
             slot.future = Future()
             try:
-                slot.future.set_result(adapter.send(slot.request))
-            except SendError as exc:
+                slot.future.set_result(slot.call())
+            except Exception as exc:
                 slot.future.set_exception(exc)
         else:
-            slot.future = _pool(self.capacity).submit(adapter.send, slot.request)
+            slot.future = _pool(self.capacity).submit(slot.call)
 
     def _release_rate_waiters(self) -> None:
         """Give freed places in each number's window to the conversations waiting longest."""
@@ -213,7 +229,7 @@ class Sender:
         if answered:
             self._record(answered)
             for slot in answered:
-                slot.future = slot.message = slot.request = None
+                slot.future = slot.message = slot.call = None
                 self._advance(slot)
         self._release_rate_waiters()
 
@@ -223,6 +239,9 @@ class Sender:
         announce: list[str] = []        # failed, or unknown: the console shows it at once
         with write_transaction():
             for slot in answered:
+                if slot.message is None:
+                    _typing_shown(slot)
+                    continue
                 message, attempt = slot.message, slot.message.attempts + 1
                 try:
                     result: SendResult = slot.future.result()
@@ -303,10 +322,18 @@ class Sender:
             wait([s.future for s in answered])
             self._record(answered)
             for slot in answered:
-                slot.future = None
+                slot.future = slot.message = slot.call = None
         self.waiting_for_rate.clear()
         for slot in list(self.slots.values()):
             self._let_go(slot)
+
+
+def _typing_shown(slot: Slot) -> None:
+    """A typing indicator is only a courtesy: a failure is logged, never retried."""
+    try:
+        slot.future.result()
+    except Exception as exc:
+        log.info("typing indicator for %s not shown: %s", slot.conversation_id, exc)
 
 
 def _waits(message: Message, now=None) -> bool:

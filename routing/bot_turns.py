@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
-from models import BotTurn, Conversation, Message, new_id, utcnow
+from models import BotTurn, Conversation, Message, isoformat, new_id, utcnow
 
 from .change import Change, Changes, view_of
+from .effects import TYPING_SECONDS
 from .decide import Policy, bot_may_speak, decide_escalation
 from .errors import CooldownActive, NotFound, StaleTurn
 from .escalate import plan_escalation
+from .live import live_event
 from .notifications import turn_fields
+from .visibility import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,8 @@ def issue_bot_turn(change: Change, policy: Policy, message: Message) -> None:
     fields = turn_fields(settings, conv, message, turn)
     if settings.N8N_BOT_URL:
         change.deliver(settings.N8N_BOT_URL, "bot.turn", fields)
+        if settings.BOT_TYPING_INDICATOR and message.direction == "in" and message.provider_message_id:
+            show_bot_typing(change, message)
         return
     if policy.bot is None:
         return
@@ -41,6 +47,18 @@ def issue_bot_turn(change: Change, policy: Policy, message: Message) -> None:
         apply_bot_reply(change, turn, reply, "builtin-bot")
     except CooldownActive:           # refused before anything was written
         log.info("built-in bot asked to escalate %s during its cooldown", conv.id)
+
+
+def show_bot_typing(change: Change, message: Message) -> None:
+    """The AI branch is thinking: after the commit, the outbound lane marks the
+    customer's message read and shows the typing indicator (before anything
+    else it sends the customer), and agents watching see the bot typing."""
+    conv = change.conv
+    change.effects.typing.append((conv.id, message.provider_message_id))
+    change.effects.schedule("outbound", conv.id)
+    change.effects.live.append(live_event("typing", conv.id, {
+        "agent_id": None, "bot": True, "typing": True,
+        "expires_at": isoformat(utcnow() + timedelta(seconds=TYPING_SECONDS))}, snapshot(conv)))
 
 
 @dataclass

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import logging
 
-from .effects import Effects
+from .effects import TYPING_SECONDS, Effects
 from .errors import ContendedConversation
 from .live import publish
 
 log = logging.getLogger(__name__)
+
+
+def typing_key(prefix: str, conversation_id: str) -> str:
+    """The customer message a typing indicator is waiting to be shown for (jobs/send.py takes it)."""
+    return f"{prefix}:typing:{conversation_id}"
 
 
 def dispatch(rt, effects: Effects) -> None:
@@ -22,6 +27,9 @@ def dispatch(rt, effects: Effects) -> None:
     effects.dispatched = True
     for agent_id, conversation_id in effects.releases:
         rt.reservations.release(agent_id, conversation_id)
+    for conversation_id, provider_message_id in effects.typing:     # before the lane is scheduled
+        rt.redis.set(typing_key(rt.settings.REDIS_PREFIX, conversation_id), provider_message_id,
+                     ex=TYPING_SECONDS)
     for lane, key in effects.schedules:
         rt.schedule(lane, key)
     if effects.inbox:

@@ -26,6 +26,9 @@ from .live import live_event
 from .visibility import snapshot
 
 
+TYPING_SECONDS = 25          # WhatsApp drops a typing indicator after this long, or at the reply
+
+
 @dataclass
 class Effects:
     """Statements to run in one transaction, and lanes to schedule after it."""
@@ -35,6 +38,7 @@ class Effects:
     offers: list[str] = field(default_factory=list)           # conversations to offer to an agent
     releases: list[tuple[str, str]] = field(default_factory=list)  # (agent, conversation) reservations to free
     inbox: list[tuple[str, str, float]] = field(default_factory=list)  # messages to route (again)
+    typing: list[tuple[str, str]] = field(default_factory=list)  # (conversation, provider message id) to show typing for
     dispatched: bool = False                                  # set once routing.dispatch has run it
 
     def insert(self, row) -> None:

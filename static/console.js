@@ -669,7 +669,8 @@
     const t = state.typing;
     const active = t && t.until > Date.now();
     note.hidden = !active;
-    note.textContent = active ? `${agentName(t.agentId) || "Another agent"} is typing…` : "";
+    note.textContent = !active ? "" : t.bot ? "The bot is typing…"
+      : `${agentName(t.agentId) || "Another agent"} is typing…`;
   }
 
   // -- actions ----------------------------------------------------------------------------
@@ -996,6 +997,10 @@
       renderList();
     } else if (type === "message.created") {
       if (state.openId === id) {
+        if (data.sender === "bot" && state.typing && state.typing.bot) {
+          state.typing = null;                     // the answer is here
+          renderTyping();
+        }
         addMessage(data);
         renderHistory();
       } else if (data.direction === "in") {
@@ -1006,8 +1011,8 @@
       if (state.openId === id && updateMessage(data)) renderHistory();
     } else if (type === "typing") {
       if (state.openId !== id || (state.me && data.agent_id === state.me.id)) return;
-      state.typing = data.typing ? { agentId: data.agent_id, until: Date.parse(data.expires_at) || Date.now() + 10000 }
-        : null;
+      state.typing = data.typing ? { agentId: data.agent_id, bot: Boolean(data.bot),
+        until: Date.parse(data.expires_at) || Date.now() + 10000 } : null;
       renderTyping();
       if (state.typing) setTimeout(renderTyping, state.typing.until - Date.now() + 50);
     }

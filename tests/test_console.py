@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from models import ApiToken, Conversation
-from tests.support import ASK_FOR_A_HUMAN, Team, backdate, customer_says, waiting_customer
+from tests.support import ASK_FOR_A_HUMAN, Team, backdate, conversation_of, customer_says, settle, waiting_customer
 from tests.harness import agent_add_with_cli, customers_say
 from tests.support import bearer
 
@@ -405,4 +405,40 @@ def test_while_the_live_stream_is_cut_the_queue_still_fills_and_the_stream_comes
     customer_says(app, ASK_FOR_A_HUMAN, wa_id="15557770004", name="Gus")
     work()
     expect(tab.item("Gus", state="PENDING_AGENT")).to_be_visible()
+    assert tab.errors == []
+
+
+@pytest.mark.browser
+def test_a_supervisor_sees_the_bot_typing_until_its_answer_arrives(serve_desk, n8n, tabs):
+    from models import ApiToken, BotTurn
+
+    desk, url = serve_desk(N8N_BOT_URL=n8n.url_for("baton-bot"))
+    team = Team(desk)
+    team.add("sue", role="supervisor")
+    bot = ApiToken.issue("bot", "bot")[1]
+
+    def the_bot_answers(text: str) -> None:
+        turn = BotTurn.select().order_by(BotTurn.created_at.desc()).first()
+        answer = desk.test_client().post("/api/v1/bot/replies", headers=bearer(bot), json={
+            "conversation_id": turn.conversation_id, "turn_id": turn.id, "text": text})
+        assert answer.status_code in (200, 202), answer.json
+        settle(desk)
+
+    customer_says(desk, "hello", wa_id="15557770003")
+    settle(desk)
+    the_bot_answers("Hi! What can I do for you?")
+    conv = conversation_of("15557770003")
+    tab = tabs(url)
+    tab.sign_in(team.token["sue"], path=f"/console/conversations/{conv.id}")
+    page, expect = tab.page, tab.expect
+    expect(page.locator('#history li[data-sender="bot"] .msg-text')).to_have_text(["Hi! What can I do for you?"])
+    expect(page.locator("#typing-note")).to_be_hidden()
+
+    customer_says(desk, "when do you open?", wa_id="15557770003")
+    settle(desk)
+    expect(page.locator("#typing-note")).to_have_text("The bot is typing…")
+    the_bot_answers("At nine.")
+    expect(page.locator('#history li[data-sender="bot"] .msg-text')).to_have_text(
+        ["Hi! What can I do for you?", "At nine."])
+    expect(page.locator("#typing-note")).to_be_hidden()
     assert tab.errors == []

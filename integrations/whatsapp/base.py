@@ -150,5 +150,8 @@ class WhatsAppAdapter(Protocol):
     def send(self, message: OutboundMessage) -> SendResult:
         """Send one message; raise SendError on refusal or transport failure."""
 
+    def show_typing(self, phone_number_id: str, to: str, provider_message_id: str) -> None:
+        """Mark the customer's message read and show that a reply is being written."""
+
     def fetch_media(self, media: dict) -> tuple[bytes, str]:
         """Download inbound media; returns (content, mime_type)."""

@@ -223,6 +223,12 @@ class CloudApiAdapter:
             raise SendError("invalid_response", "2xx without messages[0].id", retryable=False) from None
         return SendResult(provider_message_id=str(wamid))
 
+    def show_typing(self, phone_number_id: str, to: str, provider_message_id: str) -> None:
+        """Mark the customer's message read and show the typing indicator."""
+        self._request("POST", f"{self.api_base}/{phone_number_id}/messages", json={
+            "messaging_product": "whatsapp", "status": "read", "message_id": provider_message_id,
+            "typing_indicator": {"type": "text"}})
+
     def fetch_media(self, media: dict) -> tuple[bytes, str]:
         """Resolve a webhook media id to a short-lived URL, then download it with the same token."""
         media_id = media.get("provider_media_id")

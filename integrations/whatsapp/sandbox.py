@@ -22,5 +22,8 @@ class SandboxAdapter(CloudApiAdapter):
         execute_write(*insert_statement(entry))
         return SendResult(provider_message_id)
 
+    def show_typing(self, phone_number_id: str, to: str, provider_message_id: str) -> None:
+        """Nobody is on the other end of the sandbox to see it."""
+
     def fetch_media(self, media: dict) -> tuple[bytes, str]:
         raise SendError("sandbox", "the sandbox holds no media", retryable=False)

@@ -261,6 +261,11 @@ class WasenderAdapter:
                             retryable=False)
         return SendResult(provider_message_id=str(msg_id))
 
+    def show_typing(self, phone_number_id: str, to: str, provider_message_id: str) -> None:
+        """Show "typing…" in the customer's chat (WASender has no read-receipt call)."""
+        self._request("POST", f"{self.api_base}/api/send-presence-update",
+                      json={"jid": f"{to}@s.whatsapp.net", "type": "composing"})
+
     def fetch_media(self, media: dict) -> tuple[bytes, str]:
         """Download inbound media. WhatsApp-Web media is encrypted, so when a media key is
         known WASender decrypts it first (`/api/decrypt-media` -> publicUrl)."""

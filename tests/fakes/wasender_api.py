@@ -23,6 +23,7 @@ class FakeWasenderApi(FakeServer):
         self._msg_ids = itertools.count(100000)
         self._media = MediaStore()
         self.app.add_url_rule("/api/send-message", view_func=self._send, methods=["POST"])
+        self.app.add_url_rule("/api/send-presence-update", view_func=self._presence, methods=["POST"])
         self.app.add_url_rule("/api/decrypt-media", view_func=self._decrypt, methods=["POST"])
         self.app.add_url_rule("/api/decrypted-media/<message_id>", view_func=self._decrypted,
                               methods=["GET"])
@@ -37,6 +38,15 @@ class FakeWasenderApi(FakeServer):
         if self.bearer_token() == self.api_key:
             return None
         return jsonify({"success": False, "message": "Unauthenticated."}), 401
+
+    def _presence(self):
+        if (denied := self._unauthorized()) is not None:
+            return denied
+        body = request.get_json(silent=True) or {}
+        if not str(body.get("jid", "")).endswith("@s.whatsapp.net") or body.get("type") not in (
+                "composing", "recording", "available", "unavailable"):
+            return jsonify({"success": False, "message": "Validation failed"}), 422
+        return jsonify({"success": True, "data": {"jid": body["jid"], "type": body["type"]}})
 
     def _send(self):
         if (denied := self._unauthorized()) is not None:
