@@ -6,6 +6,7 @@ from datetime import datetime
 
 import orjson
 from flask import Blueprint, current_app, g
+from peewee import NodeList
 
 from models import PENDING_AGENT, Channel, Contact, Conversation, Message
 from models.base import isoformat, parse_time
@@ -107,10 +108,10 @@ def last_messages(conversations: list[Conversation]) -> dict[str, dict]:
     wanted = [c for c in conversations if c.message_seq]
     if not wanted:
         return {}
-    keys = ((Message.conversation == c.id) & (Message.seq == c.message_seq) for c in wanted)
-    condition = None
-    for key in keys:
-        condition = key if condition is None else (condition | key)
+    # A flat OR of (conversation, seq) pairs: both databases answer it with one
+    # index probe per pair (a nested one would be as deep as the page is long).
+    condition = NodeList([(Message.conversation == c.id) & (Message.seq == c.message_seq) for c in wanted],
+                         glue=" OR ", parens=True)
     rows = Message.select(Message.id, Message.conversation, Message.seq, Message.direction, Message.sender,
                           Message.agent_id, Message.type, Message.text, Message.sent_at).where(condition)
     return {m.conversation_id: preview(m) for m in rows}
