@@ -372,6 +372,22 @@ class AgentListSchema(ResponseSchema):
                                 metadata=about("pass as `cursor` for the next page; null on the last"))
 
 
+class OnlineAgentSchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("agent id (`a_…`)"))
+    name = fields.String(required=True, metadata=about("display name"))
+    groups = fields.List(fields.String(), required=True, metadata=about("groups they serve"))
+    max_concurrent = fields.Integer(required=True, metadata=about("conversations they may hold at once"))
+    active_conversations = fields.Integer(required=True, metadata=about("conversations offered to or held by them"))
+
+
+class OnlineAgentsSchema(ResponseSchema):
+    items = fields.List(fields.Nested(OnlineAgentSchema), required=True,
+                        metadata=about("the agents online now (status online and a live heartbeat), by name"))
+    groups = fields.List(fields.String(), required=True,
+                         metadata=about("every group some agent serves, sorted (a conversation transferred to a "
+                                        "group waits there until one of its agents is free)"))
+
+
 class AgentQueryArgsSchema(StrictSchema):
     group = group_field(metadata=about("only agents of this group"))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200), metadata=about("page size"))
