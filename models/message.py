@@ -5,7 +5,8 @@ them); outbound rows are written with status `queued` and sent by the outbound
 lane. `(channel, provider_message_id)` is unique: a webhook retried by the
 provider inserts nothing the second time.
 """
-from peewee import (CharField, DateTimeField, ForeignKeyField, IntegerField, PostgresqlDatabase, TextField)
+from peewee import (CharField, DateTimeField, ForeignKeyField, IntegerField, IntegrityError, PostgresqlDatabase,
+                    TextField)
 
 from .base import BaseModel, JSONField, db, isoformat, new_id, utcnow
 from .channel import Channel
@@ -56,15 +57,18 @@ class Message(BaseModel):
             (("routed_to", "received_at"), False),
         )
 
-    def save(self, *args, **kwargs):
-        """Saving a new message through the ORM (scripts, tests) numbers it
-        like the hot paths do; they use numbered_insert directly."""
-        if self.seq is None:
-            with db.atomic():
-                (sql, params), = _bump_statements(self.conversation_id)
-                self.seq = db.execute_sql(sql, params).fetchone()[0]
-                return super().save(*args, **kwargs)
-        return super().save(*args, **kwargs)
+    def save(self, force_insert: bool = False, only=None):
+        """Inserting a message through the ORM (`Message.create`: scripts, tests)
+        numbers it like the hot paths do (they use numbered_insert directly)."""
+        if not force_insert or self.seq is not None:
+            return super().save(force_insert, only)
+        with db.atomic():
+            (sql, params), = _bump_statements(self.conversation_id)
+            row = db.execute_sql(sql, params).fetchone()
+            if row is None:
+                raise IntegrityError(f"no conversation {self.conversation_id} to number the message in")
+            self.seq = row[0]
+            return super().save(force_insert, only)
 
     def to_dict(self) -> dict:
         error = None

@@ -243,3 +243,17 @@ def test_the_preview_and_history_queries_use_the_seq_index(busy_database):  # no
         history_page = (Message.select().where((Message.conversation == "c00001") & (Message.seq > 1))
                         .order_by(Message.seq).limit(201))
         assert "message_conversation_id_seq" in plan(busy_database, *history_page.sql())
+
+
+def test_a_message_created_through_the_orm_is_numbered_and_saving_it_again_keeps_its_number(app):
+    customer_says(app, "hello", wa_id="15557771020")
+    conv = Conversation.get()
+    first = Message.get()
+    made = Message.create(conversation=conv.id, channel=conv.channel_id, direction="out", sender="system",
+                          type="text", text="noted", sent_at=first.sent_at, received_at=first.received_at,
+                          routed_to="none", status="queued", attempts=0)
+    assert (first.seq, made.seq, Conversation.get_by_id(conv.id).message_seq) == (1, 2, 2)
+    partial = Message.select(Message.id, Message.conversation).where(Message.id == made.id).get()
+    partial.text = "noted!"
+    partial.save(only=[Message.text])
+    assert (Message.get_by_id(made.id).seq, Conversation.get_by_id(conv.id).message_seq) == (2, 2)
