@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
+import pytest
 import requests
 
 from models import Conversation, Message
@@ -173,6 +174,62 @@ def test_seq_is_strictly_increasing_under_concurrent_webhooks_and_agent_replies(
     for sent in sequences:                                        # one client's messages keep its order
         assert [seq_of[text] for text in sent] == sorted(seq_of[text] for text in sent)
     assert len([row for row in rows if row.text and row.text.startswith("w")]) == writers * per_writer
+
+
+@pytest.mark.processes
+def test_seq_is_strictly_increasing_across_web_and_worker_processes(app, start_baton):
+    """The same race on real processes: gunicorn (2 workers) takes the webhooks
+    and the replies, 2 RQ workers route meanwhile."""
+    from tests.harness import post_all
+
+    procs = start_baton(SENTIMENT_LANGUAGES="")
+    procs.wait_ready()
+    team = Team(app)
+    team.add("ana", max_concurrent=50)
+    (asked,) = post_all(procs.url, [text_webhook(DANA, "I want to talk to a human", message_id="wamid.ask")])
+    assert asked.status_code == 200, asked.text
+    conv = procs.wait_until(lambda: Conversation.get_or_none(Conversation.state == "PENDING_AGENT"),
+                            what="the customer to wait for a human")
+    claimed = requests.post(f"{procs.url}/api/v1/conversations/{conv.id}/claim",
+                            headers=bearer(team.token["ana"]), timeout=30)
+    assert claimed.status_code == 200, claimed.text
+
+    def customer(w: int) -> list[str]:
+        sent = []
+        with requests.Session() as session:
+            for i in range(20):
+                raw, headers = text_webhook(DANA, f"w{w}-{i}", message_id=f"wamid.p{w}-{i}")
+                response = session.post(f"{procs.url}/webhooks/whatsapp", data=raw, headers=headers, timeout=30)
+                assert response.status_code == 200, response.text
+                sent.append(f"w{w}-{i}")
+        return sent
+
+    def agent(r: int) -> list[str]:
+        sent = []
+        with requests.Session() as session:
+            for i in range(10):
+                for _ in range(20):
+                    response = session.post(f"{procs.url}/api/v1/conversations/{conv.id}/messages",
+                                            json={"text": f"r{r}-{i}"}, headers=bearer(team.token["ana"]),
+                                            timeout=30)
+                    if response.status_code != 503:
+                        break
+                assert response.status_code == 202, response.text
+                sent.append(f"r{r}-{i}")
+        return sent
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(customer, w) for w in range(4)] + [pool.submit(agent, r) for r in range(2)]
+        sequences = [f.result(timeout=180) for f in futures]
+    procs.settle_quiet(app.extensions["baton"])
+
+    rows = list(Message.select(Message.text, Message.seq).where(Message.conversation == conv.id)
+                .order_by(Message.seq))
+    assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
+    assert Conversation.get_by_id(conv.id).message_seq == len(rows)
+    seq_of = {row.text: row.seq for row in rows}
+    for sent in sequences:
+        assert [seq_of[text] for text in sent] == sorted(seq_of[text] for text in sent)
 
 
 # -- the list's preview -------------------------------------------------------------------------------
