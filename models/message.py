@@ -152,3 +152,33 @@ def unnumber(conversation_id: str) -> tuple[str, list]:
     column = _quote(Conversation.message_seq.column_name)
     return (f"UPDATE {_quote(Conversation._meta.table_name)} SET {column} = {column} - 1 "
             f"WHERE {_quote(Conversation.id.column_name)} = {db.obj.param}", [conversation_id])
+
+
+def move_messages(from_id: str, to_id: str) -> int:
+    """Move every message of conversation `from_id` into `to_id` (a contact
+    merge) and number the survivor's whole history again in id order (ids
+    sort by the time Baton stored them), its counter ending at its last seq.
+    Returns how many moved. Run it inside the merge's write transaction: a
+    plain `UPDATE message SET conversation_id` would break the unique
+    (conversation, seq) index."""
+    param = db.obj.param
+    conversation, message = _quote(Conversation._meta.table_name), _quote(Message._meta.table_name)
+    counter, seq = _quote(Conversation.message_seq.column_name), _quote(Message.seq.column_name)
+    conv_id, owner, key = (_quote(Conversation.id.column_name), _quote(Message.conversation.column_name),
+                           _quote(Message.id.column_name))
+    # Lock both counters (numbering waits), in id order, then read the survivor's.
+    for locked in sorted((from_id, to_id)):
+        db.execute_sql(f"UPDATE {conversation} SET {counter} = {counter} WHERE {conv_id} = {param}", [locked])
+    top = db.execute_sql(f"SELECT {counter} FROM {conversation} WHERE {conv_id} = {param}", [to_id]).fetchone()
+    top = (top[0] if top else 0) or 0
+    # Out of the way first (negative numbers, distinct across both), then 1..n in id order.
+    db.execute_sql(f"UPDATE {message} SET {seq} = -{seq} WHERE {owner} = {param}", [to_id])
+    moved = db.execute_sql(f"UPDATE {message} SET {owner} = {param}, {seq} = -{seq} - {param} "
+                           f"WHERE {owner} = {param}", [to_id, top, from_id]).rowcount
+    db.execute_sql(f"UPDATE {message} SET {seq} = numbered.n FROM (SELECT {key}, ROW_NUMBER() OVER "
+                   f"(ORDER BY {key}) AS n FROM {message} WHERE {owner} = {param}) AS numbered "
+                   f"WHERE numbered.{key} = {message}.{key}", [to_id])
+    db.execute_sql(f"UPDATE {conversation} SET {counter} = (SELECT COUNT(*) FROM {message} "
+                   f"WHERE {owner} = {param}) WHERE {conv_id} = {param}", [to_id, to_id])
+    db.execute_sql(f"UPDATE {conversation} SET {counter} = 0 WHERE {conv_id} = {param}", [from_id])
+    return moved

@@ -314,3 +314,26 @@ def test_a_message_created_through_the_orm_is_numbered_and_saving_it_again_keeps
     partial.text = "noted!"
     partial.save(only=[Message.text])
     assert (Message.get_by_id(made.id).seq, Conversation.get_by_id(conv.id).message_seq) == (2, 2)
+
+
+def test_messages_moved_by_a_merge_are_numbered_again_in_the_order_they_were_stored(app):
+    """A contact merge (one customer known by two conversations) moves one
+    conversation's messages into the other: the survivor's history is numbered
+    again, both interleaved in the order Baton stored them, and goes on from there."""
+    from models import write_transaction
+    from models.message import move_messages
+
+    for wa_id, text in (("15557771030", "old 1"), ("15557771031", "new 1"), ("15557771030", "old 2"),
+                        ("15557771031", "new 2")):
+        customer_says(app, text, wa_id=wa_id)
+    gone, kept = (Message.get(Message.text == "old 1").conversation_id,
+                  Message.get(Message.text == "new 1").conversation_id)
+
+    with write_transaction():
+        assert move_messages(gone, kept) == 2
+
+    rows = list(Message.select().where(Message.conversation == kept).order_by(Message.seq))
+    assert [(m.text, m.seq) for m in rows] == [("old 1", 1), ("new 1", 2), ("old 2", 3), ("new 2", 4)]
+    assert (Conversation.get_by_id(kept).message_seq, Conversation.get_by_id(gone).message_seq) == (4, 0)
+    customer_says(app, "new 3", wa_id="15557771031")
+    assert Message.get(Message.text == "new 3").seq == 5
