@@ -221,7 +221,7 @@ def _is_our_own_echo(provider: str, channel_id: str, conversation_id: str, messa
     echoed = (Message.select(Message.id, Message.sender, Message.provider_message_id)
               .where((Message.conversation == conversation_id) & (Message.direction == "out")
                      & (Message.text == message.text) & (Message.received_at >= utcnow() - ECHO_WINDOW))
-              .order_by(Message.seq))
+              .order_by(Message.sent_at, Message.id))
     rows = list(echoed)
     if provider == WASENDER:
         waiting = [row for row in rows if _is_wasender_send_id(row.provider_message_id)]
