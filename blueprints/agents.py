@@ -16,7 +16,7 @@ from .errors import ApiError
 from .idempotency import idempotent
 from .schemas import (AgentCreatedSchema, AgentCreateSchema, AgentListSchema, AgentQueryArgsSchema, AgentSchema,
                       AgentStatusSchema, CallbackDoneSchema, CallbackListSchema, CallbackQueryArgsSchema,
-                      CallbackRequestSchema)
+                      CallbackRequestSchema, OnlineAgentsSchema)
 
 bp = Blueprint("agents", __name__, url_prefix="/api/v1")
 
@@ -47,6 +47,19 @@ def list_agents(args):
     page = agents[:args["limit"]]
     next_cursor = encode_cursor(page[-1].id) if len(agents) > args["limit"] else None
     return reply({"items": agent_service.describe(_rt().presence, page), "next_cursor": next_cursor})
+
+
+@bp.get("/agents/online")
+@responds(200, OnlineAgentsSchema)
+@errors(401, 403)
+@require("agent")
+def list_online_agents():
+    """Who a conversation can be transferred to: the agents online now, and every group agents serve."""
+    agents = list(Agent.select().order_by(Agent.name, Agent.id))
+    online = [{key: described[key] for key in ("id", "name", "groups", "max_concurrent", "active_conversations")}
+              for described in agent_service.describe(_rt().presence, agents) if described["online"]]
+    groups = sorted({group for agent in agents for group in agent.groups or ()})
+    return reply({"items": online, "groups": groups})
 
 
 @bp.post("/agents")

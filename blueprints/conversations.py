@@ -6,9 +6,10 @@ from datetime import datetime
 
 import orjson
 from flask import Blueprint, current_app, g
+from peewee import NodeList
 
 from models import PENDING_AGENT, Channel, Contact, Conversation, Message
-from models.base import parse_time
+from models.base import isoformat, parse_time
 from routing.change import load_conversation
 from routing.errors import NotFound
 from routing.escalate import escalate as escalate_conversation
@@ -92,7 +93,37 @@ def list_conversations(args):
     if len(page) > limit:
         page = page[:limit]
         next_cursor = encode_cursor(page[-1].updated_at.isoformat(), page[-1].id)
-    return reply({"items": [c.to_dict() for c in page], "next_cursor": next_cursor})
+    last = last_messages(page)
+    return reply({"items": [{**c.to_dict(), "last_message": last.get(c.id)} for c in page],
+                  "next_cursor": next_cursor})
+
+
+PREVIEW_CHARS = 200
+
+
+def last_messages(conversations: list[Conversation]) -> dict[str, dict]:
+    """The last message of each conversation, for the list's preview, in one
+    query: `conversation.message_seq` is the seq of a conversation's last
+    message, so each is one lookup in the (conversation, seq) unique index."""
+    wanted = [c for c in conversations if c.message_seq]
+    if not wanted:
+        return {}
+    # A flat OR of (conversation, seq) pairs: both databases answer it with one
+    # index probe per pair (a nested one would be as deep as the page is long).
+    condition = NodeList([(Message.conversation == c.id) & (Message.seq == c.message_seq) for c in wanted],
+                         glue=" OR ", parens=True)
+    rows = Message.select(Message.id, Message.conversation, Message.seq, Message.direction, Message.sender,
+                          Message.agent_id, Message.type, Message.text, Message.sent_at).where(condition)
+    return {m.conversation_id: preview(m) for m in rows}
+
+
+def preview(message: Message) -> dict:
+    text = message.text
+    if text is not None and len(text) > PREVIEW_CHARS:
+        text = text[:PREVIEW_CHARS - 1] + "…"
+    return {"id": message.id, "seq": message.seq, "direction": message.direction, "sender": message.sender,
+            "agent_id": message.agent_id, "type": message.type, "text": text,
+            "sent_at": isoformat(message.sent_at)}
 
 
 @bp.get("/<conversation_id>")
@@ -110,17 +141,16 @@ def get_conversation(conversation_id):
 @require("bot", "agent")
 @query(MessageQueryArgsSchema)
 def list_messages(conversation_id, args):
-    """History in `sent_at` order; `after`/`before` take a message id or an ISO time."""
+    """History in `seq` order (the order Baton stored the messages); `after`/`before`
+    take a message id, a `seq` or an ISO time."""
     conv = visible_conversation(conversation_id)
     rows = Message.select().where(Message.conversation == conv.id)
     if "after" in args:
-        moment, mid = _position(conv.id, args["after"])
-        rows = rows.where((Message.sent_at > moment) | ((Message.sent_at == moment) & (Message.id > mid)))
+        rows = rows.where(_bound(conv.id, args["after"], after=True))
     if "before" in args:
-        moment, mid = _position(conv.id, args["before"], before=True)
-        rows = rows.where((Message.sent_at < moment) | ((Message.sent_at == moment) & (Message.id < mid)))
+        rows = rows.where(_bound(conv.id, args["before"], after=False))
     limit = args["limit"]
-    page = list(rows.order_by(Message.sent_at, Message.id).limit(limit + 1))
+    page = list(rows.order_by(Message.seq).limit(limit + 1))
     next_cursor = None
     if len(page) > limit:
         page = page[:limit]
@@ -128,14 +158,21 @@ def list_messages(conversation_id, args):
     return reply({"items": [m.to_dict() for m in page], "next_cursor": next_cursor})
 
 
-def _position(conversation_id: str, value: str, before: bool = False) -> tuple[datetime, str]:
+def _bound(conversation_id: str, value: str, after: bool):
+    """The condition `after`/`before` puts on the history: past a message (by
+    id or seq) in seq order, or, for a bare time, everything written at that
+    instant or since (before it)."""
     if value.startswith("m_"):
-        message = Message.get_or_none((Message.id == value) & (Message.conversation == conversation_id))
-        if message is None:
+        seq = (Message.select(Message.seq)
+               .where((Message.id == value) & (Message.conversation == conversation_id)).scalar())
+        if seq is None:
             raise NotFound("message", f"No message {value} in this conversation.")
-        return message.sent_at, message.id
-    # A bare time: everything at that instant counts as after it (or before it).
-    return _parse_time(value), ("" if not before else "\uffff")
+        return Message.seq > seq if after else Message.seq < seq
+    if value.isascii() and value.isdigit():
+        seq = min(int(value), 2**31 - 1)
+        return Message.seq > seq if after else Message.seq < seq
+    moment = _parse_time(value)
+    return Message.sent_at >= moment if after else Message.sent_at <= moment
 
 
 def _parse_time(value: str) -> datetime:

@@ -110,9 +110,11 @@ class ConversationQueryArgsSchema(StrictSchema):
 
 class MessageQueryArgsSchema(StrictSchema):
     after = fields.String(validate=validate.Length(min=1, max=64),
-                          metadata=about("only messages after this message id or ISO 8601 time"))
+                          metadata=about("only messages after this message id or `seq` (in `seq` order), or "
+                                         "written at or after this ISO 8601 time"))
     before = fields.String(validate=validate.Length(min=1, max=64),
-                           metadata=about("only messages before this message id or ISO 8601 time"))
+                           metadata=about("only messages before this message id or `seq` (in `seq` order), or "
+                                          "written at or before this ISO 8601 time"))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200), metadata=about("page size"))
 
 
@@ -215,6 +217,9 @@ class MessageErrorSchema(ResponseSchema):
 class MessageSchema(ResponseSchema):
     id = fields.String(required=True, metadata=about("message id (`m_…`)"))
     conversation_id = fields.String(required=True, metadata=about("its conversation"))
+    seq = fields.Integer(required=True,
+                         metadata=about("its place in the conversation: strictly increasing in the order Baton "
+                                        "stored the messages (not dense); histories are in this order"))
     direction = fields.String(required=True, validate=validate.OneOf(("in", "out")),
                               metadata=about("`in` from the customer, `out` to them"))
     sender = fields.String(required=True, validate=validate.OneOf(("user", "bot", "agent", "system")),
@@ -237,14 +242,34 @@ class MessageSchema(ResponseSchema):
                           metadata=about("why sending failed"))
 
 
+class LastMessageSchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("message id (`m_…`)"))
+    seq = fields.Integer(required=True, metadata=about("its `seq`: the highest in the conversation"))
+    direction = fields.String(required=True, validate=validate.OneOf(("in", "out")),
+                              metadata=about("`in` from the customer, `out` to them"))
+    sender = fields.String(required=True, validate=validate.OneOf(("user", "bot", "agent", "system")),
+                           metadata=about("who wrote it"))
+    agent_id = fields.String(required=True, allow_none=True, metadata=about("the agent who sent it"))
+    type = fields.String(required=True, metadata=about("`text`, `image`, `template`, … (a preview without "
+                                                        "text shows `[type]`)"))
+    text = fields.String(required=True, allow_none=True,
+                         metadata=about("the text or caption, cut to 200 characters (ending in `…`)"))
+    sent_at = fields.String(required=True, metadata=about(f"when it was written: {TIME}"))
+
+
+class ConversationListItemSchema(ConversationSchema):
+    last_message = fields.Nested(LastMessageSchema, required=True, allow_none=True,
+                                 metadata=about("a preview of its last message (by `seq`); null before the first"))
+
+
 class ConversationListSchema(ResponseSchema):
-    items = fields.List(fields.Nested(ConversationSchema), required=True, metadata=about("one page"))
+    items = fields.List(fields.Nested(ConversationListItemSchema), required=True, metadata=about("one page"))
     next_cursor = fields.String(required=True, allow_none=True,
                                 metadata=about("pass as `cursor` for the next page; null on the last"))
 
 
 class MessageListSchema(ResponseSchema):
-    items = fields.List(fields.Nested(MessageSchema), required=True, metadata=about("one page, oldest first"))
+    items = fields.List(fields.Nested(MessageSchema), required=True, metadata=about("one page, in `seq` order"))
     next_cursor = fields.String(required=True, allow_none=True,
                                 metadata=about("pass as `after` for the next page; null on the last"))
 
@@ -347,6 +372,22 @@ class AgentListSchema(ResponseSchema):
     items = fields.List(fields.Nested(AgentSchema), required=True, metadata=about("one page, by id"))
     next_cursor = fields.String(required=True, allow_none=True,
                                 metadata=about("pass as `cursor` for the next page; null on the last"))
+
+
+class OnlineAgentSchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("agent id (`a_…`)"))
+    name = fields.String(required=True, metadata=about("display name"))
+    groups = fields.List(fields.String(), required=True, metadata=about("groups they serve"))
+    max_concurrent = fields.Integer(required=True, metadata=about("conversations they may hold at once"))
+    active_conversations = fields.Integer(required=True, metadata=about("conversations offered to or held by them"))
+
+
+class OnlineAgentsSchema(ResponseSchema):
+    items = fields.List(fields.Nested(OnlineAgentSchema), required=True,
+                        metadata=about("the agents online now (status online and a live heartbeat), by name"))
+    groups = fields.List(fields.String(), required=True,
+                         metadata=about("every group some agent serves, sorted (a conversation transferred to a "
+                                        "group waits there until one of its agents is free)"))
 
 
 class AgentQueryArgsSchema(StrictSchema):

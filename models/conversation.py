@@ -62,6 +62,9 @@ class Conversation(BaseModel):
     metadata = JSONField(default=dict)
     created_at = DateTimeField(default=utcnow)
     updated_at = DateTimeField(default=utcnow, index=True)
+    # The `seq` of the last message stored in this conversation (0006). Only
+    # models.message.numbered_insert writes it, never a plan's compare-and-set.
+    message_seq = IntegerField(default=0)
 
     @property
     def capacity_holder(self) -> str | None:

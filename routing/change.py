@@ -134,7 +134,7 @@ class Change:
         conv = self.conv
         held = list(Message.select(Message.id, Message.sent_at)
                     .where((Message.conversation == conv.id) & (Message.routed_to == "held"))
-                    .order_by(Message.sent_at, Message.id))
+                    .order_by(Message.seq))
         self.effects.update(Message, {"routed_to": None}, {"conversation": conv.id, "routed_to": "held"})
         self.set({"typing_agent_id": None, "typing_until": None, "held_since": None})
         self.effects.inbox.extend((conv.id, m.id, epoch_seconds(m.sent_at)) for m in held)

@@ -14,11 +14,13 @@ rows whose dispatch was lost.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import orjson
 
 from models import Conversation, Delivery, Message, db, new_id, utcnow, write_transaction
 from models.base import isoformat
+from models.message import numbered_insert
 from models.prepared import insert_statement, update_statement
 
 from .errors import VersionConflict
@@ -32,7 +34,8 @@ TYPING_SECONDS = 25          # WhatsApp drops a typing indicator after this long
 @dataclass
 class Effects:
     """Statements to run in one transaction, and lanes to schedule after it."""
-    writes: list[tuple[str, tuple, bool]] = field(default_factory=list)
+    # (sql, params, must_change_one, then): `then(cursor)` reads what the statement returned
+    writes: list[tuple[str, tuple, bool, Callable | None]] = field(default_factory=list)
     schedules: list[tuple[str, str]] = field(default_factory=list)
     live: list[dict] = field(default_factory=list)            # routing.live events to publish
     offers: list[str] = field(default_factory=list)           # conversations to offer to an agent
@@ -44,13 +47,24 @@ class Effects:
     def insert(self, row) -> None:
         """Prepare the INSERT of an unsaved model instance."""
         sql, params = insert_statement(row)
-        self.writes.append((sql, tuple(params), False))
+        self.writes.append((sql, tuple(params), False, None))
+
+    def insert_message(self, message: Message, numbered: Callable[[int], None]) -> None:
+        """Prepare the INSERT of a new message with the next `seq` of its
+        conversation; `numbered(seq)` learns the seq inside the transaction."""
+        names = tuple(name for name in message.__data__ if name in Message._meta.fields and name != "seq")
+        values = [Message._meta.fields[name].db_value(message.__data__[name]) for name in names]
+        statements = numbered_insert(names, values, message.conversation_id, returning_seq=True)
+        for sql, params in statements[:-1]:
+            self.writes.append((sql, tuple(params), False, None))
+        sql, params = statements[-1]
+        self.writes.append((sql, tuple(params), False, lambda cursor: numbered(cursor.fetchone()[0])))
 
     def update(self, model, changes: dict, where: dict, *, increment: str | None = None,
                must_change_one: bool = False) -> None:
         """Prepare an UPDATE (see models.prepared.update_statement)."""
         sql, params = update_statement(model, changes, where, increment)
-        self.writes.append((sql, tuple(params), must_change_one))
+        self.writes.append((sql, tuple(params), must_change_one, None))
 
     def schedule(self, lane: str, key: str) -> None:
         if (lane, key) not in self.schedules:
@@ -71,8 +85,11 @@ class Effects:
         if not self.writes:
             return
         with write_transaction():
-            for sql, params, must_change_one in self.writes:
-                if db.execute_sql(sql, params).rowcount != 1 and must_change_one:
+            for sql, params, must_change_one, then in self.writes:
+                cursor = db.execute_sql(sql, params)
+                if then is not None:
+                    then(cursor)
+                elif cursor.rowcount != 1 and must_change_one:
                     raise VersionConflict(sql)
 
 
@@ -86,9 +103,13 @@ def queue_outbound(conv: Conversation, effects: Effects, *, sender: str, text: s
         agent_id=agent_id, type="template" if template else (media or {}).get("type", "text"),
         text=text, template=template, media=media, sent_at=now, received_at=now, routed_to="none",
         status="queued", turn_id=turn_id, control_epoch=control_epoch, attempts=0)
-    effects.insert(message)
+    event = live_event("message.created", conv.id, message.to_dict(), snapshot(conv))
+
+    def numbered(seq: int) -> None:
+        message.seq = event["data"]["seq"] = seq
+    effects.insert_message(message, numbered)
     effects.schedule("outbound", conv.id)
-    effects.live.append(live_event("message.created", conv.id, message.to_dict(), snapshot(conv)))
+    effects.live.append(event)
     return message
 
 

@@ -21,7 +21,7 @@ import peewee
 from integrations.whatsapp.base import InboundMessage, ParsedWebhook, StatusUpdate
 from models import Channel, Contact, Conversation, Message, UnsupportedUpdate, db, new_id, write_transaction
 from models.base import as_naive_utc, epoch_seconds, utcnow
-from models.message import ERROR_DETAILS_LIMIT, STATUS_RANK, UNSENT
+from models.message import ERROR_DETAILS_LIMIT, STATUS_RANK, UNSENT, numbered_insert, unnumber
 from models.prepared import PreparedSelect
 
 from .live import live_event, publish
@@ -81,8 +81,13 @@ def record_webhook(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> 
 def _record(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> IngestResult:
     result = IngestResult()
     with write_transaction():
-        for message in parsed.messages:
-            _record_message(provider, message, cache, result)
+        # Numbering a message locks its conversation's row until the commit:
+        # take those locks in one order (conversation id; a conversation's
+        # messages keep the webhook's order) so two webhooks never wait on each other.
+        customers = [(message, *_customer_of(provider, message, cache)) for message in parsed.messages]
+        customers.sort(key=lambda item: item[2])
+        for message, channel_id, conversation_id in customers:
+            _record_message(provider, message, channel_id, conversation_id, result)
         for status in parsed.statuses:
             updated = _record_status(provider, status, cache, result)
             if updated is not None and updated not in result.updated:
@@ -155,10 +160,15 @@ _KNOWN_CUSTOMER = PreparedSelect(lambda channel_id, wa_id: (
     .where((Contact.channel == channel_id) & (Contact.wa_id == wa_id))))
 
 
-def _record_message(provider: str, message: InboundMessage, cache: IngestCache, result: IngestResult) -> None:
+def _customer_of(provider: str, message: InboundMessage, cache: IngestCache) -> tuple[str, str]:
+    """(channel id, conversation id) of a message's customer, created on first sight."""
     channel_id = _channel_id(provider, message.phone_number_id, cache)
-    conversation_id = conversation_for(channel_id, message.wa_id,
-                                       None if message.from_me else message.contact_name, cache)
+    return channel_id, conversation_for(channel_id, message.wa_id,
+                                        None if message.from_me else message.contact_name, cache)
+
+
+def _record_message(provider: str, message: InboundMessage, channel_id: str, conversation_id: str,
+                    result: IngestResult) -> None:
     if message.from_me and _is_our_own_echo(provider, channel_id, conversation_id, message, result):
         result.duplicates += 1
         return
@@ -187,23 +197,21 @@ def _record_message(provider: str, message: InboundMessage, cache: IngestCache, 
 
 _INSERT_FIELDS = ("id", "conversation", "channel", "direction", "sender", "type", "text", "media", "extra",
                   "provider_message_id", "sent_at", "received_at", "status", "attempts")
-_insert_sql: dict[int, str] = {}
 
 
 def _insert_message(values: dict) -> bool:
-    """INSERT … ON CONFLICT DO NOTHING with SQL built once per database: peewee's
-    query builder costs more than the insert itself on this path. True when
-    the row is new."""
-    database = db.obj
-    sql = _insert_sql.get(id(database))
-    if sql is None:
-        fields = [Message._meta.fields[name] for name in _INSERT_FIELDS]
-        columns = ", ".join(f'"{f.column_name}"' for f in fields)
-        params = ", ".join([database.param] * len(fields))
-        sql = _insert_sql[id(database)] = (f'INSERT INTO "{Message._meta.table_name}" ({columns}) '
-                                           f"VALUES ({params}) ON CONFLICT DO NOTHING")
+    """INSERT … ON CONFLICT DO NOTHING, numbered with the conversation's next
+    `seq` (models.message.numbered_insert: SQL built once per database, since
+    peewee's query builder costs more than the insert itself on this path).
+    True when the row is new."""
     params = [Message._meta.fields[name].db_value(values[name]) for name in _INSERT_FIELDS]
-    return database.execute_sql(sql, params).rowcount == 1
+    cursor = None
+    for sql, bound in numbered_insert(_INSERT_FIELDS, params, values["conversation"], skip_duplicate=True):
+        cursor = db.execute_sql(sql, bound)
+    if cursor.rowcount == 1:
+        return True
+    db.execute_sql(*unnumber(values["conversation"]))
+    return False
 
 
 def _is_our_own_echo(provider: str, channel_id: str, conversation_id: str, message: InboundMessage,

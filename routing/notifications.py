@@ -10,7 +10,7 @@ from models.prepared import PreparedSelect
 _HISTORY = PreparedSelect(lambda conversation_id, limit: (
     Message.select()
     .where(Message.conversation == conversation_id)
-    .order_by(Message.sent_at.desc(), Message.id.desc())
+    .order_by(Message.seq.desc())
     .limit(limit)))
 
 

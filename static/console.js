@@ -46,13 +46,15 @@
     me: null,                // the agent (GET /agents/me), null in read-only mode
     readOnly: false,
     supervisor: false,
-    agents: new Map(),       // id -> agent, for supervisors (names, transfer targets)
+    agents: new Map(),       // id -> agent, for supervisors (names)
+    transferTargets: null,   // GET /agents/online: {items: online agents, groups}
+    transferTargetsAt: 0,
     conversations: new Map(),
     unread: new Set(),
     tab: "waiting",
     open: null,              // the open conversation
     openId: null,
-    messages: [],            // the open conversation's history, in sent_at order
+    messages: [],            // the open conversation's history, in seq order (the order Baton handled it)
     messageIds: new Set(),
     historyCursor: null,     // the last message id read over REST (for ?after=)
     typing: null,            // another agent typing in the open conversation: {agentId, until}
@@ -118,7 +120,8 @@
   function agentName(agentId) {
     if (!agentId) return "";
     if (state.me && agentId === state.me.id) return "you";
-    const agent = state.agents.get(agentId);
+    const agent = state.agents.get(agentId) ||
+      (state.transferTargets && state.transferTargets.items.find((a) => a.id === agentId));
     return agent ? agent.name : agentId;
   }
 
@@ -222,6 +225,7 @@
     state.timers.forEach(clearInterval);
     Object.assign(state, {
       token: null, me: null, readOnly: false, supervisor: false, open: null, openId: null, messages: [],
+      transferTargets: null, transferTargetsAt: 0,
       historyCursor: null, typing: null, typingOn: false, stream: null, timers: [], live: "off",
       templates: null, templatesAt: 0, pickerOpenedFor: null,
     });
@@ -324,9 +328,22 @@
     all: { match: () => true, order: byNewest },
   };
 
+  /** The later of two last-message previews (by seq); either may be missing. */
+  function laterPreview(a, b) {
+    if (!a) return b || null;
+    if (!b) return a;
+    return b.seq > a.seq ? b : a;
+  }
+
   function upsert(conversation) {
     const known = state.conversations.get(conversation.id);
-    if (known && known.version > conversation.version) return known;
+    // Only the list answers carry `last_message`; live updates and actions keep the one we have.
+    const preview = laterPreview(known && known.last_message, conversation.last_message);
+    if (known && known.version > conversation.version) {
+      known.last_message = preview;
+      return known;
+    }
+    conversation.last_message = preview;
     state.conversations.set(conversation.id, conversation);
     if (state.openId === conversation.id && (!state.open || state.open.version <= conversation.version)) {
       state.open = conversation;
@@ -352,7 +369,9 @@
     for (const page of pages) {
       for (const c of page.items) {
         const known = previous.get(c.id);
-        state.conversations.set(c.id, known && known.version > c.version ? known : c);
+        const kept = known && known.version > c.version ? known : c;
+        kept.last_message = laterPreview(known && known.last_message, c.last_message);
+        state.conversations.set(c.id, kept);
       }
     }
     if (state.open) upsert(state.open);
@@ -403,11 +422,36 @@
         offeredToMe(c) ? el("span", { className: "offered" }, "Offered to you") : null,
         c.state === "AGENT_CONTROLLED" && !isMine(c) && c.assigned_agent_id
           ? el("span", { className: "assignee" }, `with ${agentName(c.assigned_agent_id)}`) : null,
-        state.unread.has(c.id) ? el("span", { className: "unread", title: "new messages" }, "new") : null));
+        state.unread.has(c.id) ? el("span", { className: "unread", title: "new messages" }, "new") : null),
+      renderPreview(c));
     return el("li", {
       className: ["conv", c.id === state.openId ? "open" : "", offeredToMe(c) ? "offered-to-me" : ""].join(" ").trim(),
       dataset: { id: c.id, state: c.state },
     }, button);
+  }
+
+  /** The list entry's last line: who wrote last, what (text or a [type] label), and when. */
+  function renderPreview(c) {
+    const m = c.last_message;
+    if (!m) return null;
+    const who = m.direction === "in" ? "" : `${senderLabel(m)}: `;
+    return el("span", { className: "conv-line small preview", dataset: { seq: m.seq, direction: m.direction } },
+      who ? el("span", { className: "preview-who" }, who) : null,
+      el("span", { className: "preview-text" }, messageBody(m)),
+      el("time", { className: "preview-time", dateTime: m.sent_at, title: m.sent_at }, clock(m.sent_at)));
+  }
+
+  /** A message just seen (live, or sent from here) becomes its conversation's preview if it is the latest. */
+  function notePreview(conversationId, m) {
+    const c = state.conversations.get(conversationId);
+    if (!c || typeof m.seq !== "number") return false;
+    const preview = laterPreview(c.last_message, {
+      id: m.id, seq: m.seq, direction: m.direction, sender: m.sender, agent_id: m.agent_id, type: m.type,
+      text: m.text, sent_at: m.sent_at,
+    });
+    if (preview === c.last_message) return false;
+    c.last_message = preview;
+    return true;
   }
 
   // -- one conversation ---------------------------------------------------------------------
@@ -429,6 +473,8 @@
                            historyCursor: null, typing: null });
     state.messageIds.clear();
     state.unread.delete(id);
+    state.transferTargetsAt = 0;              // who is online now, not when the last conversation opened
+    confirmClose(false);
     if (push && conversationFromPath() !== id) history.pushState({ id }, "", `${ROOT}/conversations/${enc(id)}`);
     $("composer-error").textContent = "";
     $("composer-text").value = "";
@@ -499,7 +545,9 @@
     renderHistory();
   }
 
+  /** The order Baton handled the messages: `seq` (WhatsApp's whole-second timestamps cannot order them). */
   function messageOrder(a, b) {
+    if (typeof a.seq === "number" && typeof b.seq === "number") return a.seq - b.seq;
     return (Date.parse(a.sent_at) - Date.parse(b.sent_at)) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
   }
 
@@ -532,10 +580,15 @@
     return m.sender;
   }
 
-  function renderMessage(m) {
+  /** A message as text: its text, or a `[type]` label (with the caption, if any). */
+  function messageBody(m) {
     const hasText = typeof m.text === "string" && m.text !== "";
     const media = m.media && m.media.filename ? ` ${m.media.filename}` : "";
-    const body = hasText ? (m.type === "text" ? m.text : `[${m.type}${media}] ${m.text}`) : `[${m.type}${media}]`;
+    return hasText ? (m.type === "text" ? m.text : `[${m.type}${media}] ${m.text}`) : `[${m.type}${media}]`;
+  }
+
+  function renderMessage(m) {
+    const body = messageBody(m);
     const error = m.error || {};
     const status = m.direction === "out" && m.status
       ? el("span", { className: `msg-status status-${m.status}`, dataset: { status: m.status },
@@ -604,8 +657,11 @@
       || (c.state === "AGENT_CONTROLLED" && state.supervisor && !isMine(c)));
     claim.textContent = c.state === "PENDING_AGENT" ? "Claim" : "Take over";
     $("action-release").hidden = !(canManage && handedOff);
-    $("action-close").hidden = !(canManage && c.state !== "CLOSED");
+    const closable = canManage && c.state !== "CLOSED";
+    $("close-area").hidden = !closable;
+    if (!closable) confirmClose(false);
     $("transfer-form").hidden = !(canManage && handedOff);
+    if (canManage && handedOff) loadTransferTargets();
     renderTransferTargets(c);
     $("actions").hidden = state.readOnly;
 
@@ -642,26 +698,44 @@
     return null;
   }
 
+  /** GET /agents/online: the agents online now and every group; re-read at most every 10 s. */
+  async function loadTransferTargets(force = false) {
+    if (state.readOnly || (!force && Date.now() - state.transferTargetsAt < 10000)) return;
+    const session = state.session;
+    state.transferTargetsAt = Date.now();
+    try {
+      const targets = await api("GET", "/agents/online");
+      if (session !== state.session) return;
+      state.transferTargets = targets;
+      if (state.open) renderTransferTargets(state.open);
+    } catch (err) {
+      if (session === state.session) report(err, $("detail-error"));
+    }
+  }
+
   function renderTransferTargets(c) {
     const select = $("transfer-target");
-    const input = $("transfer-group");
-    select.hidden = !state.supervisor;
-    input.hidden = state.supervisor;
-    const groups = new Set(state.me ? state.me.groups : []);
-    for (const agent of state.agents.values()) (agent.groups || []).forEach((g) => groups.add(g));
+    const targets = state.transferTargets || { items: [], groups: [] };
+    const groups = new Set(targets.groups);
+    if (state.me) state.me.groups.forEach((g) => groups.add(g));
     if (c.group) groups.add(c.group);
-    const sorted = [...groups].sort();
-    $("transfer-groups").replaceChildren(...sorted.map((g) => el("option", { value: g })));
-    if (!state.supervisor) return;
+    const me = state.me && state.me.id;
+    const agents = targets.items.filter((a) => a.id !== c.assigned_agent_id && a.id !== me);
     const chosen = select.value;
-    const agents = [...state.agents.values()].filter((a) => a.id !== c.assigned_agent_id)
-      .sort((a, b) => a.name.localeCompare(b.name));
     select.replaceChildren(
-      el("option", { value: "" }, "Transfer to…"),
-      el("optgroup", { label: "Groups" }, ...sorted.map((g) => el("option", { value: `group:${g}` }, g))),
-      el("optgroup", { label: "Agents" }, ...agents.map((a) => el("option", { value: `agent:${a.id}` },
-        `${a.name} (${a.online ? "online" : a.status})`))));
+      el("option", { value: "" }, state.transferTargets ? "Pick a group or an agent…" : "Loading…"),
+      el("optgroup", { label: "Groups" }, ...[...groups].sort().map((g) => el("option", { value: `group:${g}` },
+        g === c.group ? `${g} (this conversation's group)` : g))),
+      el("optgroup", { label: "Online agents" }, ...agents.map((a) => el("option", { value: `agent:${a.id}` },
+        `${a.name} · ${a.groups.join(", ") || "no group"} · ${a.active_conversations}/${a.max_concurrent}`))));
     if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
+  }
+
+  /** Closing ends the conversation: it asks first, in the page. */
+  function confirmClose(asking) {
+    $("close-confirm").hidden = !asking;
+    $("action-close").hidden = asking;
+    if (asking) $("action-close-cancel").focus();
   }
 
   function renderTyping() {
@@ -696,22 +770,13 @@
 
   function transfer(event) {
     event.preventDefault();
-    if (state.supervisor) {
-      const value = $("transfer-target").value;
-      if (!value) {
-        $("detail-error").textContent = "Pick a group or an agent to transfer to.";
-        return;
-      }
-      const [kind, target] = [value.slice(0, value.indexOf(":")), value.slice(value.indexOf(":") + 1)];
-      act("transfer", kind === "agent" ? { agent_id: target } : { group: target });
-    } else {
-      const group = $("transfer-group").value.trim();
-      if (!group) {
-        $("detail-error").textContent = "Name the group to transfer to.";
-        return;
-      }
-      act("transfer", { group });
+    const value = $("transfer-target").value;
+    if (!value) {
+      $("detail-error").textContent = "Pick a group or an agent to transfer to.";
+      return;
     }
+    const [kind, target] = [value.slice(0, value.indexOf(":")), value.slice(value.indexOf(":") + 1)];
+    act("transfer", kind === "agent" ? { agent_id: target } : { group: target });
   }
 
   async function send(event) {
@@ -729,6 +794,7 @@
         renderHistory();
         if (textarea.value.trim() === text) textarea.value = "";
       }
+      notePreview(id, answer.message);
       // Replying may have claimed it: read the conversation now rather than wait for the stream.
       const conversation = await api("GET", `/conversations/${enc(id)}`);
       upsert(conversation);
@@ -996,6 +1062,7 @@
       if (state.openId === id) renderDetail();
       renderList();
     } else if (type === "message.created") {
+      const previewed = notePreview(id, data);
       if (state.openId === id) {
         if (data.sender === "bot" && state.typing && state.typing.bot) {
           state.typing = null;                     // the answer is here
@@ -1003,9 +1070,10 @@
         }
         addMessage(data);
         renderHistory();
-      } else if (data.direction === "in") {
-        state.unread.add(id);
-        renderList();
+        if (previewed) renderList();
+      } else {
+        if (data.direction === "in") state.unread.add(id);
+        if (previewed || data.direction === "in") renderList();
       }
     } else if (type === "message.updated") {
       if (state.openId === id && updateMessage(data)) renderHistory();
@@ -1088,7 +1156,13 @@
     }
     $("action-claim").addEventListener("click", () => act("claim"));
     $("action-release").addEventListener("click", () => act("release", {}));
-    $("action-close").addEventListener("click", () => act("close", {}));
+    $("action-close").addEventListener("click", () => confirmClose(true));
+    $("action-close-cancel").addEventListener("click", () => confirmClose(false));
+    $("action-close-confirm").addEventListener("click", () => {
+      confirmClose(false);
+      act("close", {});
+    });
+    $("transfer-target").addEventListener("focus", () => loadTransferTargets());
     $("transfer-form").addEventListener("submit", transfer);
     $("composer").addEventListener("submit", send);
     $("template-form").addEventListener("submit", sendTemplate);

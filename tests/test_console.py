@@ -442,3 +442,114 @@ def test_a_supervisor_sees_the_bot_typing_until_its_answer_arrives(serve_desk, n
         ["Hi! What can I do for you?", "At nine."])
     expect(page.locator("#typing-note")).to_be_hidden()
     assert tab.errors == []
+
+
+# -- order, previews, closing and transferring ----------------------------------------------------
+
+def early_in_a_second() -> None:
+    """Wait until the clock is 100-600 ms into a second: a reply sent now has a
+    later `sent_at` than any WhatsApp timestamp (whole seconds) of this second."""
+    import time
+    from datetime import datetime
+
+    while not 0.1 <= datetime.now().microsecond / 1e6 <= 0.6:
+        time.sleep(0.01)
+
+
+@pytest.mark.browser
+def test_a_customer_message_in_the_same_second_as_the_reply_shows_below_it_live_and_after_a_reload(
+        app, live_server, tabs, eve_waits):
+    from models import Message
+    from models.base import epoch_seconds
+    from tests.support import settle
+
+    team = Team(app)
+    team.add("bo")
+    assert team.act("bo", "claim", eve_waits.id).status_code == 200
+    tab = tabs(live_server)
+    page, expect = tab.page, tab.expect
+    tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve_waits.id}")
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    page.click('[data-tab="mine"]')
+    history = page.locator("#history li .msg-text")
+
+    page.fill("#composer-text", "Hi Eve, Bo here.")
+    early_in_a_second()
+    page.click("#composer-send")
+    expect(history.last).to_have_text("Hi Eve, Bo here.")
+    reply = Message.get(Message.text == "Hi Eve, Bo here.")
+    customer_says(app, "Thanks!", wa_id="15557770002", name="Eve", timestamp=int(epoch_seconds(reply.sent_at)),
+                  message_id="wamid.same-second")
+    settle(app)
+    customer = Message.get(Message.text == "Thanks!")
+    assert customer.sent_at < reply.sent_at and customer.seq > reply.seq     # earlier by the clock, handled later
+
+    expect(history.last).to_have_text("Thanks!")                              # live, below the reply
+    texts = history.all_text_contents()
+    assert texts.index("Hi Eve, Bo here.") == len(texts) - 2
+    preview = tab.item("Eve").locator(".preview")
+    expect(preview.locator(".preview-text")).to_have_text("Thanks!")
+    expect(preview).to_have_attribute("data-direction", "in")
+
+    page.reload()
+    expect(page.locator("#session")).to_be_visible()
+    expect(history.last).to_have_text("Thanks!")
+    texts = history.all_text_contents()
+    assert texts.index("Hi Eve, Bo here.") == len(texts) - 2
+    page.click('[data-tab="mine"]')
+    expect(tab.item("Eve").locator(".preview-text")).to_have_text("Thanks!")
+    assert tab.errors == [] and tab.dialogs == []
+
+
+@pytest.mark.browser
+def test_close_stands_apart_and_asks_first_and_transfer_picks_from_online_agents_and_groups(
+        app, live_server, tabs, eve_waits):
+    from tests.support import waiting_customer as customer_waits
+
+    team = Team(app)
+    team.add("bo", max_concurrent=5)
+    team.add("cy", groups=("billing",))
+    team.add("dee", groups=("vip",), online=False)
+    assert team.act("bo", "claim", eve_waits.id).status_code == 200
+    tab = tabs(live_server)
+    page, expect = tab.page, tab.expect
+    tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve_waits.id}")
+    expect(page.locator("#detail-state")).to_have_attribute("data-state", "AGENT_CONTROLLED")
+
+    # Close looks like what it is, apart from the hand-over actions.
+    close = page.locator("#action-close")
+    expect(close).to_have_class(re.compile(r"\bdanger\b"))
+    expect(page.locator("#action-release")).not_to_have_class(re.compile(r"\bdanger\b"))
+    expect(page.locator("#action-transfer")).not_to_have_class(re.compile(r"\bdanger\b"))
+    assert page.locator("#close-area #action-close").count() == 1
+    assert page.locator("#close-area #action-release, #close-area #transfer-form").count() == 0
+
+    # The picker is labelled and offers every group and the agents online now (not Dee, not Bo himself).
+    picker = page.get_by_label("Transfer to")
+    expect(picker.locator('optgroup[label="Online agents"] option')).to_have_text([re.compile(r"^cy · billing")])
+    expect(picker.locator('optgroup[label="Groups"] option')).to_have_text(
+        ["billing", "support (this conversation's group)", "vip"])
+
+    # Close asks first: cancelling changes nothing.
+    close.click()
+    expect(page.locator("#close-confirm")).to_be_visible()
+    expect(page.locator("#close-question")).to_have_text("End this conversation?")
+    page.click("#action-close-cancel")
+    expect(page.locator("#close-confirm")).to_be_hidden()
+    assert Conversation.get_by_id(eve_waits.id).state == "AGENT_CONTROLLED"
+    close.click()
+    page.click("#action-close-confirm")
+    expect(page.locator("#detail-state")).to_have_attribute("data-state", "CLOSED")
+    assert Conversation.get_by_id(eve_waits.id).state == "CLOSED"
+
+    # Transferring another customer to Cy through the picker.
+    flo = customer_waits(app, wa_id="15557770005", name="Flo")
+    assert team.act("bo", "claim", flo.id).status_code == 200
+    page.goto(f"/console/conversations/{flo.id}")
+    expect(page.locator("#detail-state")).to_have_attribute("data-state", "AGENT_CONTROLLED")
+    picker.select_option(f"agent:{team.id('cy')}")
+    page.click("#action-transfer")
+    expect(page.locator("#detail-state")).to_have_attribute("data-state", "PENDING_AGENT")
+    flo_now = Conversation.get_by_id(flo.id)
+    assert (flo_now.state, flo_now.offered_agent_id) == ("PENDING_AGENT", team.id("cy"))
+    assert tab.errors == [] and tab.dialogs == []

@@ -32,17 +32,20 @@ def test_a_bot_reads_a_conversation_in_the_contract_shape(client, conversation, 
     assert body["updated_at"].endswith("Z") and body["window_expires_at"].endswith("Z")
 
 
-def test_history_comes_in_sent_at_order_and_pages_with_after(app, client, bot_token):
+def test_history_comes_in_the_order_baton_stored_it_and_pages_with_after(app, client, bot_token):
+    # Arriving newest first (a late delivery), the messages are listed as they were stored, by seq.
     base = int(time.time()) - 600
     for i, text in reversed(list(enumerate(["one", "two", "three"]))):
         customer_says(app, text, timestamp=base + i, message_id=f"wamid.H{i}")
     conv = Conversation.get()
     page = client.get(f"/api/v1/conversations/{conv.id}/messages?limit=2", headers=bearer(bot_token)).json
-    assert [m["text"] for m in page["items"]] == ["one", "two"] and page["next_cursor"]
+    assert [(m["text"], m["seq"]) for m in page["items"]] == [("three", 1), ("two", 2)] and page["next_cursor"]
     rest = client.get(f"/api/v1/conversations/{conv.id}/messages?after={page['next_cursor']}",
                       headers=bearer(bot_token)).json
-    assert [m["text"] for m in rest["items"]] == ["three"]
+    assert [(m["text"], m["seq"]) for m in rest["items"]] == [("one", 3)]
     assert rest["next_cursor"] is None
+    by_seq = client.get(f"/api/v1/conversations/{conv.id}/messages?after=1&before=3", headers=bearer(bot_token)).json
+    assert [m["text"] for m in by_seq["items"]] == ["two"]
 
 
 def test_history_before_a_time(app, client, bot_token):

@@ -33,7 +33,8 @@ SNAPSHOTS = Path(__file__).resolve().parent / "fixtures" / "schema"
 POSTGRES = using_postgres()
 
 MIGRATIONS = ["0001_initial", "0002_outbound_queue_index", "0003_conversation_timer_indexes",
-              "0004_wider_customer_ids", "0005_message_error_details", "0008_unsent_outbound_index"]
+              "0004_wider_customer_ids", "0005_message_error_details", "0006_message_seq",
+              "0008_unsent_outbound_index"]
 # What migrations add beyond the models' own indexes, for queries (see 0002, 0003).
 QUERY_INDEXES = {
     "message": {"message_queued_by_conversation"},
@@ -132,12 +133,29 @@ def load_snapshot(database) -> None:
 
 
 def insert(database, table: str, rows: list[dict]) -> None:
+    rows = numbered(database, table, rows)
     for start in range(0, len(rows), 500):
         batch = rows[start:start + 500]
         peewee.Table(table, columns=list(batch[0])).bind(database).insert(batch).execute()
 
 
 NOW = datetime(2026, 6, 1, 12, 0, 0)
+
+
+def numbered(database, table: str, rows: list[dict]) -> list[dict]:
+    """Rows for a database migrated to 0006 or later get the numbering it requires:
+    messages a `seq` per conversation in the order given, conversations a counter."""
+    columns = {column.name for column in database.get_columns(table)}
+    if table == "message" and "seq" in columns:
+        taken: dict[str, int] = {}
+        out = []
+        for row in rows:
+            taken[row["conversation_id"]] = taken.get(row["conversation_id"], 0) + 1
+            out.append({"seq": taken[row["conversation_id"]], **row})
+        return out
+    if table == "conversation" and "message_seq" in columns:
+        return [{"message_seq": 0, **row} for row in rows]
+    return rows
 
 
 def conversation_row(i: int, state: str, **deadlines) -> dict:
@@ -223,6 +241,11 @@ def test_a_database_from_before_migrations_is_adopted_upgraded_and_keeps_its_row
         assert [(m.id, m.status, m.text) for m in Message.select().order_by(Message.id)] == [
             ("m000000", None, "text 0"), ("m000001", "queued", "text 1"), ("m000002", "sent", "text 2")]
         assert Message.get_by_id("m000000").received_at == NOW
+        # 0006: messages numbered in id order per conversation; each counter holds its last number.
+        assert [(m.id, m.seq) for m in Message.select().order_by(Message.id)] == [
+            ("m000000", 1), ("m000001", 2), ("m000002", 1)]
+        assert [(c.id, c.message_seq) for c in Conversation.select().order_by(Conversation.id)] == [
+            ("c00000", 2), ("c00001", 1), ("c00002", 0)]
         # 0004: a customer known only by the longest business-scoped user id fits.
         bsuid = "US." + "7Q" * 64
         contact = Contact.get()

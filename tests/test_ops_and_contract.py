@@ -41,7 +41,7 @@ PROMISED_FIELDS = {
                      "group", "escalation", "cooldown_remaining", "pending_since", "last_inbound_at",
                      "window_expires_at", "metadata", "updated_at"},
     "Message": {"id", "conversation_id", "direction", "sender", "agent_id", "type", "text", "media",
-                "provider_message_id", "sent_at", "received_at", "routed_to", "status", "error"},
+                "provider_message_id", "sent_at", "received_at", "routed_to", "status", "error", "seq"},
     "WebhookAck": {"messages", "statuses", "duplicates", "ignored"},
     "Readiness": {"database", "redis"},
     "Error": {"error", "message", "details"},

@@ -485,6 +485,16 @@ def _list_agents(w: World):
     w.get("/api/v1/agents", 403, token=ana)
 
 
+@scenario("/api/v1/agents/online", "GET")
+def _list_online_agents(w: World):
+    _, ana = w.agent("ana")
+    w.agent("bo", groups=("billing",), online=False)
+    answer = w.get("/api/v1/agents/online", token=ana).json
+    assert [a["name"] for a in answer["items"]] == ["ana"] and answer["groups"] == ["billing", "support"]
+    w.get("/api/v1/agents/online", 403, token=w.bot)
+    w.get("/api/v1/agents/online", 401)
+
+
 @scenario("/api/v1/agents", "POST")
 def _create_agent(w: World):
     created = w.post("/api/v1/agents", 201, token=w.admin,
