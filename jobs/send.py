@@ -81,7 +81,7 @@ def _send_in_order(rt, conversation_id: str, lock) -> tuple[bool, int]:
         attempt = message.attempts + 1
         try:
             result = rt.adapter.send(OutboundMessage(
-                to=conv.contact.wa_id, phone_number_id=conv.channel.phone_number_id, text=message.text,
+                to=conv.contact.address, phone_number_id=conv.channel.phone_number_id, text=message.text,
                 template=message.template, media=message.media))
         except SendError as exc:
             if exc.retryable and attempt < rt.settings.SEND_MAX_ATTEMPTS:
