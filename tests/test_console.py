@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from models import ApiToken, Conversation, utcnow
-from tests.support import ASK_FOR_A_HUMAN, Team, customer_says, waiting_customer
+from tests.support import ASK_FOR_A_HUMAN, Team, customer_says, settle, waiting_customer
 from tests.harness import agent_add_with_cli, customers_say
 from tests.support import bearer
 
@@ -295,3 +295,23 @@ def test_while_the_live_stream_is_cut_the_queue_still_fills_and_the_stream_comes
     work()
     expect(tab.item("Gus", state="PENDING_AGENT")).to_be_visible()
     assert tab.errors == []
+
+
+@pytest.mark.browser
+def test_a_customer_without_a_phone_number_shows_the_username(app, live_server, tabs):
+    from tests.test_identity import message_from, post
+
+    team = Team(app)
+    team.add("bo")
+    post(app, message_from(ASK_FOR_A_HUMAN, user_id="US.4417722900311550021", username="@rosa.l", name="Rosa"))
+    post(app, message_from(ASK_FOR_A_HUMAN, phone="15557770005", user_id="US.4417722900311550022",
+                           username="kai.n", name="Kai"))
+    settle(app)
+    tab = tabs(live_server)
+    tab.sign_in(team.token["bo"])
+    expect = tab.expect
+    expect(tab.item("Rosa").locator(".contact-number")).to_have_text("@rosa.l")
+    expect(tab.item("Kai").locator(".contact-number")).to_have_text("+15557770005 · @kai.n")
+    tab.item("Rosa").click()
+    expect(tab.page.locator("#detail-contact .contact-number")).to_have_text("@rosa.l")
+    assert tab.dialogs == [] and tab.errors == []
