@@ -68,13 +68,22 @@ def conversation_for(channel_id: str, message: InboundMessage, cache: IngestCach
             Contact.update(fresh).where(Contact.id == contact_id).execute()
             cache.contacts[key] = (contact_id, conversation_id, {**known, **fresh})
         return conversation_id
-    contact_id, conversation_id, profile = _resolve(channel_id, message.wa_id, message.user_id, name, username)
+    contact_id, conversation_id, profile = _resolve(channel_id, message.wa_id, message.user_id, name, username,
+                                                    cache)
     if message.new_wa_id or message.new_user_id:
-        contact_id, conversation_id, profile = _relink(channel_id, contact_id, conversation_id, message)
+        contact_id, conversation_id, profile = _relink(channel_id, contact_id, conversation_id, message, cache)
     if len(cache.contacts) > _CACHE_LIMIT:
         cache.contacts.clear()
     cache.contacts[key] = (contact_id, conversation_id, profile)
     return conversation_id
+
+
+def _forget(cache: IngestCache | None, conversation_ids: set[str]) -> None:
+    """Drop this process's cached customers whose conversation was merged away
+    (other processes find out when their insert fails, and start afresh)."""
+    if cache is not None and conversation_ids:
+        for key in [k for k, (_, conv_id, _) in cache.contacts.items() if conv_id in conversation_ids]:
+            del cache.contacts[key]
 
 
 def _profile_changes(known: dict, name: str | None, username: str | None) -> dict:
@@ -83,7 +92,7 @@ def _profile_changes(known: dict, name: str | None, username: str | None) -> dic
 
 
 def _resolve(channel_id: str, wa_id: str | None, user_id: str | None, name: str | None,
-             username: str | None) -> tuple[str, str, dict]:
+             username: str | None, cache: IngestCache | None = None) -> tuple[str, str, dict]:
     rows = _CUSTOMER.rows(channel_id, wa_id, user_id)
     if not rows:
         _create(channel_id, wa_id, user_id, name, username)
@@ -91,7 +100,7 @@ def _resolve(channel_id: str, wa_id: str | None, user_id: str | None, name: str 
         if not rows:       # the contact row of a concurrent insert, whose conversation is not committed yet
             rows = [_contact_with_conversation(channel_id, wa_id, user_id)]
     if len(rows) > 1:
-        return merge(channel_id, rows, wa_id, user_id, name, username)
+        return merge(channel_id, rows, wa_id, user_id, name, username, cache=cache)
     row = rows[0]
     changes = {field: value for field, value in (("wa_id", wa_id), ("user_id", user_id))
                if value and value != getattr(row, field)}
@@ -132,7 +141,7 @@ def _contact_with_conversation(channel_id: str, wa_id: str | None, user_id: str 
 # -- merging and re-linking --------------------------------------------------------------------------
 
 def merge(channel_id: str, rows: list[Contact], wa_id: str | None, user_id: str | None,
-          name: str | None, username: str | None, reason: str = "contact_merged") -> tuple[str, str, dict]:
+          name: str | None, username: str | None, cache: IngestCache | None = None) -> tuple[str, str, dict]:
     """Make the contacts of `rows` (with their conversations) one contact
     known by `wa_id` and `user_id`. Returns (contact id, conversation id, profile)."""
     conversations = {c.id: c for c in Conversation.select().where(
@@ -155,13 +164,14 @@ def merge(channel_id: str, rows: list[Contact], wa_id: str | None, user_id: str 
         Conversation.delete().where(Conversation.id == old.id).execute()
         Contact.delete().where(Contact.id == row.id).execute()
         Event.create(conversation=keep_conv.id, actor="system", from_state=keep_conv.state, to_state=keep_conv.state,
-                     reason=reason, details={
+                     reason="contact_merged", details={
                          "merged_contact_id": row.id, "merged_conversation_id": old.id,
                          "merged_state": old.state, "merged_wa_id": row.wa_id, "merged_user_id": row.user_id,
                          "wa_id": ids["wa_id"], "user_id": ids["user_id"]})
         log.info("contact %s merged into %s (conversation %s into %s, %s)", row.id, keep.id, old.id,
                  keep_conv.id, old.state)
     Contact.update({**ids, **profile}).where(Contact.id == keep.id).execute()
+    _forget(cache, {row.conversation.id for row in gone})
     # Moved messages change what the conversation holds: a plan read before this replans.
     latest = [conversations[r.conversation.id].last_inbound_at for r in rows]
     latest = max((t for t in latest if t is not None), default=None)
@@ -174,8 +184,8 @@ def _keep_order(conv: Conversation) -> tuple:
     return (_KEEP_RANK.get(conv.state, 1), conv.last_activity_at or conv.created_at, conv.created_at)
 
 
-def _relink(channel_id: str, contact_id: str, conversation_id: str,
-            message: InboundMessage) -> tuple[str, str, dict]:
+def _relink(channel_id: str, contact_id: str, conversation_id: str, message: InboundMessage,
+            cache: IngestCache | None = None) -> tuple[str, str, dict]:
     """The customer is known by new ids from now on (a system message said so)."""
     contact = Contact.get_by_id(contact_id)
     new = {"wa_id": message.new_wa_id or contact.wa_id, "user_id": message.new_user_id or contact.user_id}
@@ -191,6 +201,6 @@ def _relink(channel_id: str, contact_id: str, conversation_id: str,
     if others:
         contact.conversation = conv
         return merge(channel_id, [contact, *others], new["wa_id"], new["user_id"], contact.name,
-                     contact.username)
+                     contact.username, cache=cache)
     Contact.update(new).where(Contact.id == contact.id).execute()
     return contact.id, conversation_id, {"name": contact.name, "username": contact.username}
