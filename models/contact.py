@@ -5,8 +5,8 @@ business-scoped user id (`user_id`, a BSUID such as `US.1349…`), or by both: a
 customer with a username may come without a phone number at all. Either id
 finds the same contact (each is unique per channel); routing/identity.py links
 the two when a webhook carries both and merges two contacts that turn out to be
-one person. WASender contacts keep a phone number (or, lacking one, WhatsApp
-Web's LID) in `wa_id` and no `user_id`.
+one person. On WASender `user_id` holds WhatsApp Web's LID (`<digits>@lid`),
+linked to the phone number when an event gives both.
 """
 from peewee import CharField, DateTimeField, ForeignKeyField
 

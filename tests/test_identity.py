@@ -299,3 +299,72 @@ def test_no_event_is_written_for_an_ordinary_message(app):
     post(app, message_from("hi", phone=PHONE, user_id=BSUID))
     post(app, message_from("hi", user_id=BSUID))
     assert not Event.select().where(Event.reason.startswith("contact_")).exists()
+
+
+# -- WASender: a LID linked to the phone number when an event gives both ------------------------------
+
+WASENDER_SECRET = "wasender-identity-secret"
+LID = "80412345670011@lid"
+
+
+@pytest.fixture
+def wasender_app(app_factory, wasender_api):
+    return app_factory(WHATSAPP_PROVIDER="wasender", WASENDER_WEBHOOK_SECRET=WASENDER_SECRET,
+                       WASENDER_API_KEY=wasender_api.api_key, WASENDER_API_BASE=wasender_api.url)
+
+
+def wasender_says(app, text: str, *, phone: str | None = None, lid: str | None = LID) -> dict:
+    key = {"id": f"3EB0IDENTITY{next(_ids):04d}", "fromMe": False,
+           "remoteJid": lid if lid else f"{phone}@s.whatsapp.net"}
+    if lid:
+        key.update(addressingMode="lid", senderLid=lid)
+    if phone:
+        key.update(senderPn=f"{phone}@s.whatsapp.net", cleanedSenderPn=phone)
+    raw = orjson.dumps({"event": "messages.received", "timestamp": int(time.time()), "data": {"messages": {
+        "key": key, "pushName": "Lina", "messageTimestamp": int(time.time()), "messageBody": text,
+        "message": {"conversation": text}}}})
+    response = app.test_client().post("/webhooks/wasender", data=raw, headers={
+        "Content-Type": "application/json", "X-Webhook-Signature": WASENDER_SECRET})
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def wasender_sends(wasender_api) -> list[str]:
+    return [body["to"] for _, path, _, body in wasender_api.requests if path == "/api/send-message"]
+
+
+def test_a_wasender_customer_in_a_lid_chat_stays_one_contact_when_the_number_goes_missing(wasender_app, wasender_api):
+    wasender_says(wasender_app, "hi", phone=PHONE)
+    settle(wasender_app)
+    wasender_says(wasender_app, "hi again, LID only")
+    settle(wasender_app)
+    assert people() == [(PHONE, LID, None, "Lina")]
+    assert texts_of(only_conversation()) == ["hi", "hi again, LID only"]
+    assert wasender_sends(wasender_api) == [f"+{PHONE}", f"+{PHONE}"]
+
+
+def test_a_wasender_customer_known_only_by_lid_is_answered_at_the_lid_and_linked_later(wasender_app, wasender_api):
+    wasender_says(wasender_app, "hi, LID only")
+    settle(wasender_app)
+    assert people() == [(None, LID, None, "Lina")]
+    assert wasender_sends(wasender_api) == [LID]
+
+    wasender_says(wasender_app, "now with my number", phone=PHONE)
+    settle(wasender_app)
+    assert people() == [(PHONE, LID, None, "Lina")]
+    assert wasender_sends(wasender_api)[-1] == f"+{PHONE}"
+
+
+def test_a_wasender_status_in_a_lid_chat_finds_the_message_it_is_about(wasender_app, wasender_api):
+    """WASender answers a send with its own msgId; the status of a LID chat names the
+    customer by LID: it adopts the key id of the oldest message to that customer."""
+    wasender_says(wasender_app, "hi", phone=PHONE)
+    settle(wasender_app)
+    reply = Message.get(Message.direction == "out")
+    raw = orjson.dumps({"event": "messages.update", "timestamp": int(time.time()), "data": {
+        "key": {"id": "3EB0KEYIDLID0001", "fromMe": True, "remoteJid": LID}, "update": {"status": 3}}})
+    response = wasender_app.test_client().post("/webhooks/wasender", data=raw, headers={
+        "Content-Type": "application/json", "X-Webhook-Signature": WASENDER_SECRET})
+    assert response.json["statuses"] == 1
+    reply = Message.get_by_id(reply.id)
+    assert (reply.provider_message_id, reply.status) == ("3EB0KEYIDLID0001", "delivered")

@@ -113,6 +113,18 @@ def _customer(key: dict) -> str | None:
     return jid_user(remote)  # may be a LID when nothing better is known
 
 
+def _lid(key: dict) -> str | None:
+    """The customer's WhatsApp Web LID as `<digits>@lid`, when the key names one
+    (in an echo only the chat id is the customer's)."""
+    names = ("remoteJid", "remoteJidAlt") if key.get("fromMe") else \
+        ("senderLid", "participantLid", "remoteJid", "remoteJidAlt")
+    for name in names:
+        value = key.get(name)
+        if isinstance(value, str) and value.endswith("@lid") and jid_user(value):
+            return f"{jid_user(value)}@lid"
+    return None
+
+
 class WasenderAdapter:
     """Speaks WasenderAPI: checks the shared secret, normalizes events, sends text and media."""
 
@@ -201,10 +213,14 @@ class WasenderAdapter:
             kind, text, media = ("text" if item.get("messageBody") else "unsupported"), None, None
         if media is not None:
             media["provider_media_id"] = str(key["id"])  # decrypt-media is keyed by message id
+        # A LID and a phone number in one key link the two (Contact.user_id holds the
+        # LID); with a LID alone, the LID names the customer.
+        lid = _lid(key)
         parsed.messages.append(InboundMessage(
             provider_message_id=str(key["id"]),
             phone_number_id=channel,
-            wa_id=customer,
+            wa_id=None if lid and customer == jid_user(lid) else customer,
+            user_id=lid,
             type=kind,
             sent_at=wasender_time(item.get("messageTimestamp"), envelope_time),
             text=item.get("messageBody") or text,
@@ -222,10 +238,12 @@ class WasenderAdapter:
             kind = f"{chat_kind}_status" if chat_kind else f"event:{event}"
             parsed.ignored.append(IgnoredUpdate(kind, channel, raw))
             return
+        remote = key.get("remoteJid")
         parsed.statuses.append(StatusUpdate(
             provider_message_id=str(key["id"]),
             phone_number_id=channel,
-            recipient_wa_id=jid_user(key.get("remoteJid")),
+            # a chat addressed by LID names the customer as Contact.user_id does
+            recipient_wa_id=_lid(key) if str(remote).endswith("@lid") else jid_user(remote),
             status=status,
             timestamp=at,
         ))
