@@ -30,6 +30,8 @@ sweep's capacity reconcile.
 from __future__ import annotations
 
 import logging
+import operator
+from functools import reduce
 from typing import TYPE_CHECKING
 
 from integrations.whatsapp.base import InboundMessage
@@ -120,19 +122,23 @@ def _create(channel_id: str, wa_id: str | None, user_id: str | None, name: str |
                     username=username, created_at=now)
      .on_conflict_ignore()
      .execute())
-    for contact in (Contact.select(Contact.id)
-                    .where((Contact.channel == channel_id)
-                           & ((Contact.wa_id == wa_id) | (Contact.user_id == user_id)))):
+    for contact in Contact.select(Contact.id).where(_named_by(channel_id, wa_id, user_id)):
         (Conversation.insert(id=new_id("c"), channel=channel_id, contact=contact.id, created_at=now,
                              updated_at=now, metadata={})
          .on_conflict_ignore()
          .execute())
 
 
+def _named_by(channel_id: str, wa_id: str | None, user_id: str | None):
+    """Contacts of the channel with either id (a missing id matches nothing: peewee
+    would turn `== None` into IS NULL)."""
+    either = [field == value for field, value in ((Contact.wa_id, wa_id), (Contact.user_id, user_id)) if value]
+    return (Contact.channel == channel_id) & reduce(operator.or_, either)
+
+
 def _contact_with_conversation(channel_id: str, wa_id: str | None, user_id: str | None) -> Contact:
     contact = (Contact.select(Contact.id, Contact.wa_id, Contact.user_id, Contact.name, Contact.username)
-               .where((Contact.channel == channel_id)
-                      & ((Contact.wa_id == wa_id) | (Contact.user_id == user_id)))
+               .where(_named_by(channel_id, wa_id, user_id))
                .get())
     contact.conversation = Conversation.get(Conversation.contact == contact.id)
     return contact

@@ -106,6 +106,16 @@ def test_a_cached_customer_is_found_by_the_other_id_in_another_process_too(app, 
     assert len(people()) == 1 and Message.select().where(Message.conversation == only_conversation().id).count() == 3
 
 
+def test_customers_without_phone_numbers_are_told_apart_by_user_id(app):
+    for n, user_id in enumerate((BSUID, NEW_BSUID, "BR.1100220033004400551")):
+        post(app, message_from(f"hello {n}", user_id=user_id, name=f"Customer {n}"))
+    post(app, message_from("hello again", user_id=NEW_BSUID, name="Customer 1"))
+    assert [(wa_id, user_id, name) for wa_id, user_id, _, name in people()] == [
+        (None, BSUID, "Customer 0"), (None, NEW_BSUID, "Customer 1"), (None, "BR.1100220033004400551", "Customer 2")]
+    by_contact = {c.contact.user_id: texts_of(c) for c in Conversation.select()}
+    assert by_contact[NEW_BSUID] == ["hello 1", "hello again"] and len(by_contact) == 3
+
+
 def test_a_username_or_name_change_is_recorded_for_a_known_customer(app):
     post(app, message_from("one", phone=PHONE, user_id=BSUID, username="@rosa.l"))
     post(app, message_from("two", phone=PHONE, user_id=BSUID, username="@rosa.lima", name="Rosa L."))
