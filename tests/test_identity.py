@@ -378,3 +378,20 @@ def test_a_wasender_status_in_a_lid_chat_finds_the_message_it_is_about(wasender_
     assert response.json["statuses"] == 1
     reply = Message.get_by_id(reply.id)
     assert (reply.provider_message_id, reply.status) == ("3EB0KEYIDLID0001", "delivered")
+
+
+def test_a_reply_from_the_business_phone_in_a_lid_chat_lands_in_the_customers_conversation(wasender_app):
+    """In our own echo the sender fields describe the business phone: only the chat id
+    (the LID) is the customer's, so no contact is made of the business's number."""
+    wasender_says(wasender_app, "hi", phone=PHONE)
+    settle(wasender_app)
+    raw = orjson.dumps({"event": "messages.upsert", "timestamp": int(time.time()), "data": {"messages": {
+        "key": {"id": "3EB0ECHOLID0001", "fromMe": True, "remoteJid": LID, "addressingMode": "lid",
+                "senderPn": "15550009999@s.whatsapp.net", "cleanedSenderPn": "15550009999"},
+        "messageBody": "Hi Lina, Omar from the shop here", "message": {"conversation": "Hi Lina, Omar from the shop here"}}}})
+    response = wasender_app.test_client().post("/webhooks/wasender", data=raw, headers={
+        "Content-Type": "application/json", "X-Webhook-Signature": WASENDER_SECRET})
+    assert response.json["messages"] == 1
+    assert people() == [(PHONE, LID, None, "Lina")]
+    echo = Message.get(Message.provider_message_id == "3EB0ECHOLID0001")
+    assert echo.conversation_id == only_conversation().id and echo.direction == "out"

@@ -38,11 +38,6 @@ class InboundMessage:
     new_wa_id: str | None = None
     new_user_id: str | None = None
 
-    @property
-    def customer(self) -> str:
-        """One id naming the customer: the phone number, else the user id."""
-        return self.wa_id or self.user_id
-
 
 @dataclass(frozen=True)
 class StatusUpdate:

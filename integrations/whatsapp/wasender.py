@@ -216,10 +216,16 @@ class WasenderAdapter:
         # A LID and a phone number in one key link the two (Contact.user_id holds the
         # LID); with a LID alone, the LID names the customer.
         lid = _lid(key)
+        phone = customer
+        if lid and from_me:       # our echo in a LID chat: only the chat's own ids are the customer's
+            alt = key.get("remoteJidAlt")
+            phone = jid_user(alt) if isinstance(alt, str) and alt.endswith("@s.whatsapp.net") else None
+        elif lid and customer == jid_user(lid):
+            phone = None
         parsed.messages.append(InboundMessage(
             provider_message_id=str(key["id"]),
             phone_number_id=channel,
-            wa_id=None if lid and customer == jid_user(lid) else customer,
+            wa_id=phone,
             user_id=lid,
             type=kind,
             sent_at=wasender_time(item.get("messageTimestamp"), envelope_time),
