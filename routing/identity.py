@@ -10,7 +10,8 @@ sending the phone number at any time. Either id finds the same contact:
 - when the two ids turn out to belong to two contacts (one known by phone, the
   other by user id: made before Baton stored both), they are merged into one
   (`merge`): one conversation survives, the other's messages, audit trail, bot
-  turns and callbacks move to it, and an audit event `contact_merged` says so.
+  turns, callbacks and metadata (where the survivor has none) move to it, and an
+  audit event `contact_merged` says so.
   A person never keeps two conversations;
 - a system message that re-identifies the customer (`user_changed_user_id`,
   `user_changed_number`: `InboundMessage.new_user_id` / `new_wa_id`) moves the
@@ -159,20 +160,22 @@ def merge(channel_id: str, rows: list[Contact], wa_id: str | None, user_id: str 
            "user_id": user_id or keep.user_id or next((r.user_id for r in gone if r.user_id), None)}
     profile = {"name": name or keep.name or next((r.name for r in gone if r.name), None),
                "username": username or keep.username or next((r.username for r in gone if r.username), None)}
-    moved = 0
+    metadata = {}
     for row in gone:
         old = conversations[row.conversation.id]
-        moved += Message.update(conversation=keep_conv.id).where(Message.conversation == old.id).execute()
+        moved = Message.update(conversation=keep_conv.id).where(Message.conversation == old.id).execute()
         Event.update(conversation=keep_conv.id).where(Event.conversation == old.id).execute()
         BotTurn.update(conversation=keep_conv.id).where(BotTurn.conversation == old.id).execute()
         CallbackRequest.update(conversation=keep_conv.id).where(CallbackRequest.conversation == old.id).execute()
         Delivery.update(conversation_id=keep_conv.id).where(Delivery.conversation_id == old.id).execute()
+        metadata.update(old.metadata or {})
         Conversation.delete().where(Conversation.id == old.id).execute()
         Contact.delete().where(Contact.id == row.id).execute()
         Event.create(conversation=keep_conv.id, actor="system", from_state=keep_conv.state, to_state=keep_conv.state,
                      reason="contact_merged", details={
                          "merged_contact_id": row.id, "merged_conversation_id": old.id,
                          "merged_state": old.state, "merged_wa_id": row.wa_id, "merged_user_id": row.user_id,
+                         "moved_messages": moved,
                          "wa_id": ids["wa_id"], "user_id": ids["user_id"]})
         log.info("contact %s merged into %s (conversation %s into %s, %s)", row.id, keep.id, old.id,
                  keep_conv.id, old.state)
@@ -181,8 +184,9 @@ def merge(channel_id: str, rows: list[Contact], wa_id: str | None, user_id: str 
     # Moved messages change what the conversation holds: a plan read before this replans.
     latest = [conversations[r.conversation.id].last_inbound_at for r in rows]
     latest = max((t for t in latest if t is not None), default=None)
-    Conversation.update(version=Conversation.version + 1, last_inbound_at=latest,
-                        updated_at=utcnow()).where(Conversation.id == keep_conv.id).execute()
+    Conversation.update(version=Conversation.version + 1, last_inbound_at=latest, updated_at=utcnow(),
+                        metadata={**metadata, **(keep_conv.metadata or {})}) \
+        .where(Conversation.id == keep_conv.id).execute()
     return keep.id, keep_conv.id, profile
 
 

@@ -136,6 +136,7 @@ def test_two_contacts_of_one_person_are_merged_into_the_conversation_a_human_hol
     by_phone = Conversation.select().join(Contact).where(Contact.wa_id == PHONE).get()
     by_user_id = Conversation.select().join(Contact).where(Contact.user_id == BSUID).get()
     assert (by_phone.state, by_user_id.state) == ("PENDING_AGENT", "BOT_CONTROLLED")
+    Conversation.update(metadata={"order": "A-17"}).where(Conversation.id == by_user_id.id).execute()
     earlier = Message.select().count()
 
     counts = post(app, message_from("both my ids now", phone=PHONE, user_id=BSUID))
@@ -145,11 +146,12 @@ def test_two_contacts_of_one_person_are_merged_into_the_conversation_a_human_hol
     assert people() == [(PHONE, BSUID, "@rosa.l", "Rosa Lima")]
     conv = only_conversation()
     assert conv.id == by_phone.id and conv.state == "PENDING_AGENT"
+    assert conv.metadata["order"] == "A-17" and conv.version > by_phone.version
     assert texts_of(conv) == [ASK_FOR_A_HUMAN, "hello bot", "both my ids now"]
     assert Message.select().where(Message.conversation == conv.id).count() == earlier + 1
     [merged] = [e for e in audit_events(conv.id) if e.reason == "contact_merged"]
     assert merged.details["merged_conversation_id"] == by_user_id.id
-    assert merged.details["merged_state"] == "BOT_CONTROLLED"
+    assert merged.details["merged_state"] == "BOT_CONTROLLED" and merged.details["moved_messages"] == 2
     assert (merged.details["wa_id"], merged.details["user_id"]) == (PHONE, BSUID)
     # The bot conversation's audit trail came along.
     assert any(e.reason != "contact_merged" and e.details and e.details.get("message_id") for e in audit_events(conv.id))
