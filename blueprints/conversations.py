@@ -69,7 +69,7 @@ def list_conversations(args):
     if "group" in args:
         rows = rows.where(Conversation.group == args["group"])
     if "contact" in args:
-        rows = rows.where(Contact.wa_id == args["contact"])
+        rows = rows.where((Contact.wa_id == args["contact"]) | (Contact.user_id == args["contact"]))
     assigned = args.get("assigned")
     if assigned == "none":
         rows = rows.where(Conversation.assigned_agent_id.is_null())

@@ -100,8 +100,8 @@ class ConversationQueryArgsSchema(StrictSchema):
     assigned = fields.String(validate=validate.Length(min=1, max=40),
                              metadata=about("an agent id, `me` (the caller) or `none` (unassigned)"))
     group = fields.String(validate=validate.Length(min=1, max=64), metadata=about("only this agent group"))
-    contact = fields.String(validate=validate.Length(min=1, max=128),
-                            metadata=about("only the customer with this WhatsApp id"))
+    contact = fields.String(validate=validate.Length(min=1, max=256),
+                            metadata=about("only the customer with this phone number or business-scoped user id"))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200),
                            metadata=about("page size"))
     cursor = fields.String(validate=validate.Length(max=200),
@@ -150,7 +150,13 @@ class ChannelSchema(ResponseSchema):
 
 
 class ContactSchema(ResponseSchema):
-    wa_id = fields.String(required=True, metadata=about("the customer's WhatsApp id (phone number)"))
+    wa_id = fields.String(required=True, allow_none=True,
+                          metadata=about("the customer's phone number; null when WhatsApp does not share it"))
+    user_id = fields.String(required=True, allow_none=True,
+                            metadata=about("the customer's business-scoped user id (BSUID, e.g. `US.1349…`), "
+                                           "when known; replies go to it when there is no phone number"))
+    username = fields.String(required=True, allow_none=True,
+                             metadata=about("the customer's WhatsApp username (e.g. `@maria.rios`), when they have one"))
     name = fields.String(required=True, allow_none=True, metadata=about("the customer's profile name"))
 
 

@@ -129,7 +129,7 @@ class Sender:
             return False
         conv = load_conversation(slot.conversation_id)
         slot.number = conv.channel.phone_number_id
-        slot.call = partial(self.rt.adapter.show_typing, slot.number, conv.contact.wa_id,
+        slot.call = partial(self.rt.adapter.show_typing, slot.number, conv.contact.address,
                             shown_for.decode() if isinstance(shown_for, bytes) else shown_for)
         self._call_when_rate_allows(slot)
         return True
@@ -173,7 +173,7 @@ class Sender:
             slot.message = message
             slot.number = conv.channel.phone_number_id
             slot.call = partial(self.rt.adapter.send, OutboundMessage(
-                to=conv.contact.wa_id, phone_number_id=slot.number, text=message.text,
+                to=conv.contact.address, phone_number_id=slot.number, text=message.text,
                 template=message.template, media=message.media, reference=message.id))
             return self._call_when_rate_allows(slot)
 

@@ -8,6 +8,7 @@ from models.prepared import PreparedSelect
 from .bot_turns import issue_bot_turn
 from .change import Change, Changes, view_of
 from .decide import Decision, InboundView, Policy, decide, needs_sentiment
+from .errors import NotFound
 from .notices import say_notice
 
 _MESSAGE = PreparedSelect(lambda message_id: Message.select().where(Message.id == message_id))
@@ -16,13 +17,16 @@ _MESSAGE = PreparedSelect(lambda message_id: Message.select().where(Message.id =
 def route_message(changes: Changes, policy: Policy, conversation_id: str, message_id: str) -> str | None:
     """Route one recorded inbound message exactly once (a routed message is
     skipped); returns where it went, or None when it had been routed already."""
-    return changes.run(conversation_id, lambda change: _route(change, policy, message_id))
+    try:
+        return changes.run(conversation_id, lambda change: _route(change, policy, message_id))
+    except NotFound:      # merged into another conversation (routing.identity): routed there
+        return None
 
 
 def _route(change: Change, policy: Policy, message_id: str) -> str | None:
     message = _MESSAGE.first(message_id)
-    if message is None or message.routed_to is not None:
-        return None
+    if message is None or message.routed_to is not None or message.conversation_id != change.conv.id:
+        return None       # routed already, or moved to the conversation it was merged into
     conv = change.conv
     now = utcnow()
     from_me = message.direction == "out"

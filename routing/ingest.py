@@ -22,14 +22,13 @@ from integrations.whatsapp.base import InboundMessage, ParsedWebhook, StatusUpda
 from models import Channel, Contact, Conversation, Message, UnsupportedUpdate, db, new_id, write_transaction
 from models.base import as_naive_utc, epoch_seconds, utcnow
 from models.message import ERROR_DETAILS_LIMIT, STATUS_RANK, UNSENT, numbered_insert, unnumber
-from models.prepared import PreparedSelect
 
+from .identity import conversation_for
 from .live import live_event, publish
 from .visibility import snapshot
 
 log = logging.getLogger(__name__)
 
-_CACHE_LIMIT = 50_000
 ECHO_WINDOW = timedelta(minutes=10)
 _RAW_TYPES = frozenset({"location", "contacts", "interactive", "button", "order", "system", "unsupported"})
 
@@ -58,7 +57,8 @@ class IngestCache:
 
     def __init__(self):
         self.channels: dict[tuple[str, str], str] = {}
-        self.contacts: dict[tuple[str, str], tuple[str, str, str | None]] = {}
+        # (channel id, phone number, user id) -> (contact id, conversation id, {"name", "username"})
+        self.contacts: dict[tuple, tuple[str, str, dict]] = {}
 
     def clear(self) -> None:
         self.channels.clear()
@@ -114,57 +114,10 @@ def _channel_id(provider: str, phone_number_id: str, cache: IngestCache) -> str:
     return channel_id
 
 
-def conversation_for(channel_id: str, wa_id: str, name: str | None, cache: IngestCache) -> str:
-    """The conversation id of a customer on a channel, creating contact and conversation once."""
-    key = (channel_id, wa_id)
-    cached = cache.contacts.get(key)
-    if cached is not None:
-        contact_id, conversation_id, known_name = cached
-        if name and name != known_name:
-            Contact.update(name=name).where(Contact.id == contact_id).execute()
-            cache.contacts[key] = (contact_id, conversation_id, name)
-        return conversation_id
-    known = _KNOWN_CUSTOMER.first(channel_id, wa_id)
-    if known is not None:            # seen before, by another process: one read, no writes
-        if name and name != known.name:
-            Contact.update(name=name).where(Contact.id == known.id).execute()
-        _remember(cache, key, (known.id, known.conversation.id, name or known.name))
-        return known.conversation.id
-    now = utcnow()
-    (Contact.insert(id=new_id("ct"), channel=channel_id, wa_id=wa_id, name=name, created_at=now)
-     .on_conflict_ignore()
-     .execute())
-    contact = (Contact.select(Contact.id, Contact.name)
-               .where((Contact.channel == channel_id) & (Contact.wa_id == wa_id))
-               .get())
-    if name and contact.name != name:
-        Contact.update(name=name).where(Contact.id == contact.id).execute()
-    (Conversation.insert(id=new_id("c"), channel=channel_id, contact=contact.id, created_at=now,
-                         updated_at=now, metadata={})
-     .on_conflict_ignore()
-     .execute())
-    conversation_id = Conversation.select(Conversation.id).where(Conversation.contact == contact.id).scalar()
-    _remember(cache, key, (contact.id, conversation_id, name or contact.name))
-    return conversation_id
-
-
-def _remember(cache: IngestCache, key: tuple, value: tuple) -> None:
-    if len(cache.contacts) > _CACHE_LIMIT:
-        cache.contacts.clear()
-    cache.contacts[key] = value
-
-
-_KNOWN_CUSTOMER = PreparedSelect(lambda channel_id, wa_id: (
-    Contact.select(Contact.id, Contact.name, Conversation.id)
-    .join(Conversation, on=(Conversation.contact == Contact.id), attr="conversation")
-    .where((Contact.channel == channel_id) & (Contact.wa_id == wa_id))))
-
-
 def _customer_of(provider: str, message: InboundMessage, cache: IngestCache) -> tuple[str, str]:
-    """(channel id, conversation id) of a message's customer, created on first sight."""
+    """(channel id, conversation id) of a message's customer, created (or linked) on first sight."""
     channel_id = _channel_id(provider, message.phone_number_id, cache)
-    return channel_id, conversation_for(channel_id, message.wa_id,
-                                        None if message.from_me else message.contact_name, cache)
+    return channel_id, conversation_for(channel_id, message, cache)
 
 
 def _record_message(provider: str, message: InboundMessage, channel_id: str, conversation_id: str,
@@ -330,7 +283,8 @@ def _adopt_wasender_id(channel_id: str, status: StatusUpdate) -> bool:
     waiting = (Message.select(Message.id, Message.provider_message_id)
                .join(Conversation, on=(Message.conversation == Conversation.id))
                .join(Contact, on=(Conversation.contact == Contact.id))
-               .where((Contact.channel == channel_id) & (Contact.wa_id == status.recipient_wa_id)
+               .where((Contact.channel == channel_id)
+                      & ((Contact.wa_id == status.recipient_wa_id) | (Contact.user_id == status.recipient_wa_id))
                       & (Message.channel == channel_id) & (Message.direction == "out")
                       & Message.provider_message_id.is_null(False)
                       & (Message.received_at >= utcnow() - ECHO_WINDOW))

@@ -112,8 +112,15 @@
   }
 
   const since = (iso) => (iso ? Date.now() - Date.parse(iso) : null);
-  const contactName = (c) => (c.contact && (c.contact.name || c.contact.wa_id)) || "Unknown contact";
-  const contactNumber = (c) => (c.contact && c.contact.wa_id ? `+${c.contact.wa_id}` : "");
+  const username = (c) => {
+    const name = c.contact && c.contact.username;
+    return name ? (name.startsWith("@") ? name : `@${name}`) : "";
+  };
+  const contactName = (c) =>
+    (c.contact && (c.contact.name || username(c) || c.contact.wa_id)) || "Unknown contact";
+  // The phone number when WhatsApp shares it, and the username when the customer has one.
+  const contactNumber = (c) =>
+    [c.contact && c.contact.wa_id ? `+${c.contact.wa_id}` : "", username(c)].filter(Boolean).join(" · ");
   const isMine = (c) => Boolean(state.me && c.assigned_agent_id === state.me.id);
   const offeredToMe = (c) => Boolean(state.me && c.state === "PENDING_AGENT" && c.offered_agent_id === state.me.id);
 

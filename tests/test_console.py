@@ -553,3 +553,23 @@ def test_close_stands_apart_and_asks_first_and_transfer_picks_from_online_agents
     flo_now = Conversation.get_by_id(flo.id)
     assert (flo_now.state, flo_now.offered_agent_id) == ("PENDING_AGENT", team.id("cy"))
     assert tab.errors == [] and tab.dialogs == []
+
+
+@pytest.mark.browser
+def test_a_customer_without_a_phone_number_shows_the_username(app, live_server, tabs):
+    from tests.test_identity import message_from, post
+
+    team = Team(app)
+    team.add("bo")
+    post(app, message_from(ASK_FOR_A_HUMAN, user_id="US.4417722900311550021", username="@rosa.l", name="Rosa"))
+    post(app, message_from(ASK_FOR_A_HUMAN, phone="15557770005", user_id="US.4417722900311550022",
+                           username="kai.n", name="Kai"))
+    settle(app)
+    tab = tabs(live_server)
+    tab.sign_in(team.token["bo"])
+    expect = tab.expect
+    expect(tab.item("Rosa").locator(".contact-number")).to_have_text("@rosa.l")
+    expect(tab.item("Kai").locator(".contact-number")).to_have_text("+15557770005 · @kai.n")
+    tab.item("Rosa").click()
+    expect(tab.page.locator("#detail-contact .contact-number")).to_have_text("@rosa.l")
+    assert tab.dialogs == [] and tab.errors == []

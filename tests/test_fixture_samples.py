@@ -159,7 +159,12 @@ def _post(client, path: str, raw: bytes, headers: dict):
 
 
 def _contacts() -> Counter:
-    return Counter((c.wa_id, c.name) for c in Contact.select())
+    return Counter((c.wa_id, c.user_id, c.username, c.name) for c in Contact.select())
+
+
+def _contact_key(wanted: dict) -> tuple:
+    """An expected contact: keys it does not state are null."""
+    return tuple(wanted.get(key) for key in ("wa_id", "user_id", "username", "name"))
 
 
 def post_and_check(client, path: str, item: Sample, headers: dict) -> None:
@@ -175,11 +180,14 @@ def post_and_check(client, path: str, item: Sample, headers: dict) -> None:
     assert UnsupportedUpdate.select().count() - unsupported == len(parse["ignored"])
     for wanted in parse["messages"]:
         row = Message.get(Message.provider_message_id == wanted["provider_message_id"])
-        assert (row.type, row.direction, row.conversation.contact.wa_id) == \
-            (wanted["type"], "out" if wanted.get("from_me") else "in", wanted["wa_id"])
+        contact = row.conversation.contact
+        assert (row.type, row.direction, contact.wa_id) == \
+            (wanted["type"], "out" if wanted.get("from_me") else "in", wanted.get("new_wa_id") or wanted["wa_id"])
+        if "user_id" in wanted:
+            assert contact.user_id == (wanted.get("new_user_id") or wanted["user_id"])
         if "text" in wanted:
             assert row.text == wanted["text"]
-    assert _contacts() - contacts == Counter((c["wa_id"], c["name"]) for c in endpoint["contacts"])
+    assert _contacts() - contacts == Counter(_contact_key(c) for c in endpoint["contacts"])
     for wamid, outcome in endpoint.get("outbound", {}).items():
         row = Message.get(Message.provider_message_id == wamid)
         assert row.status == outcome["status"]
@@ -237,17 +245,16 @@ def test_wasender_fixture_through_post_webhooks_wasender(wasender_client, item: 
     post_and_check(wasender_client, "/webhooks/wasender", item, wasender_headers(WASENDER_SECRET))
 
 
-# ---- customers known by a business-scoped user id (2026), as Baton handles them today ----
+# ---- customers known by a business-scoped user id (2026) ----------------------------------
 
-def test_today_a_customer_who_hides_the_phone_number_becomes_a_second_contact(client):
-    """Pins current behaviour, not the goal: with a phone number the customer is keyed by
-    it; once only user_id is left, the BSUID is the key, so the same person gets a second
-    contact and conversation. Nothing is refused or lost. Keying customers on user_id
-    (and linking the two) is a separate, later change."""
+def test_a_customer_who_hides_the_phone_number_stays_one_contact_and_one_conversation(client):
+    """With a phone number the customer's contact keeps both ids; once only user_id is
+    left, that user id finds the same contact. (More stories: tests/test_identity.py.)"""
     with_phone = sample("cloud_api", "bsuid_and_wa_id_with_username")
     without = sample("cloud_api", "bsuid_only_returning_customer")
     for item in (with_phone, without):
         assert _post(client, "/webhooks/whatsapp", item.raw, cloud_headers(item.raw, TEST_APP_SECRET))["messages"] == 1
-    assert sorted((c.wa_id, c.name) for c in Contact.select()) == [
-        ("15550001105", "Kai Nakamura"), ("BR.4402918836610057713", "Kai Nakamura")]
-    assert Conversation.select().count() == 2 and Message.select().count() == 2
+    assert [(c.wa_id, c.user_id, c.username, c.name) for c in Contact.select()] == [
+        ("15550001105", "BR.4402918836610057713", "@kai.n", "Kai Nakamura")]
+    assert Conversation.select().count() == 1 and Message.select().count() == 2
+    assert {m.conversation_id for m in Message.select()} == {Conversation.get().id}

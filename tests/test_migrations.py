@@ -34,7 +34,8 @@ POSTGRES = using_postgres()
 
 MIGRATIONS = ["0001_initial", "0002_outbound_queue_index", "0003_conversation_timer_indexes",
               "0004_wider_customer_ids", "0005_message_error_details", "0006_message_seq",
-              "0008_unsent_outbound_index"]
+              "0007_contact_user_id", "0008_unsent_outbound_index"]
+VERSIONS = [int(name[:4]) for name in MIGRATIONS]
 # What migrations add beyond the models' own indexes, for queries (see 0002, 0003).
 QUERY_INDEXES = {
     "message": {"message_queued_by_conversation"},
@@ -204,7 +205,7 @@ def test_fresh_migrate_yields_exactly_the_models_schema_plus_the_query_indexes(n
     for table, names in QUERY_INDEXES.items():
         assert names <= set(got[table]["indexes"]), table
     assert [c[0] for c in got[HISTORY_TABLE]["columns"]] == ["version", "name", "applied_at"]
-    assert [(v, n) for v, n, _ in history(migrated)] == [(i + 1, name) for i, name in enumerate(MIGRATIONS)]
+    assert [(v, n) for v, n, _ in history(migrated)] == list(zip(VERSIONS, MIGRATIONS))
 
 
 def test_the_query_indexes_are_partial_where_only_few_rows_qualify(new_database):
@@ -228,6 +229,9 @@ def test_a_database_from_before_migrations_is_adopted_upgraded_and_keeps_its_row
     old, fresh = new_database(), new_database()
     load_snapshot(old)
     some_rows(old)
+    # Before 0007 a customer without a phone number was keyed on the BSUID in wa_id.
+    insert(old, "contact", [{"id": "ct_bsuid", "channel_id": "ch1", "wa_id": "US.7710042003518822461",
+                             "created_at": NOW}])
     assert HISTORY_TABLE not in old.get_tables()
 
     assert migrate(old) == ["adopted the existing schema as 0001_initial",
@@ -235,7 +239,7 @@ def test_a_database_from_before_migrations_is_adopted_upgraded_and_keeps_its_row
 
     migrate(fresh)
     assert describe(old) == describe(fresh)
-    assert [(v, n) for v, n, _ in history(old)] == list(enumerate(MIGRATIONS, start=1))
+    assert [(v, n) for v, n, _ in history(old)] == list(zip(VERSIONS, MIGRATIONS))
     with old.bind_ctx(ALL_MODELS):
         assert Conversation.select().count() == 3
         assert [(m.id, m.status, m.text) for m in Message.select().order_by(Message.id)] == [
@@ -248,9 +252,13 @@ def test_a_database_from_before_migrations_is_adopted_upgraded_and_keeps_its_row
             ("c00000", 2), ("c00001", 1), ("c00002", 0)]
         # 0004: a customer known only by the longest business-scoped user id fits.
         bsuid = "US." + "7Q" * 64
-        contact = Contact.get()
-        Contact.update(wa_id=bsuid).where(Contact.id == contact.id).execute()
-        assert Contact.get_by_id(contact.id).wa_id == bsuid
+        contact = Contact.get(Contact.id == "ct00000")
+        Contact.update(user_id=bsuid).where(Contact.id == contact.id).execute()
+        assert Contact.get_by_id(contact.id).user_id == bsuid
+        # 0007: the BSUID moved to user_id; phone numbers stayed where they were.
+        assert [(c.id, c.wa_id, c.user_id) for c in Contact.select().order_by(Contact.id)] == [
+            ("ct00000", "15550000000", bsuid), ("ct00001", "15550000001", None),
+            ("ct00002", "15550000002", None), ("ct_bsuid", None, "US.7710042003518822461")]
 
 
 def test_an_older_unversioned_database_gets_the_tables_and_columns_it_lacked(new_database):
@@ -318,7 +326,7 @@ def test_processes_starting_at_once_apply_each_migration_exactly_once(tmp_path):
         assert [racer.returncode for racer in racers] == [0, 0, 0], [err for _, err in outputs]
         applied = sorted(line for out, _ in outputs for line in json.loads(out))
         assert applied == [f"applied {name}" for name in MIGRATIONS]
-        assert [v for v, _, _ in history(database)] == list(range(1, len(MIGRATIONS) + 1))
+        assert [v for v, _, _ in history(database)] == VERSIONS
 
 
 def test_a_failing_migration_leaves_nothing_behind_and_applies_once_fixed(new_database, tmp_path):

@@ -188,7 +188,7 @@ def test_customer_changes_number_and_the_notice_is_a_system_message():
 @needs_corpus
 def test_customer_known_only_by_bsuid_is_keyed_by_user_id():
     [message] = cloud_sample("netflie__can_build_a_notification_with_bsuid_only_and_no_from.json").messages
-    assert (message.wa_id, message.contact_name) == ("BSUID_123", "NAME")
+    assert (message.wa_id, message.user_id, message.contact_name) == (None, "BSUID_123", "NAME")
 
 
 @needs_corpus

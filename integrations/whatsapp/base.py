@@ -23,7 +23,7 @@ class InboundMessage:
     phone sent outside Baton (a human replying from the WhatsApp app)."""
     provider_message_id: str
     phone_number_id: str          # the business number (channel key)
-    wa_id: str                    # the customer (wa_id, or BSUID when `from` is absent)
+    wa_id: str | None             # the customer's phone number (WASender: or its LID); None when hidden
     type: str                     # one of MESSAGE_TYPES
     sent_at: datetime             # payload timestamp, tz-aware UTC
     text: str | None = None       # body, caption, button/list title, reaction emoji, location name
@@ -31,6 +31,12 @@ class InboundMessage:
     media: dict | None = None     # {"provider_media_id","mime_type","sha256","filename","url"} (keys optional)
     from_me: bool = False
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+    user_id: str | None = None    # the customer's business-scoped user id (BSUID), when given
+    username: str | None = None   # the customer's WhatsApp username, when given
+    # A system message saying the customer is known by other ids from now on
+    # (user_changed_user_id, user_changed_number): the new ones.
+    new_wa_id: str | None = None
+    new_user_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,13 +70,19 @@ class ParsedWebhook:
 @dataclass(frozen=True)
 class OutboundMessage:
     """What Baton asks a provider to send."""
-    to: str                       # customer wa_id
+    to: str                       # the customer's phone number, or a business-scoped user id (see Contact.address)
     phone_number_id: str          # business number to send from
     text: str | None = None
     template: dict | None = None  # {"name","language","components"?}
     media: dict | None = None     # {"type","link"|"id","caption"?,"filename"?}
     reply_to: str | None = None   # provider message id for context
     reference: str | None = None  # Baton's message id; the Cloud API echoes it in the message's statuses
+
+
+def is_user_id(address: str | None) -> bool:
+    """True for a business-scoped user id (`US.1349…`, a parent `US.ENT.1181…`):
+    it has a dot, which a phone number never has."""
+    return bool(address) and "." in address
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from .base import (
     SendResult,
     StatusUpdate,
     WebhookRejected,
+    is_user_id,
     pooled_session,
     transport_error,
 )
@@ -167,28 +168,34 @@ class CloudApiAdapter:
         if not isinstance(message, dict) or not message.get("id"):
             parsed.ignored.append(IgnoredUpdate("message_without_id", phone_number_id, _dict(message)))
             return
-        if from_me:
-            customer = message.get("to") or message.get("to_user_id")
-        else:
-            customer = message.get("from") or message.get("from_user_id")
-        contact = _matching_contact(contacts, customer)
-        if not customer and contact:
-            customer = contact.get("wa_id") or contact.get("user_id")
-        if not customer:
+        # The customer: a phone number, a business-scoped user id (2026), or both.
+        phone, user_id = (message.get("to"), message.get("to_user_id")) if from_me else \
+            (message.get("from"), message.get("from_user_id"))
+        contact = _matching_contact(contacts, phone or user_id)
+        if contact:
+            phone, user_id = phone or contact.get("wa_id"), user_id or contact.get("user_id")
+        if not phone and not user_id:
             parsed.ignored.append(IgnoredUpdate("message_without_sender", phone_number_id, message))
             return
         kind, text, media = _content(message)
+        user_id, new_wa_id, new_user_id = _identity_change(message, user_id) if kind == "system" else \
+            (user_id, None, None)
+        profile = _dict(contact.get("profile")) if contact else {}
         parsed.messages.append(InboundMessage(
             provider_message_id=str(message["id"]),
             phone_number_id=phone_number_id or "",
-            wa_id=str(customer),
+            wa_id=_text(phone),
             type=kind,
             sent_at=unix_time(message.get("timestamp"), now),
             text=text,
-            contact_name=_dict(contact.get("profile")).get("name") if contact else None,
+            contact_name=profile.get("name"),
             media=media,
             from_me=from_me,
             raw=message,
+            user_id=_text(user_id),
+            username=_text(profile.get("username")),
+            new_wa_id=_text(new_wa_id),
+            new_user_id=_text(new_user_id),
         ))
 
     def _add_status(self, status: Any, phone_number_id: str | None, now: datetime,
@@ -275,8 +282,9 @@ class CloudApiAdapter:
                         retryable=False)
 
     def _send_body(self, message: OutboundMessage) -> dict:
+        # A business-scoped user id goes in `recipient`, a phone number in `to`.
         body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual",
-                                "to": message.to}
+                                "recipient" if is_user_id(message.to) else "to": message.to}
         if message.template:
             # Graph's shape: {"name", "language": {"code"}, "components"?}; no components key when there are none.
             language = message.template.get("language")
@@ -343,6 +351,26 @@ def _retry_after(value: str | None) -> float | None:
         return max(float(value), 0.0) if value is not None else None
     except ValueError:
         return None  # an HTTP-date; callers fall back to their own backoff
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _identity_change(message: dict, user_id: Any) -> tuple[Any, Any, Any]:
+    """(the user id the customer had, their new phone number, their new user id)
+    for the system messages that re-identify a customer: `user_changed_user_id`
+    (a new BSUID, no phone number) and `user_changed_number` (a new phone number,
+    which regenerates the BSUID too). The previous user id is `previous_user_id`
+    when Meta gives it, else the one the message came from."""
+    system = _dict(message.get("system"))
+    kind = system.get("type")
+    if kind not in ("user_changed_user_id", "user_changed_number"):
+        return user_id, None, None
+    previous = system.get("previous_user_id") or user_id
+    new_phone = system.get("wa_id") if kind == "user_changed_number" else None
+    new_user_id = system.get("user_id")
+    return previous, new_phone, new_user_id if new_user_id != previous else None
 
 
 def _matching_contact(contacts: list[dict], customer: Any) -> dict | None:

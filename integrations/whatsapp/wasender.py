@@ -115,6 +115,18 @@ def _customer(key: dict) -> str | None:
     return jid_user(remote)  # may be a LID when nothing better is known
 
 
+def _lid(key: dict) -> str | None:
+    """The customer's WhatsApp Web LID as `<digits>@lid`, when the key names one
+    (in an echo only the chat id is the customer's)."""
+    names = ("remoteJid", "remoteJidAlt") if key.get("fromMe") else \
+        ("senderLid", "participantLid", "remoteJid", "remoteJidAlt")
+    for name in names:
+        value = key.get(name)
+        if isinstance(value, str) and value.endswith("@lid") and jid_user(value):
+            return f"{jid_user(value)}@lid"
+    return None
+
+
 class WasenderAdapter:
     """Speaks WasenderAPI: checks the shared secret, normalizes events, sends text and media."""
 
@@ -203,10 +215,20 @@ class WasenderAdapter:
             kind, text, media = ("text" if item.get("messageBody") else "unsupported"), None, None
         if media is not None:
             media["provider_media_id"] = str(key["id"])  # decrypt-media is keyed by message id
+        # A LID and a phone number in one key link the two (Contact.user_id holds the
+        # LID); with a LID alone, the LID names the customer.
+        lid = _lid(key)
+        phone = customer
+        if lid and from_me:       # our echo in a LID chat: only the chat's own ids are the customer's
+            alt = key.get("remoteJidAlt")
+            phone = jid_user(alt) if isinstance(alt, str) and alt.endswith("@s.whatsapp.net") else None
+        elif lid and customer == jid_user(lid):
+            phone = None
         parsed.messages.append(InboundMessage(
             provider_message_id=str(key["id"]),
             phone_number_id=channel,
-            wa_id=customer,
+            wa_id=phone,
+            user_id=lid,
             type=kind,
             sent_at=wasender_time(item.get("messageTimestamp"), envelope_time),
             text=item.get("messageBody") or text,
@@ -224,10 +246,12 @@ class WasenderAdapter:
             kind = f"{chat_kind}_status" if chat_kind else f"event:{event}"
             parsed.ignored.append(IgnoredUpdate(kind, channel, raw))
             return
+        remote = key.get("remoteJid")
         parsed.statuses.append(StatusUpdate(
             provider_message_id=str(key["id"]),
             phone_number_id=channel,
-            recipient_wa_id=jid_user(key.get("remoteJid")),
+            # a chat addressed by LID names the customer as Contact.user_id does
+            recipient_wa_id=_lid(key) if str(remote).endswith("@lid") else jid_user(remote),
             status=status,
             timestamp=at,
         ))
@@ -264,7 +288,7 @@ class WasenderAdapter:
     def show_typing(self, phone_number_id: str, to: str, provider_message_id: str) -> None:
         """Show "typing…" in the customer's chat (WASender has no read-receipt call)."""
         self._request("POST", f"{self.api_base}/api/send-presence-update",
-                      json={"jid": f"{to}@s.whatsapp.net", "type": "composing"})
+                      json={"jid": to if "@" in to else f"{to}@s.whatsapp.net", "type": "composing"})
 
     def fetch_media(self, media: dict) -> tuple[bytes, str]:
         """Download inbound media. WhatsApp-Web media is encrypted, so when a media key is

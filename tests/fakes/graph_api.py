@@ -66,10 +66,14 @@ class FakeGraphApi(FakeServer):
             return graph_error(400, 100, "(#100) The parameter messaging_product is required.")
         if body.get("status") == "read" and body.get("message_id"):
             return jsonify({"success": True})  # mark-as-read / typing indicator
-        if not body.get("to") or not body.get("type"):
+        # A phone number in `to`, or a business-scoped user id in `recipient` (2026); `to` wins.
+        if not (body.get("to") or body.get("recipient")) or not body.get("type"):
             return graph_error(400, 100, "(#100) Invalid parameter")
-        return jsonify({"messaging_product": "whatsapp",
-                        "contacts": [{"input": body["to"], "wa_id": str(body["to"]).lstrip("+")}],
+        if body.get("to"):
+            contact = {"input": body["to"], "wa_id": str(body["to"]).lstrip("+")}
+        else:
+            contact = {"input": body["recipient"], "user_id": body["recipient"]}
+        return jsonify({"messaging_product": "whatsapp", "contacts": [contact],
                         "messages": [{"id": f"wamid.{secrets.token_urlsafe(24)}"}]})
 
     def _media_lookup(self, version: str, media_id: str):
