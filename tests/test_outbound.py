@@ -107,3 +107,23 @@ def test_delivery_statuses_from_meta_update_the_sent_message(cloud_app, graph_ap
     assert response.json["statuses"] == 1
     assert Message.get_by_id(reply.id).status == "delivered"
 
+
+
+@pytest.mark.parametrize("status, body, code", [
+    (400, "<html><body>Bad Request</body></html>", 400),                    # not Graph's JSON at all
+    (403, {"error": {"message": "(#10) Permission denied", "code": 10, "type": "OAuthException"}}, 10),
+    (400, {"error": {"message": "(#999999) Something new", "code": 999999}}, 999999),   # a code nobody knows
+    (418, {"unexpected": "shape"}, 418),
+])
+def test_an_error_body_baton_does_not_know_fails_the_message_with_the_raw_code(cloud_app, graph_api, fast_retries,
+                                                                               status, body, code):
+    reply = hi_answered_while_meta_refuses_with(cloud_app, graph_api, status, body)
+    assert (reply.status, reply.error_code, reply.attempts) == ("failed", code, 1)
+    assert reply.error_title
+
+
+def hi_answered_while_meta_refuses_with(cloud_app, graph_api, status: int, body):
+    graph_api.fail_next(1, status, body)
+    customer_says(cloud_app, "hi")
+    settle_outbound(cloud_app)
+    return Message.get(Message.direction == "out")

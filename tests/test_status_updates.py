@@ -406,3 +406,24 @@ def test_a_wasender_status_about_another_customer_takes_no_reply(wasender_app): 
     assert answer.status_code == 200
     row = Message.get_by_id(reply.id)
     assert (row.provider_message_id, row.status) == (reply.provider_message_id, "sent")
+
+
+@pytest.mark.parametrize("status", [
+    {"id": "wamid.X", "status": "deleted", "timestamp": "1767349320", "recipient_id": CUSTOMER},   # unknown kind
+    {"id": "wamid.X", "status": 7, "timestamp": "soon"},                                           # wrong types
+    {"status": "read"},                                                                             # no id
+    ["not", "an", "object"],
+    "sent",
+    {"id": {"nested": True}, "status": "read", "errors": "nope", "biz_opaque_callback_data": {"x": 1}},
+])
+def test_an_unknown_or_garbled_status_is_kept_as_unsupported_and_answered_200(desk, status):
+    from models import UnsupportedUpdate
+
+    raw = orjson.dumps({"object": "whatsapp_business_account", "entry": [{"id": "w", "changes": [{
+        "field": "messages", "value": {"messaging_product": "whatsapp",
+                                       "metadata": {"phone_number_id": PHONE_NUMBER_ID}, "statuses": [status]}}]}]})
+    response = desk.test_client().post("/webhooks/whatsapp", data=raw, headers=cloud_headers(raw, TEST_APP_SECRET))
+    assert response.status_code == 200, response.json
+    assert (response.json["statuses"], response.json["ignored"]) == (0, 1)
+    assert UnsupportedUpdate.select().count() == 1
+    assert Message.select().count() == 0

@@ -202,13 +202,13 @@ class CloudApiAdapter:
                     parsed: ParsedWebhook) -> None:
         status = _dict(status)
         normalized = _STATUSES.get(str(status.get("status", "")).lower())
-        if not status.get("id") or normalized is None:
-            # e.g. "deleted"/"warning", or a status we cannot tie to a message
+        if not isinstance(status.get("id"), str) or not status["id"] or normalized is None:
+            # e.g. "deleted"/"warning", or a status we cannot tie to a message (no id, or not a string)
             parsed.ignored.append(IgnoredUpdate(f"status:{status.get('status')}", phone_number_id, status))
             return
         recipient = status.get("recipient_id") or status.get("recipient_user_id")
         parsed.statuses.append(StatusUpdate(
-            provider_message_id=str(status["id"]),
+            provider_message_id=status["id"],
             phone_number_id=phone_number_id or "",
             recipient_wa_id=str(recipient) if recipient else None,
             status=normalized,
