@@ -128,6 +128,8 @@ class Sender:
         if not shown_for or next_to_send(slot.conversation_id) is not None:
             return False
         conv = load_conversation(slot.conversation_id)
+        if conv is None:            # merged into another customer's conversation meanwhile
+            return False
         slot.number = conv.channel.phone_number_id
         slot.call = partial(self.rt.adapter.show_typing, slot.number, conv.contact.address,
                             shown_for.decode() if isinstance(shown_for, bytes) else shown_for)
