@@ -49,6 +49,11 @@ def media_file(key: str):
     except RequestedRangeNotSatisfiable:
         raise ApiError(416, "range_not_satisfiable", "The requested range lies outside the file.",
                        {"size": size}, headers={"Content-Range": f"bytes */{size}"}) from None
+    except FileNotFoundError:         # deleted since we looked
+        raise _not_here() from None
+    except OSError as exc:
+        raise ApiError(503, "storage_unavailable", "The media store is unavailable; retry shortly.",
+                       headers={"Retry-After": "5"}) from exc
     remaining = max(0, link.expires - int(links.now()))
     response.headers["Content-Disposition"] = content_disposition(link.content_type, link.filename)
     response.headers["X-Content-Type-Options"] = "nosniff"

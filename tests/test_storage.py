@@ -470,3 +470,15 @@ def test_customer_file_names_are_made_safe_for_headers():
     assert header == ("inline; filename=\"_vil_name_x.jpg\"; "
                       "filename*=UTF-8''%C3%A9vil%22name%3Bx.jpg")
     assert content_disposition("image/png", "...") == "inline"
+
+
+def test_a_file_deleted_while_its_link_is_answered_is_404(client, served, monkeypatch):
+    import blueprints.media_files as media_files
+
+    real = media_files.send_file
+
+    def deleted_first(path, *args, **kwargs):
+        os.unlink(path)
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(media_files, "send_file", deleted_first)
+    refused(client.get(served.url), 404, "not_found")
