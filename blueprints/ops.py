@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 
 import peewee
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -19,6 +20,7 @@ from .errors import ApiError
 from .schemas import HealthSchema, ReadinessSchema
 
 bp = Blueprint("ops", __name__)
+log = logging.getLogger(__name__)
 
 
 @bp.get("/healthz")
@@ -29,12 +31,14 @@ def healthz():
 
 
 @bp.get("/readyz")
-@responds(200, ReadinessSchema, "Database and Redis answer")
+@responds(200, ReadinessSchema, "Database, Redis and the media store answer")
 @responds(503, ReadinessSchema, "A dependency is down")
 def readyz():
-    """Readiness: the database and Redis both answer."""
+    """Readiness: the database, Redis and the media store all answer."""
+    from integrations.storage import StorageError
+
     rt = current_app.extensions["baton"]
-    status = {"database": "ok", "redis": "ok"}
+    status = {"database": "ok", "redis": "ok", "storage": "ok"}
     try:
         db.execute_sql("SELECT 1")
     except peewee.PeeweeException as exc:
@@ -43,7 +47,12 @@ def readyz():
         rt.redis.ping()
     except RedisError as exc:
         status["redis"] = f"down: {type(exc).__name__}"
-    if status == {"database": "ok", "redis": "ok"}:
+    try:
+        rt.storage.ping()
+    except StorageError as exc:          # the details (paths, bucket) go to the log, not to anyone asking
+        log.warning("media storage is down: %s", exc)
+        status["storage"] = f"down: {type(exc).__name__}"
+    if all(value == "ok" for value in status.values()):
         return reply(status)
     return reply(status, 503, headers={"Retry-After": "5"})
 
