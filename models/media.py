@@ -66,18 +66,19 @@ def media_url(media_id: str) -> str:
     return f"{_public_base['url']}/api/v1/media/{media_id}"
 
 
-def media_view(media: dict | None, *, always_url: bool = False) -> dict | None:
+def media_view(media: dict | None, kind: str | None = None, *, always_url: bool = False) -> dict | None:
     """A message's `media` as clients see it: {id, type, mime_type, size,
     filename, status, url}. `url` is null until the file is stored, except
     `always_url` (n8n events): there it is the API address whatever the status
     but failed/expired, because routing does not wait for the download (the
-    API answers 409 `media_not_ready` until it is stored)."""
+    API answers 409 `media_not_ready` until it is stored). `kind`: the
+    message's type, for media recorded before media records existed."""
     if media is None:
         return None
     status = media.get("status") or PENDING
     media_id = media.get("id")
     shown = status == STORED or (always_url and status == PENDING)
-    return {"id": media_id, "type": media.get("type"), "mime_type": media.get("mime_type"),
+    return {"id": media_id, "type": media.get("type") or (kind if kind in KINDS else None), "mime_type": media.get("mime_type"),
             "size": media.get("size"), "filename": media.get("filename"), "status": status,
             "url": media_url(media_id) if media_id and shown else None}
 

@@ -93,7 +93,7 @@ class Message(BaseModel):
         return {
             "id": self.id, "conversation_id": self.conversation_id, "seq": self.seq, "direction": self.direction,
             "sender": self.sender, "agent_id": self.agent_id, "type": self.type, "text": self.text,
-            "media": media_view(self.media, always_url=media_url_always), "provider_message_id": self.provider_message_id,
+            "media": media_view(self.media, self.type, always_url=media_url_always), "provider_message_id": self.provider_message_id,
             "sent_at": isoformat(self.sent_at), "received_at": isoformat(self.received_at),
             "routed_to": self.routed_to, "status": self.status, "error": error,
         }

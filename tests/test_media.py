@@ -222,6 +222,8 @@ def test_a_file_whose_sha256_is_not_the_declared_one_is_refused(cloud, graph_api
     assert record.status == "failed" and record.error.startswith("sha256_mismatch"), record.error
     assert storage.puts == [] and Message.get_by_id(record.message_id).routed_to == "bot"
     assert n8n.received("bot.turn")                                 # the bot heard from the customer anyway
+    metrics = cloud.test_client().get("/metrics").get_data(as_text=True)
+    assert 'baton_media{status="failed"} 1.0' in metrics and 'baton_media{status="stored"} 0.0' in metrics
 
 
 def test_a_declared_sha256_in_hex_is_compared_too(cloud, graph_api):
