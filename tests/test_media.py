@@ -427,3 +427,14 @@ def test_wasender_never_sends_its_key_to_a_host_named_in_a_payload(wasender, was
     assert [path for _, path, _, _ in foreign_host.requests] == ["/decrypted/abc"]
     assert all("Authorization" not in headers for _, _, headers, _ in foreign_host.requests)
     assert all(wasender_api.api_key not in str(headers) for _, _, headers, _ in foreign_host.requests)
+
+
+def test_a_webhook_sent_again_makes_no_second_record(cloud, graph_api, storage):
+    photo = b"\xff\xd8 twice"
+    graph_api.add_media("880017", photo, "image/jpeg")
+    raw, headers = cloud_media_webhook(PIA, "image", "880017", photo, mime="image/jpeg", message_id="wamid.TWICE")
+    for _ in range(2):
+        assert cloud.test_client().post("/webhooks/whatsapp", data=raw, headers=headers).status_code == 200
+    settle(cloud)
+    assert [(m.status, m.attempts) for m in Media.select()] == [("stored", 1)]
+    assert storage.puts == [Media.get().storage_key]
