@@ -227,7 +227,7 @@ def worker(burst):
 
     rt = _rt()
     set_runtime(rt)
-    queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "default")]
+    queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "media", "default")]
     # Round robin: a busy inbound lane hands its pump over again and again;
     # with the default priority order the outbound lane would never get a turn.
     SimpleWorker(queues, connection=rt.redis).work(burst=burst, logging_level=_rq_log_level(rt.settings),

@@ -10,8 +10,9 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery, Message, db, utcnow
+from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery, Media, Message, db, utcnow
 from models.base import parse_time
+from models.media import STATUSES as MEDIA_STATUSES
 from models.message import UNSENT, is_unsent
 from routing.lanes import LANES
 
@@ -83,6 +84,11 @@ def metrics():
     for status, count in (Delivery.select(Delivery.status, peewee.fn.COUNT(Delivery.id))
                           .group_by(Delivery.status).tuples()):
         deliveries.labels(status).set(count)
+    media = Gauge("baton_media", "Customers' media files by status (pending: being fetched or retried)",
+                  ["status"], registry=registry)
+    media_counts = dict(Media.select(Media.status, peewee.fn.COUNT(Media.id)).group_by(Media.status).tuples())
+    for status in MEDIA_STATUSES:
+        media.labels(status).set(media_counts.get(status, 0))
     depth = Gauge("baton_lane_ready", "Keys waiting in a work lane", ["lane"], registry=registry)
     for lane in LANES:
         depth.labels(lane).set(rt.lanes.depth(lane))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import time
 
 from flask import Response, jsonify, request
 
@@ -30,6 +31,7 @@ class FakeGraphApi(FakeServer):
         super().__init__("fake_graph_api")
         self.access_token = access_token
         self.version = version
+        self.media_url_ttl = 300.0       # seconds a lookup's download URL works (Meta: five minutes)
         self._media = MediaStore()
         self.app.add_url_rule("/<version>/<phone_number_id>/messages", view_func=self._messages,
                               methods=["POST"])
@@ -85,7 +87,7 @@ class FakeGraphApi(FakeServer):
                                          "does not exist", "GraphMethodException")
         content, mime = media
         return jsonify({"messaging_product": "whatsapp",
-                        "url": f"{self.url}/lookaside/{media_id}/content",
+                        "url": f"{self.url}/lookaside/{media_id}/content?exp={time.time() + self.media_url_ttl}",
                         "mime_type": mime,
                         "sha256": base64.b64encode(hashlib.sha256(content).digest()).decode(),
                         "file_size": len(content), "id": media_id})
@@ -93,6 +95,8 @@ class FakeGraphApi(FakeServer):
     def _media_download(self, media_id: str):
         if self.bearer_token() != self.access_token:
             return Response(b"", 401)  # the real lookaside host also refuses without the token
+        if float(request.args.get("exp") or 0) < time.time():
+            return Response(b"", 404)  # an expired URL: look the media id up again
         return self._media.download(media_id)
 
     def _message_templates(self, version: str, waba_id: str):
