@@ -47,6 +47,7 @@ CANCELLED = (None, "cancelled: control of the conversation changed before the bo
 EXPIRED_TITLE = "not sent: older than SEND_MAX_AGE"
 UPKEEP_SECONDS = 0.25
 IDLE_WAIT = 0.02            # how long a busy pump waits for an answer before looking for new work
+KEEP_GOING_SECONDS = 60.0   # a pump nobody waits for hands over after this long all the same (job timeout: 600 s)
 
 _pool_lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -335,7 +336,8 @@ def pump_outbound(claim: PumpClaim) -> int:
     rt = runtime()
     settings = rt.settings
     sender = Sender(rt, send_concurrency(settings) if not getattr(rt.adapter, "inline", False) else 1)
-    deadline = time.monotonic() + settings.PUMP_BUDGET_SECONDS
+    started = time.monotonic()
+    deadline = started + settings.PUMP_BUDGET_SECONDS
     upkeep_due = 0.0
     handed_over = False
     try:
@@ -348,7 +350,7 @@ def pump_outbound(claim: PumpClaim) -> int:
                 sender.renew_locks()
                 upkeep_due = now + UPKEEP_SECONDS
             if now >= deadline and not handed_over:
-                if not any(queue.count for queue in rt.queues.values()):
+                if now - started < KEEP_GOING_SECONDS and not any(q.count for q in rt.queues.values()):
                     deadline = now + settings.PUMP_BUDGET_SECONDS    # no other job waits for a worker
                 else:
                     handed_over = sender.draining = True

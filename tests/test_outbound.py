@@ -168,3 +168,17 @@ def test_a_pump_past_its_budget_goes_on_while_no_other_job_waits(slow_cloud_app)
     assert pump_outbound(claim) == 5
     assert rt.queues["outbound"].count == 0
     assert not Message.select().where(Message.status == "queued").exists()
+
+
+def test_a_pump_nobody_waits_for_still_hands_over_in_time(slow_cloud_app, monkeypatch):
+    """Well before RQ's job timeout: the next pump job takes over, the order holds."""
+    from jobs import send
+
+    monkeypatch.setattr(send, "KEEP_GOING_SECONDS", 0.2)
+    rt, claim = five_bubbles_and_their_pump(slow_cloud_app)
+    sent = send.pump_outbound(claim)
+    assert 2 <= sent < 5
+    assert rt.lanes.depth("outbound") == 1 and rt.queues["outbound"].count == 1
+    settle_outbound(slow_cloud_app)
+    assert [m.text for m in Message.select().where(Message.direction == "out").order_by(Message.id)][1:] == [
+        f"bubble {n}" for n in range(5)]
