@@ -715,9 +715,13 @@
 
   function enlarge(image) {
     if (!image.getAttribute("src")) return;
-    $("lightbox-image").src = image.src;
-    $("lightbox-image").alt = image.alt;
+    $("lightbox").replaceChildren(el("img", { id: "lightbox-image", src: image.src, alt: image.alt }));
     $("lightbox").hidden = false;
+  }
+
+  function closeLightbox() {
+    $("lightbox").hidden = true;
+    $("lightbox").replaceChildren();
   }
 
   function renderMessage(m) {
@@ -1321,9 +1325,9 @@
     $("composer-attach").addEventListener("click", () => $("composer-file").click());
     $("composer-file").addEventListener("change", (event) => attach(event.target.files[0] || null));
     $("composer-attachment-remove").addEventListener("click", () => attach(null));
-    $("lightbox").addEventListener("click", () => { $("lightbox").hidden = true; });
+    $("lightbox").addEventListener("click", closeLightbox);
     document.addEventListener("keydown", (event) => {
-      if (event.key === "Escape") $("lightbox").hidden = true;
+      if (event.key === "Escape" && !$("lightbox").hidden) closeLightbox();
     });
     $("template-form").addEventListener("submit", sendTemplate);
     $("template-select").addEventListener("change", () => {

@@ -97,6 +97,8 @@ def test_an_agent_attaches_a_photo_and_sends_it_with_a_caption(cloud_desk, graph
     tab = tabs(url)
     tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve.id}")
     page, expect = tab.page, tab.expect
+    expect(page.locator("#detail-state")).to_have_attribute("data-state", "PENDING_AGENT")   # open and loaded
+    expect(page.locator("#composer-attach")).to_be_enabled()
     photo = png(24, 16)
     page.set_input_files("#composer-file", files=[{"name": "shot.png", "mimeType": "image/png", "buffer": photo}])
     expect(page.locator("#composer-attachment")).to_contain_text("shot.png")
@@ -127,6 +129,8 @@ def test_a_file_whatsapp_does_not_send_is_refused_in_the_composer(cloud_desk, ta
     tab = tabs(url)
     tab.sign_in(team.token["bo"], path=f"/console/conversations/{eve.id}")
     page, expect = tab.page, tab.expect
+    expect(page.locator("#detail-state")).to_have_attribute("data-state", "PENDING_AGENT")
+    expect(page.locator("#composer-attach")).to_be_enabled()
     page.set_input_files("#composer-file", files=[{"name": "page.png", "mimeType": "image/png",
                                                     "buffer": b"<html><script>alert(1)</script></html>"}])
     page.click("#composer-send")
