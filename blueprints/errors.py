@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 log = logging.getLogger(__name__)
 
 _HTTP_CODES = {400: "malformed_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+               405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
                415: "unsupported_media_type", 416: "range_not_satisfiable", 429: "rate_limited"}
 
 

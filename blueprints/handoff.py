@@ -43,7 +43,7 @@ def claim(conversation_id):
 @responds(202, QueuedMessageSchema, "Queued for sending, in order")
 @errors(400, 401, codes={403: ("forbidden", "not_an_agent", "not_assigned"), 404: ("not_found",),
                          409: ("wrong_state", "already_assigned", "at_capacity"),
-                         422: ("unknown_media", "outside_customer_service_window", "unknown_template",
+                         422: ("unknown_media", "caption_not_supported", "outside_customer_service_window", "unknown_template",
                                "bad_template_components"),
                          503: ("conversation_busy",)})
 @require("agent")

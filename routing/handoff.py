@@ -172,7 +172,7 @@ def send(changes: Changes, reservations: Reservations, conversation_id: str, act
         else:
             message = uploads.attach(change, media_id, agent.id,
                                      lambda media: change.say(sender="agent", agent_id=agent.id, text=text,
-                                                              media=media))
+                                                              media=media), caption=text)
         return ActionResult(conv, message=message)
     return changes.run(conversation_id, plan)
 

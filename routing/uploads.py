@@ -34,6 +34,7 @@ ACCEPTED = {"image": IMAGE, "sticker": STICKER, "audio": AUDIO, "video": VIDEO,
             "document": (*DOCUMENT, *IMAGE, *AUDIO, *VIDEO)}     # anything may go as a document
 GENERIC = ("", "application/octet-stream", "binary/octet-stream")
 SNIFF_BYTES = 4096
+CAPTIONED = ("image", "video", "document")          # the kinds WhatsApp sends with a caption
 # Meta's uploaded media ids last 30 days; one is not reused in its last day.
 PROVIDER_UPLOAD_LIFETIME = timedelta(days=29)
 
@@ -138,7 +139,7 @@ def sendable(media_id: str, agent_id: str | None) -> Media | None:
     return record if uploader in (None, agent_id) else None
 
 
-def attach(change, media_id: str, agent_id: str | None, say):
+def attach(change, media_id: str, agent_id: str | None, say, caption: str | None = None):
     """Queue `say(media)` (Change.say with the file's media dict) for the upload
     `media_id`, and tie a media record to the new message: the upload's own
     record the first time it is sent, a copy of it (same stored file, same
@@ -147,6 +148,9 @@ def attach(change, media_id: str, agent_id: str | None, say):
     record = sendable(media_id, agent_id)
     if record is None:
         raise Unprocessable("No stored media of yours has this id.", {"media_id": media_id}, code="unknown_media")
+    if caption and record.kind not in CAPTIONED:
+        raise Unprocessable(f"WhatsApp sends no caption with {record.kind} messages: send the text on its own.",
+                            {"type": record.kind}, code="caption_not_supported")
     conv = change.conv
     if record.message_id is not None:
         record = Media(**{**record.__data__, "id": new_id("md"), "message": None, "created_at": utcnow()})

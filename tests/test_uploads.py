@@ -297,3 +297,11 @@ def test_wasender_gets_a_signed_link_to_the_file_it_can_fetch_from_baton(wasende
     served, headers = storage.read_signed(wasender, body["videoUrl"])
     assert served == clip and headers["Content-Type"] == "video/mp4"
     assert Message.get(Message.type == "video").status == "sent"
+
+
+def test_a_caption_goes_only_with_pictures_videos_and_documents(cloud):
+    team, conversation_id = ana_holds_pia(cloud)
+    voice = upload(cloud, team.token["ana"], ogg(), "v.ogg", "audio/ogg").json["id"]
+    answer = team.act("ana", "messages", conversation_id, {"media_id": voice, "caption": "listen"})
+    assert (answer.status_code, answer.json["error"]) == (422, "caption_not_supported"), answer.json
+    assert team.act("ana", "messages", conversation_id, {"media_id": voice}).status_code == 202
