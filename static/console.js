@@ -651,19 +651,19 @@
     const name = media.filename || "";
     const box = (status, ...children) =>
       el("div", { className: `msg-media media-${kind} media-${status}`, dataset: { status, kind } }, ...children);
+    // Media recorded before Baton kept files has no id: there is nothing to fetch.
+    if (!media.id) return box("none", el("span", { className: "media-note" }, `[${kind}${name ? ` ${name}` : ""}]`));
     if (media.status === "pending") return box("pending", el("span", { className: "media-note" }, `${label}: fetching…`));
     if (media.status === "expired") {
       return box("expired", el("span", { className: "media-note" }, `${label}: no longer kept (retention period)`));
     }
-    if (media.status === "failed" || !media.id) {
+    if (media.status === "failed") {
       const note = el("span", { className: "media-note" }, `${label}: could not be fetched`);
-      if (media.id) {
-        // The reason comes with the API's 409 media_not_ready.
-        mediaLink(media.id).catch((err) => {
-          const reason = err instanceof ApiError && err.details && err.details.reason;
-          if (reason) note.textContent = `${label}: could not be fetched: ${reason}`;
-        });
-      }
+      // The reason comes with the API's 409 media_not_ready.
+      mediaLink(media.id).catch((err) => {
+        const reason = err instanceof ApiError && err.details && err.details.reason;
+        if (reason) note.textContent = `${label}: could not be fetched: ${reason}`;
+      });
       return box("failed", note);
     }
     let target;
