@@ -82,6 +82,9 @@ class Settings:
                                       "link, or the presigned S3 GET that `GET /api/v1/media/{id}` redirects to.")
     MEDIA_FETCH_ATTEMPTS: int = setting(8, "Tries of one media download from the provider before its record is "
                                            "`failed` (a storage outage is retried until it ends).")
+    MEDIA_UPLOAD_MAX_BYTES: int = setting(100 * 1024 * 1024, "Largest request `POST /api/v1/media` reads (an agent's "
+                                                             "or a bot's upload); a longer one answers 413 before it is "
+                                                             "read. Each kind has WhatsApp's own limit within it.")
     MEDIA_RETENTION_DAYS: int = setting(0, "Days a stored media file is kept; 0 keeps them forever. Older files "
                                            "are deleted (unless a younger record holds the same file) and their "
                                            "records become `expired`.")
@@ -231,7 +234,7 @@ def _validate(s: Settings) -> None:
     if not s.REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
     for name in ("WHATSAPP_MPS", "PENDING_TIMEOUT", "OFFER_TIMEOUT", "AGENT_HEARTBEAT_TTL", "AGENT_TYPING_TTL",
-                 "BOT_HISTORY", "MEDIA_URL_TTL", "MEDIA_FETCH_ATTEMPTS", "MAX_WEBHOOK_BYTES", "EVENT_MAX_ATTEMPTS",
+                 "BOT_HISTORY", "MEDIA_URL_TTL", "MEDIA_FETCH_ATTEMPTS", "MEDIA_UPLOAD_MAX_BYTES", "MAX_WEBHOOK_BYTES", "EVENT_MAX_ATTEMPTS",
                  "SEND_MAX_ATTEMPTS",
                  "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL", "AGENT_RESPONSE_TIMEOUT", "DATABASE_POOL_SIZE",
                  "BOT_FAILURE_LIMIT"):

@@ -115,6 +115,10 @@ class Runtime:
         self.changes = Changes(self.settings, dispatch=self.dispatch)
         self.send_rate = SendRate(self.redis, self.settings.REDIS_PREFIX, self.settings.WHATSAPP_MPS)
         set_public_base(self.settings.PUBLIC_BASE_URL)
+        if hasattr(self.adapter, "media_files"):      # agents' uploads, sent by the adapter
+            from integrations.storage.outbound import ProviderFiles
+
+            self.adapter.media_files = ProviderFiles(lambda: self.storage, self.settings.PUBLIC_BASE_URL)
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":

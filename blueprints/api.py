@@ -114,7 +114,7 @@ def reply(obj, status: int = 200, headers: dict | None = None) -> Response:
 
 
 _ERRORS = {400: "Malformed request", 401: "Missing or bad token/signature", 403: "Role or ownership",
-           404: "Unknown id", 409: "State conflict", 413: "Too large", 422: "Breaks a rule",
+           404: "Unknown id", 409: "State conflict", 413: "Too large", 415: "Unsupported media type", 422: "Breaks a rule",
            503: "A dependency is down (see Retry-After)"}
 
 # Error codes that come with a mechanism rather than with one view.

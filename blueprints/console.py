@@ -11,12 +11,21 @@ import os
 
 from flask import Blueprint, current_app, make_response, render_template
 
+from integrations.storage import link_origins
+
 bp = Blueprint("console", __name__, url_prefix="/console")
 
 # Defence in depth for a page that shows untrusted customer text: no inline
 # script or style, nothing loaded from anywhere but this origin, no framing.
-CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                           "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# Pictures, audio and video may also come from the media store's signed links:
+# Baton's own origin for the filesystem store, the bucket's for S3.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:{media}; "
+                           "media-src 'self'{media}; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+
+
+def content_security_policy(settings) -> str:
+    return CONTENT_SECURITY_POLICY.format(media="".join(f" {o}" for o in link_origins(settings.MEDIA_STORAGE_URL)))
 
 
 @bp.get("/conversations/<conversation_id>")
@@ -25,7 +34,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'se
 def page(conversation_id: str | None = None):
     """The console; the script opens `conversation_id` (from the address) after sign-in."""
     response = make_response(render_template("console.html", asset_version=_asset_version()))
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["Content-Security-Policy"] = content_security_policy(current_app.extensions["baton"].settings)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Cache-Control"] = "no-cache"

@@ -8,7 +8,6 @@ from routing import handoff
 from .api import body, errors, reply, responds
 from .auth import current_viewer, require
 from .conversations import visible_conversation
-from .errors import ApiError
 from .idempotency import idempotent
 from .schemas import (AgentMessageSchema, CloseSchema, ConversationSchema, QueuedMessageSchema, ReleaseSchema,
                       TransferSchema, TypingSchema)
@@ -44,7 +43,7 @@ def claim(conversation_id):
 @responds(202, QueuedMessageSchema, "Queued for sending, in order")
 @errors(400, 401, codes={403: ("forbidden", "not_an_agent", "not_assigned"), 404: ("not_found",),
                          409: ("wrong_state", "already_assigned", "at_capacity"),
-                         422: ("unknown_media", "outside_customer_service_window", "unknown_template",
+                         422: ("unknown_media", "caption_not_supported", "outside_customer_service_window", "unknown_template",
                                "bad_template_components"),
                          503: ("conversation_busy",)})
 @require("agent")
@@ -53,14 +52,12 @@ def claim(conversation_id):
 def send_message(conversation_id, data):
     """Send the customer a message as the agent (replying to an offer claims it)."""
     visible_conversation(conversation_id)
-    if "media_id" in data:
-        # Media upload and storage arrive with the media issue; until then no id exists.
-        raise ApiError(422, "unknown_media", "No stored media has this id.", {"media_id": data["media_id"]})
     if "template" in data:
         check_template(data["template"])
     rt = _rt()
     result = handoff.send(rt.changes, rt.reservations, conversation_id, _actor(),
-                                text=data.get("text"), template=data.get("template"))
+                                text=data.get("text") or data.get("caption"), template=data.get("template"),
+                                media_id=data.get("media_id"))
     return reply({"message": result.message.to_dict()}, 202)
 
 

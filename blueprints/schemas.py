@@ -193,6 +193,12 @@ class ConversationSchema(ResponseSchema):
     updated_at = fields.String(required=True, metadata=about(f"last change: {TIME}"))
 
 
+class MediaLinkSchema(ResponseSchema):
+    url = fields.String(required=True, metadata=about("the signed URL: with Baton's own store a path on this API's "
+                                                      "origin (`/media/files/…`), with S3 a presigned URL"))
+    expires_at = fields.String(required=True, metadata=about(f"when the URL stops working: {TIME}"))
+
+
 class EscalatedConversationSchema(ConversationSchema):
     changed = fields.Boolean(required=True, metadata=about("false when a human already had it"))
 

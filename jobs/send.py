@@ -41,6 +41,7 @@ from routing.ingest import announce_message_ids
 from routing.lanes import PumpClaim
 from routing.locks import ConversationLock, LockLost
 from routing.notices import window_open
+from routing.uploads import outbound_media, remember_provider_upload
 from routing.send_policy import WINDOW_CLOSED, WINDOW_CLOSED_TITLE, Fail, Reconcile, after_send_error
 
 from .context import job_logger, runtime
@@ -181,7 +182,7 @@ class Sender:
             slot.number = conv.channel.phone_number_id
             slot.call = partial(self.rt.adapter.send, OutboundMessage(
                 to=conv.contact.address, phone_number_id=slot.number, text=message.text,
-                template=message.template, media=message.media, reference=message.id))
+                template=message.template, media=outbound_media(message, slot.number), reference=message.id))
             return self._call_when_rate_allows(slot)
 
     def _call_when_rate_allows(self, slot: Slot) -> None:
@@ -267,6 +268,8 @@ class Sender:
                     self._write(message, {"attempts": attempt, "error_title": f"{type(exc).__name__}"[:400],
                                           "next_attempt_at": now + timedelta(seconds=5)})
                     continue
+                if result.uploaded_media_id and message.media:
+                    remember_provider_upload(message.media.get("id"), slot.number, result.uploaded_media_id)
                 self._write(message, {"status": "sent", "provider_message_id": result.provider_message_id,
                                       "attempts": attempt, "next_attempt_at": None, "error_code": None,
                                       "error_title": None, "error_details": None})

@@ -101,9 +101,11 @@ class Change:
         queue_event(url, fields, event_type, self.effects, self.conv.id)
 
     def say(self, *, sender: str, text: str | None = None, template: dict | None = None,
-            turn_id: str | None = None, control_epoch: int | None = None, agent_id: str | None = None) -> Message:
-        """A message to the customer, sent in order by the outbound lane."""
-        return queue_outbound(self.conv, self.effects, sender=sender, text=text, template=template,
+            media: dict | None = None, turn_id: str | None = None, control_epoch: int | None = None,
+            agent_id: str | None = None) -> Message:
+        """A message to the customer, sent in order by the outbound lane
+        (`media`: a stored upload, routing.uploads.attach; `text` is then its caption)."""
+        return queue_outbound(self.conv, self.effects, sender=sender, text=text, template=template, media=media,
                               turn_id=turn_id, control_epoch=control_epoch, agent_id=agent_id)
 
     def mark_routed(self, message: Message, routed_to: str) -> None:

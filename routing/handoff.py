@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from models import AGENT_CONTROLLED, BOT_CONTROLLED, CLOSED, PENDING_AGENT, Agent, Conversation, Message, isoformat, utcnow
 
+from . import uploads
 from .assignment import Reservations, plan_offer
 from .change import Change, Changes
 from .decide import cleared_handoff
@@ -140,8 +141,9 @@ def claim(changes: Changes, reservations: Reservations, conversation_id: str, ac
 # -- an agent's message ----------------------------------------------------------------------
 
 def send(changes: Changes, reservations: Reservations, conversation_id: str, actor: Actor, *,
-         text: str | None = None, template: dict | None = None) -> ActionResult:
-    """Queue an agent's message; replying to a conversation you may claim claims it."""
+         text: str | None = None, template: dict | None = None, media_id: str | None = None) -> ActionResult:
+    """Queue an agent's message; replying to a conversation you may claim claims it.
+    `media_id`: a stored upload of this agent's (routing.uploads), `text` its caption."""
     def plan(change: Change) -> ActionResult:
         conv = change.conv
         agent = actor.require_agent()
@@ -165,7 +167,12 @@ def send(changes: Changes, reservations: Reservations, conversation_id: str, act
         change.set(columns)
         if claimed:
             _after_claim(change, actor, before)
-        message = change.say(sender="agent", agent_id=agent.id, text=text, template=template)
+        if media_id is None:
+            message = change.say(sender="agent", agent_id=agent.id, text=text, template=template)
+        else:
+            message = uploads.attach(change, media_id, agent.id,
+                                     lambda media: change.say(sender="agent", agent_id=agent.id, text=text,
+                                                              media=media), caption=text)
         return ActionResult(conv, message=message)
     return changes.run(conversation_id, plan)
 

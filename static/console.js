@@ -68,6 +68,9 @@
     templates: null,         // GET /templates: {configured, sources, account_templates, note, items}
     templatesAt: 0,
     pickerOpenedFor: null,   // the conversation whose closed window opened the picker (once per conversation)
+    attachment: null,        // the File chosen with "Attach", sent with the next message
+    mediaLinks: new Map(),   // media id -> {promise of its signed URL, expiresAt}
+    mediaNodes: new Map(),   // "id:status" -> the element showing that file (kept across re-renders)
   };
 
   // -- small helpers ----------------------------------------------------------------------
@@ -146,7 +149,9 @@
   async function api(method, path, payload) {
     const headers = { Authorization: `Bearer ${state.token}`, Accept: "application/json" };
     const init = { method, headers, cache: "no-store" };
-    if (payload !== undefined) {
+    if (payload instanceof FormData) {
+      init.body = payload;                  // the browser writes the multipart Content-Type
+    } else if (payload !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(payload);
     }
@@ -240,6 +245,9 @@
     state.conversations.clear();
     state.unread.clear();
     state.messageIds.clear();
+    state.mediaLinks.clear();
+    state.mediaNodes.clear();
+    attach(null);
     sessionStorage.removeItem(TOKEN_KEY);
     $("console").hidden = true;
     $("session").hidden = true;
@@ -485,6 +493,8 @@
     if (push && conversationFromPath() !== id) history.pushState({ id }, "", `${ROOT}/conversations/${enc(id)}`);
     $("composer-error").textContent = "";
     $("composer-text").value = "";
+    attach(null);
+    state.mediaNodes.clear();
     $("detail-error").textContent = "";
     $("template-error").textContent = "";
     renderTemplateParameters();
@@ -594,8 +604,128 @@
     return hasText ? (m.type === "text" ? m.text : `[${m.type}${media}] ${m.text}`) : `[${m.type}${media}]`;
   }
 
+  // -- media ---------------------------------------------------------------------------------
+  // A file's `url` (GET /api/v1/media/{id}) needs the bearer token, which <img src> cannot send:
+  // the console asks GET /api/v1/media/{id}/link for the signed URL (valid MEDIA_URL_TTL seconds)
+  // and points the element at it.
+
+  const LINK_MARGIN_MS = 15000;           // ask for a new link this long before the old one expires
+  const KIND_LABELS = { image: "Photo", sticker: "Sticker", audio: "Audio", video: "Video", document: "Document" };
+
+  function mediaLink(mediaId, fresh = false) {
+    const known = state.mediaLinks.get(mediaId);
+    if (!fresh && known && (known.expiresAt === null || known.expiresAt - Date.now() > LINK_MARGIN_MS)) {
+      return known.promise;
+    }
+    const entry = { expiresAt: null };
+    entry.promise = api("GET", `/media/${enc(mediaId)}/link`).then((link) => {
+      entry.expiresAt = Date.parse(link.expires_at) || Date.now() + 60000;
+      return link.url;
+    }, (err) => {
+      if (state.mediaLinks.get(mediaId) === entry) state.mediaLinks.delete(mediaId);
+      throw err;
+    });
+    state.mediaLinks.set(mediaId, entry);
+    return entry.promise;
+  }
+
+  function fileSize(bytes) {
+    if (typeof bytes !== "number") return "";
+    if (bytes < 1024) return `${bytes} B`;
+    if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KB`;
+    return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+  }
+
+  /** The element showing a message's file: kept while its status stays, so a player keeps playing. */
+  function mediaNode(m) {
+    const media = m.media;
+    const key = `${media.id}:${media.status}`;
+    if (media.id && state.mediaNodes.has(key)) return state.mediaNodes.get(key);
+    const node = buildMediaNode(media, media.type || m.type);
+    if (media.id) state.mediaNodes.set(key, node);
+    return node;
+  }
+
+  function buildMediaNode(media, kind) {
+    const label = KIND_LABELS[kind] || kind;
+    const name = media.filename || "";
+    const box = (status, ...children) =>
+      el("div", { className: `msg-media media-${kind} media-${status}`, dataset: { status, kind } }, ...children);
+    // Media recorded before Baton kept files has no id: there is nothing to fetch.
+    if (!media.id) return box("none", el("span", { className: "media-note" }, `[${kind}${name ? ` ${name}` : ""}]`));
+    if (media.status === "pending") return box("pending", el("span", { className: "media-note" }, `${label}: fetching…`));
+    if (media.status === "expired") {
+      return box("expired", el("span", { className: "media-note" }, `${label}: no longer kept (retention period)`));
+    }
+    if (media.status === "failed") {
+      const note = el("span", { className: "media-note" }, `${label}: could not be fetched`);
+      // The reason comes with the API's 409 media_not_ready.
+      mediaLink(media.id).catch((err) => {
+        const reason = err instanceof ApiError && err.details && err.details.reason;
+        if (reason) note.textContent = `${label}: could not be fetched: ${reason}`;
+      });
+      return box("failed", note);
+    }
+    let target;
+    if (kind === "image" || kind === "sticker") {
+      target = el("img", { className: "media-thumb", alt: name || label });
+      const open = el("button", { type: "button", className: "media-open", title: "Enlarge",
+        onclick: () => enlarge(target) }, target);
+      return load(box("stored", open), target, media);
+    }
+    if (kind === "audio" || kind === "video") {
+      target = el(kind, { className: "media-player", controls: true, preload: "metadata" });
+      return load(box("stored", target), target, media);
+    }
+    target = el("a", { className: "media-doc", href: "#", onclick: (event) => download(event, media) },
+      el("span", { className: "media-name" }, name || label), " ",
+      el("span", { className: "media-size" }, fileSize(media.size)));
+    return load(box("stored", target), target, media);
+  }
+
+  /** Point `target` at the file's signed URL; a link that lapsed is asked for again once. */
+  function load(node, target, media) {
+    const attribute = target.tagName === "A" ? "href" : "src";
+    let retried = false;
+    const point = (fresh) => mediaLink(media.id, fresh).then((url) => target.setAttribute(attribute, url))
+      .catch((err) => {
+        node.dataset.status = "unavailable";
+        node.replaceChildren(el("span", { className: "media-note" }, `Could not load the file: ${describe(err)}`));
+      });
+    if (attribute === "src") {
+      target.addEventListener("error", () => {
+        if (retried || !target.getAttribute("src")) return;
+        retried = true;
+        point(true);
+      });
+    }
+    point(false);
+    return node;
+  }
+
+  function download(event, media) {
+    event.preventDefault();
+    mediaLink(media.id).then((url) => {
+      const link = el("a", { href: url, download: media.filename || "" });
+      document.body.append(link);
+      link.click();
+      link.remove();
+    }).catch((err) => report(err));
+  }
+
+  function enlarge(image) {
+    if (!image.getAttribute("src")) return;
+    $("lightbox").replaceChildren(el("img", { id: "lightbox-image", src: image.src, alt: image.alt }));
+    $("lightbox").hidden = false;
+  }
+
+  function closeLightbox() {
+    $("lightbox").hidden = true;
+    $("lightbox").replaceChildren();
+  }
+
   function renderMessage(m) {
-    const body = messageBody(m);
+    const body = m.media ? (m.text || "") : messageBody(m);
     const error = m.error || {};
     const status = m.direction === "out" && m.status
       ? el("span", { className: `msg-status status-${m.status}`, dataset: { status: m.status },
@@ -611,7 +741,8 @@
         el("span", { className: "msg-sender" }, senderLabel(m)),
         el("time", { dateTime: m.sent_at, title: m.sent_at }, clock(m.sent_at)),
         status),
-      el("div", { className: "msg-text" }, body),
+      m.media ? mediaNode(m) : null,
+      m.media && !body ? null : el("div", { className: "msg-text" }, body),
       details);
   }
 
@@ -678,6 +809,7 @@
     const textBlocked = blocked || (windowOpen ? null : WINDOW_CLOSED_NOTE);
     $("composer-text").disabled = Boolean(textBlocked);
     $("composer-send").disabled = Boolean(textBlocked);
+    $("composer-attach").disabled = Boolean(textBlocked);
     $("composer-note").textContent = textBlocked || (offeredToMe(c) || c.state === "PENDING_AGENT"
       ? "Replying claims this conversation." : "");
     const picker = $("template-picker");
@@ -791,15 +923,25 @@
     const id = state.openId;
     const textarea = $("composer-text");
     const text = textarea.value.trim();
-    if (!id || !text) return;
+    const file = state.attachment;
+    if (!id || (!text && !file)) return;
     $("composer-error").textContent = "";
     $("composer-send").disabled = true;
     try {
-      const answer = await api("POST", `/conversations/${enc(id)}/messages`, { text });
+      let payload = { text };
+      if (file) {
+        // Upload first (Baton checks its type and size), then send it, the text as its caption.
+        const form = new FormData();
+        form.append("file", file, file.name);
+        const uploaded = await api("POST", "/media", form);
+        payload = text ? { media_id: uploaded.id, caption: text } : { media_id: uploaded.id };
+      }
+      const answer = await api("POST", `/conversations/${enc(id)}/messages`, payload);
       if (state.openId === id) {
         addMessage(answer.message);
         renderHistory();
         if (textarea.value.trim() === text) textarea.value = "";
+        if (state.attachment === file) attach(null);
       }
       notePreview(id, answer.message);
       // Replying may have claimed it: read the conversation now rather than wait for the stream.
@@ -815,6 +957,14 @@
       // After the message, not before: ending a typing hold first would hand held messages to the bot.
       stopTyping(id);
     }
+  }
+
+  /** The file the next message carries (null: none); shown under the text box. */
+  function attach(file) {
+    state.attachment = file || null;
+    if (!file) $("composer-file").value = "";
+    $("composer-attachment").hidden = !file;
+    $("composer-attachment-name").textContent = file ? `${file.name} (${fileSize(file.size)})` : "";
   }
 
   // -- templates ------------------------------------------------------------------------------
@@ -1172,6 +1322,13 @@
     $("transfer-target").addEventListener("focus", () => loadTransferTargets());
     $("transfer-form").addEventListener("submit", transfer);
     $("composer").addEventListener("submit", send);
+    $("composer-attach").addEventListener("click", () => $("composer-file").click());
+    $("composer-file").addEventListener("change", (event) => attach(event.target.files[0] || null));
+    $("composer-attachment-remove").addEventListener("click", () => attach(null));
+    $("lightbox").addEventListener("click", closeLightbox);
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && !$("lightbox").hidden) closeLightbox();
+    });
     $("template-form").addEventListener("submit", sendTemplate);
     $("template-select").addEventListener("change", () => {
       $("template-error").textContent = "";

@@ -339,13 +339,47 @@ def _get_media(w: World):
     assert pending.json["details"]["status"] == "pending" and pending.headers["Retry-After"]
     w.work(app)
     found = w.get(f"/api/v1/media/{media_id}", 302, token=w.bot, app=app)
-    assert storage.read_signed(found.headers["Location"])[0] == photo
+    assert storage.read_signed(app, found.headers["Location"])[0] == photo
     _, bo = w.agent("bo", groups=("billing",))
     w.get(f"/api/v1/media/{media_id}", 404, token=bo, app=app)          # not bo's conversation
     w.get("/api/v1/media/md_nope", 404, token=w.bot, app=app)
     w.get(f"/api/v1/media/{media_id}", 401, app=app)
     storage.down = True
     w.get(f"/api/v1/media/{media_id}", 503, token=w.bot, app=app)
+
+
+@scenario("/api/v1/media", "POST")
+def _upload_media(w: World):
+    from io import BytesIO
+
+    from tests.upload_files import png
+
+    def form(content: bytes, mime: str, **fields):
+        return {"file": (BytesIO(content), "shot.png", mime), **fields}
+
+    done = w.post("/api/v1/media", 201, token=w.bot, data=form(png(), "image/png"))
+    assert done.json["status"] == "stored" and done.json["type"] == "image"
+    w.post("/api/v1/media", 415, token=w.bot, data=form(png(), "image/jpeg"))
+    w.post("/api/v1/media", 413, token=w.bot, data=form(png(), "image/png"),
+           app=w.app_with(MEDIA_UPLOAD_MAX_BYTES=16))
+    w.post("/api/v1/media", 422, token=w.bot, data=form(png(), "image/png", type="gif"))
+    w.post("/api/v1/media", 422, token=w.bot, data={"type": "image"}, headers={"Content-Type": "multipart/form-data"})
+    w.post("/api/v1/media", 401, data=form(png(), "image/png"))
+
+
+@scenario("/api/v1/media/<media_id>/link", "GET")
+def _media_link(w: World):
+    from io import BytesIO
+
+    from tests.upload_files import png
+
+    _, ana = w.agent("ana")
+    _, bo = w.agent("bo")
+    media_id = w.post("/api/v1/media", 201, token=ana, data={"file": (BytesIO(png()), "a.png", "image/png")}).json["id"]
+    link = w.get(f"/api/v1/media/{media_id}/link", token=ana).json
+    assert link["url"].startswith("/media/files/")
+    w.get(f"/api/v1/media/{media_id}/link", 404, token=bo)            # not sent yet: only its uploader's
+    w.get(f"/api/v1/media/{media_id}/link", 401)
 
 
 @scenario("/api/v1/bot/replies", "POST")
@@ -456,6 +490,13 @@ def _send_message(w: World):
     assert sent.json["message"]["status"] == "queued" and sent.json["message"]["sender"] == "agent"
     w.work()
     w.post(f"/api/v1/conversations/{conv.id}/messages", 422, token=ana, json={"media_id": "md_1"})
+    from io import BytesIO
+
+    from tests.upload_files import png
+    media_id = w.post("/api/v1/media", 201, token=ana, data={"file": (BytesIO(png()), "a.png", "image/png")}).json["id"]
+    photo = w.post(f"/api/v1/conversations/{conv.id}/messages", 202, token=ana,
+                   json={"media_id": media_id, "caption": "this one"}).json["message"]
+    assert photo["type"] == "image" and photo["media"]["id"] == media_id and photo["text"] == "this one"
     w.post(f"/api/v1/conversations/{conv.id}/messages", 422, token=ana, json={"text": "a", "media_id": "md_1"})
     w.post(f"/api/v1/conversations/{conv.id}/messages", 403, token=bo, json={"text": "mine now?"})
 

@@ -15,7 +15,7 @@ from .base import (ObjectMissing, Storage, StorageError, StorageUnavailable, che
                    content_key, safe_filename)
 
 __all__ = ["ObjectMissing", "Storage", "StorageError", "StorageUnavailable", "check_key", "content_disposition",
-           "content_key", "safe_filename", "storage_for", "parse_storage_url", "StorageLocation"]
+           "content_key", "safe_filename", "storage_for", "parse_storage_url", "StorageLocation", "link_origins"]
 
 S3_OPTIONS = ("endpoint_url", "region", "addressing_style")
 
@@ -65,3 +65,23 @@ def storage_for(settings) -> Storage:
     from .s3 import S3Storage
 
     return S3Storage(where.bucket, where.prefix, **dict(where.options))
+
+
+def link_origins(url: str) -> tuple[str, ...]:
+    """Where the store's signed links point, as Content-Security-Policy sources: none beyond
+    Baton's own origin for the filesystem store; the S3 endpoint's origin (and its bucket
+    subdomains, for virtual-host addressing), or any `*.amazonaws.com` host for AWS itself."""
+    try:
+        where = parse_storage_url(url)
+    except ValueError:
+        return ()
+    if where.scheme != "s3":
+        return ()
+    options = dict(where.options)
+    endpoint = urlsplit(options.get("endpoint_url") or "")
+    if not endpoint.scheme or not endpoint.netloc:
+        return ("https://*.amazonaws.com",)
+    origin = f"{endpoint.scheme}://{endpoint.netloc}"
+    if options.get("addressing_style") in ("virtual", "auto"):
+        return (origin, f"{endpoint.scheme}://*.{endpoint.netloc}")
+    return (origin,)

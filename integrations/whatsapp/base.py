@@ -74,7 +74,10 @@ class OutboundMessage:
     phone_number_id: str          # business number to send from
     text: str | None = None
     template: dict | None = None  # {"name","language","components"?}
-    media: dict | None = None     # {"type","link"|"id","caption"?,"filename"?}
+    # {"type","link"|"id","caption"?,"filename"?}; a stored upload (routing.uploads.outbound_media)
+    # gives {"type","mime_type","storage_key","media_id","caption"?,"filename"?,"id"?: a provider
+    # media id still fit to reuse}: the adapter uploads the file or links to it (`media_files`).
+    media: dict | None = None
     reply_to: str | None = None   # provider message id for context
     reference: str | None = None  # Baton's message id; the Cloud API echoes it in the message's statuses
 
@@ -112,6 +115,18 @@ def content_length(response) -> int | None:
 @dataclass(frozen=True)
 class SendResult:
     provider_message_id: str
+    # A stored file the adapter uploaded to the provider to send it: the id the
+    # provider gave it (the outbound lane keeps it on the media record for reuse).
+    uploaded_media_id: str | None = None
+
+
+class MediaFiles(Protocol):
+    """Stored files as an adapter may use them to send one (integrations.storage.outbound):
+    read the bytes (to upload them) or a signed link the provider can fetch."""
+
+    def open(self, key: str): ...
+
+    def link(self, key: str, content_type: str, filename: str | None) -> str: ...
 
 
 class WebhookRejected(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -15,8 +16,10 @@ import orjson
 import requests
 
 from ..signing import signature_matches
+from ..storage import StorageError
 from .base import (
     MEDIA_TYPES,
+    NOT_SENT,
     IgnoredUpdate,
     InboundMessage,
     MediaDownload,
@@ -223,8 +226,16 @@ class CloudApiAdapter:
 
     # ---- sending and media -------------------------------------------------
 
+    media_files = None      # MediaFiles: stored uploads to send (set by the runtime)
+
     def send(self, message: OutboundMessage) -> SendResult:
-        """POST one message to `/{phone_number_id}/messages`; the wamid means accepted, not delivered."""
+        """POST one message to `/{phone_number_id}/messages`; the wamid means accepted, not delivered.
+        A stored file without a provider media id still fit to reuse is uploaded first
+        (`POST /{phone_number_id}/media`) and sent by the id that gives."""
+        uploaded = None
+        if message.media and message.media.get("storage_key") and not message.media.get("id"):
+            uploaded = self.upload_media(message.phone_number_id, message.media)
+            message = replace(message, media={**message.media, "id": uploaded})
         response = self._request("POST", f"{self.api_base}/{message.phone_number_id}/messages",
                                  json=self._send_body(message))
         try:
@@ -232,7 +243,37 @@ class CloudApiAdapter:
         except (ValueError, KeyError, IndexError, TypeError):
             # Meta accepted the request, so retrying could send the message twice.
             raise SendError("invalid_response", "2xx without messages[0].id", retryable=False) from None
-        return SendResult(provider_message_id=str(wamid))
+        return SendResult(provider_message_id=str(wamid), uploaded_media_id=uploaded)
+
+    def upload_media(self, phone_number_id: str, media: dict) -> str:
+        """Upload a stored file (multipart: messaging_product, type, file); returns Meta's media id.
+        Whatever goes wrong here, the message itself was not sent (stage NOT_SENT)."""
+        if self.media_files is None:
+            raise SendError("no_media_store", "this adapter has no media store to read the file from",
+                            retryable=False, stage=NOT_SENT)
+        mime = media.get("mime_type") or "application/octet-stream"
+        try:
+            with self.media_files.open(media["storage_key"]) as file:
+                response = self.session.post(
+                    f"{self.api_base}/{phone_number_id}/media", timeout=max(self.timeout, 60.0),
+                    headers={"Authorization": f"Bearer {self.access_token}"},
+                    data={"messaging_product": "whatsapp", "type": mime},
+                    files={"file": (media.get("filename") or f"file.{mime.split('/')[-1]}", file, mime)})
+        except requests.RequestException as exc:
+            error = transport_error(exc)
+            raise SendError(error.code, f"uploading the file: {error.title}", retryable=True, stage=NOT_SENT) from None
+        except (StorageError, OSError) as exc:
+            raise SendError("storage", f"reading the stored file: {exc}"[:400], retryable=True,
+                            stage=NOT_SENT) from None
+        if response.status_code >= 400:
+            error = graph_error(response)
+            raise SendError(error.code, f"uploading the file: {error.title}", error.retryable, error.retry_after,
+                            stage=NOT_SENT)
+        try:
+            media_id = response.json()["id"]
+        except (ValueError, KeyError, TypeError):
+            raise SendError("invalid_response", "media upload without id", retryable=True, stage=NOT_SENT) from None
+        return str(media_id)
 
     def show_typing(self, phone_number_id: str, to: str, provider_message_id: str) -> None:
         """Mark the customer's message read and show the typing indicator."""

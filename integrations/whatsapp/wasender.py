@@ -12,8 +12,10 @@ from typing import Any, Mapping
 import orjson
 import requests
 
+from ..storage import StorageError
 from .base import (
     MEDIA_TYPES,
+    NOT_SENT,
     IgnoredUpdate,
     InboundMessage,
     MediaDownload,
@@ -267,10 +269,11 @@ class WasenderAdapter:
             raise SendError("unsupported", "WASender has no message templates", retryable=False)
         if message.media:
             kind = message.media.get("type")
-            if kind not in MEDIA_TYPES or not message.media.get("link"):
+            link = message.media.get("link") or self._stored_link(message.media)
+            if kind not in MEDIA_TYPES or not link:
                 raise SendError("invalid_message", "WASender sends media by public link only",
                                 retryable=False)
-            body[f"{kind}Url"] = message.media["link"]
+            body[f"{kind}Url"] = link
             if message.media.get("caption"):
                 body["text"] = message.media["caption"]
             if kind == "document" and message.media.get("filename"):
@@ -286,6 +289,20 @@ class WasenderAdapter:
             raise SendError("send_failed", str(payload.get("message") or "no msgId in response"),
                             retryable=False)
         return SendResult(provider_message_id=str(msg_id))
+
+    media_files = None      # MediaFiles: stored uploads to send (set by the runtime)
+
+    def _stored_link(self, media: dict) -> str | None:
+        """A stored upload goes by a signed link WASender fetches (absolute, under
+        PUBLIC_BASE_URL for Baton's own store: WASender must be able to reach it)."""
+        if not media.get("storage_key") or self.media_files is None:
+            return None
+        try:
+            return self.media_files.link(media["storage_key"], media.get("mime_type") or "application/octet-stream",
+                                         media.get("filename"))
+        except StorageError as exc:
+            raise SendError("storage", f"signing the file's link: {exc}"[:400], retryable=True,
+                            stage=NOT_SENT) from None
 
     def show_typing(self, phone_number_id: str, to: str, provider_message_id: str) -> None:
         """Show "typing…" in the customer's chat (WASender has no read-receipt call)."""

@@ -1,6 +1,7 @@
 """A fake Meta Graph API speaking the WhatsApp Cloud API wire protocol over real HTTP.
 
-Routes: POST /<version>/<phone_number_id>/messages, GET /<version>/<media_id>,
+Routes: POST /<version>/<phone_number_id>/messages, POST /<version>/<phone_number_id>/media
+(a multipart upload; `.uploads` keeps what came), GET /<version>/<media_id>,
 the media download URL that lookup returns (which needs the token too), and
 GET /<version>/<waba_id>/message_templates (paged by `after`, with `paging.next`).
 
@@ -117,6 +118,9 @@ class FakeGraphApi(FakeServer):
         self.statuses_posted: list[tuple[str, int]] = []     # (wamid, HTTP status of Baton's answer)
         self.app.add_url_rule("/<version>/<phone_number_id>/messages", view_func=self._messages,
                               methods=["POST"])
+        self.app.add_url_rule("/<version>/<phone_number_id>/media", view_func=self._media_upload,
+                              methods=["POST"])
+        self.uploads: dict[str, dict] = {}   # media id -> {phone_number_id, type, filename, mime, content}
         self.app.add_url_rule("/<version>/<media_id>", view_func=self._media_lookup, methods=["GET"])
         self.app.add_url_rule("/lookaside/<media_id>/content", view_func=self._media_download,
                               methods=["GET"])
@@ -203,6 +207,20 @@ class FakeGraphApi(FakeServer):
             self._post_status_later(accepted)
             time.sleep(realism.hold_seconds)        # the client has given up by now
         return answer
+
+    def _media_upload(self, version: str, phone_number_id: str):
+        """Meta's media upload: multipart `messaging_product=whatsapp`, `type` (the MIME type), `file`."""
+        if (denied := self._unauthorized()) is not None:
+            return denied
+        file = request.files.get("file")
+        if request.form.get("messaging_product") != "whatsapp" or not request.form.get("type") or file is None:
+            return graph_error(400, 100, "(#100) The parameter messaging_product, type and file are required.")
+        media_id = str(secrets.randbelow(10**15) + 10**15)
+        content = file.read()
+        self.uploads[media_id] = {"phone_number_id": phone_number_id, "type": request.form["type"],
+                                  "filename": file.filename, "mime": file.mimetype, "content": content}
+        self._media.put(media_id, content, request.form["type"])
+        return jsonify({"id": media_id})
 
     def _decide(self, number: str, to: str, arrived: float):
         """(refusal, fault, hold) for a send arriving now; called under the lock."""
