@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import time
+from contextlib import suppress
 
+from models.base import connection_lost, discard_connection
 from routing.lanes import PumpClaim
 
 from .context import job_logger, runtime
@@ -13,6 +15,7 @@ from .send import pump_outbound
 log = job_logger(__name__)
 HANDLERS = {"inbound": drain, "events": deliver_event}
 RETRY_FAILED_KEY_AFTER = 5.0
+RETRY_LOST_DATABASE_AFTER = 1.0
 UPKEEP_SECONDS = 0.25
 
 
@@ -20,9 +23,16 @@ def pump(lane: str, token: str) -> int:
     """Run the lane's handler on ready keys until none is left or the budget
     is spent (then hand over to a fresh job so other queues get a turn)."""
     claim = PumpClaim(lane, token)
+    try:
+        rt = runtime()
+    except Exception:
+        # The database is unreachable: give the slot back at once (not after the
+        # lease), so the cron tick starts a pump as soon as the database answers.
+        with suppress(Exception):
+            runtime(connect=False).lanes.release(claim)
+        raise
     if lane == "outbound":
         return pump_outbound(claim)         # many conversations at once: see jobs/send.py
-    rt = runtime()
     handler = HANDLERS[lane]
     started = time.monotonic()
     deadline = started + rt.settings.PUMP_BUDGET_SECONDS
@@ -42,9 +52,19 @@ def pump(lane: str, token: str) -> int:
             return done
         try:
             handler(key)
-        except Exception:
-            log.exception("pump %s: %s failed; retrying it in %.0f s", lane, key, RETRY_FAILED_KEY_AFTER)
-            rt.lanes.schedule_at(lane, key, time.time() + RETRY_FAILED_KEY_AFTER)
+        except Exception as exc:
+            # The key comes back (nothing is lost); a lost database connection is
+            # dropped so the next job opens a fresh one, and retried sooner: it
+            # is the database coming back that is awaited, not a bug being fixed.
+            lost = connection_lost(exc)
+            retry_after = RETRY_LOST_DATABASE_AFTER if lost else RETRY_FAILED_KEY_AFTER
+            if lost:
+                discard_connection()
+                log.warning("pump %s: %s failed, the database is unreachable (%s); retrying it in %.0f s",
+                            lane, key, exc, retry_after)
+            else:
+                log.exception("pump %s: %s failed; retrying it in %.0f s", lane, key, retry_after)
+            rt.lanes.schedule_at(lane, key, time.time() + retry_after)
             if rt.lanes.finish(claim):
                 rt.start_pump(claim)
             raise
