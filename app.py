@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from config import load_settings
+from config import load_settings, validate_for_web
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -14,6 +14,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from runtime import Runtime
 
     settings = load_settings(config)
+    validate_for_web(settings)
     logging.basicConfig(level=settings.LOG_LEVEL,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__, instance_relative_config=True)
@@ -47,12 +48,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if is_pooled() and not db.is_closed():
             db.close()
 
-    from blueprints import (admin, agents, bot, console, conversations, errors, events, handoff, ops, templates,
-                            webhooks)
+    from blueprints import (admin, agents, bot, console, conversations, errors, events, handoff, media_files, ops,
+                            templates, webhooks)
 
     errors.init_app(app)
     for blueprint in (webhooks.bp, bot.bp, conversations.bp, handoff.bp, agents.bp, events.bp, admin.bp, ops.bp,
-                      console.bp, templates.bp):
+                      console.bp, templates.bp, media_files.bp):
         app.register_blueprint(blueprint)
 
     import cli

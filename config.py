@@ -73,10 +73,13 @@ class Settings:
     PUBLIC_BASE_URL: str = setting("http://127.0.0.1:8000", "Baton's address as others reach it; builds "
                                                             "`reply_url` and `console_url` in events.")
     MEDIA_STORAGE_URL: str = setting(f"file://{INSTANCE_DIR / 'media'}",
-                                     "Where copies of customers' media will be kept (reserved: media storage is "
-                                     "not built yet).")
-    MEDIA_URL_TTL: int = setting(300, "Lifetime in seconds of a signed media link (reserved: media storage is not "
-                                      "built yet).")
+                                     "Where copies of customers' media are kept, by content hash: `file:///abs/path` "
+                                     "(Baton serves them itself through links signed with SECRET_KEY, which must "
+                                     "then be set) or `s3://bucket/prefix?endpoint_url=…&region=…` (boto3; "
+                                     "credentials from boto3's usual sources: AWS_ACCESS_KEY_ID/"
+                                     "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role).")
+    MEDIA_URL_TTL: int = setting(300, "Seconds a signed media link stays valid: Baton's own `/media/files/…` "
+                                      "link, or the presigned S3 GET that `GET /api/v1/media/{id}` redirects to.")
 
     PENDING_TIMEOUT: int = setting(300, "Seconds a customer may wait for a human before PENDING_TIMEOUT_POLICY "
                                         "applies.")
@@ -115,7 +118,9 @@ class Settings:
     SENTIMENT_LANGUAGES: str = setting("en", "Comma-separated languages the sentiment trigger reads (only English "
                                              "today); empty turns the trigger off.")
 
-    SECRET_KEY: str = setting("", "Flask's secret key (for signed cookies; Baton's API itself uses bearer tokens).")
+    SECRET_KEY: str = setting("", "Flask's secret key (signed cookies) and the key that signs the filesystem "
+                                  "store's media links; required when MEDIA_STORAGE_URL is a `file://` URL "
+                                  "(`./run.sh` writes a random one into `.env`).")
     METRICS_TOKEN: str = setting("", "When set, `GET /metrics` needs `Authorization: Bearer <METRICS_TOKEN>`.")
     MAX_WEBHOOK_BYTES: int = setting(3 * 1024 * 1024, "Largest request body accepted, in bytes; bigger gets 413.")
     SEND_MAX_ATTEMPTS: int = setting(6, "Tries of one outbound message on retryable provider errors (429, 5xx, "
@@ -253,6 +258,20 @@ def _validate(s: Settings) -> None:
                 raise ConfigError(f"{name}: {exc}") from None
     if s.TEMPLATES_CACHE_SECONDS < 0:
         raise ConfigError(f"TEMPLATES_CACHE_SECONDS must not be negative, got {s.TEMPLATES_CACHE_SECONDS}")
+    from integrations.storage import parse_storage_url
+
+    try:
+        parse_storage_url(s.MEDIA_STORAGE_URL)
+    except ValueError as exc:
+        raise ConfigError(f"MEDIA_STORAGE_URL {exc}") from None
+
+
+def validate_for_web(s: Settings) -> None:
+    """What the web app needs beyond `_validate`: a key for the media links it signs and serves.
+    (Checked here, not in `load_settings`, because workers and scripts sign no links.)"""
+    if s.MEDIA_STORAGE_URL.startswith("file:") and not s.SECRET_KEY:
+        raise ConfigError("SECRET_KEY is required when MEDIA_STORAGE_URL is a file:// URL: it signs the "
+                          "/media/files links Baton serves (./run.sh writes a random one into .env)")
 
 
 def send_concurrency(s: Settings) -> int:

@@ -7,9 +7,9 @@ cd "$(dirname "$0")"
 
 ensure_python_env requirements.txt
 mkdir -p instance
+rand() { .venv/bin/python -c 'import secrets; print(secrets.token_hex(24))'; }
 if [ ! -f .env ]; then
   say "writing .env with fresh secrets (edit it to switch provider, database, n8n URLs…)"
-  rand() { .venv/bin/python -c 'import secrets; print(secrets.token_hex(24))'; }
   cat > .env <<ENV
 WHATSAPP_PROVIDER=sandbox
 WHATSAPP_APP_SECRET=$(rand)
@@ -17,6 +17,9 @@ WHATSAPP_VERIFY_TOKEN=$(rand)
 BATON_EVENT_SECRET=$(rand)
 SECRET_KEY=$(rand)
 ENV
+elif ! grep -q '^SECRET_KEY=.' .env; then
+  say "adding a SECRET_KEY to .env (it signs media links)"
+  echo "SECRET_KEY=$(rand)" >> .env
 fi
 set -a; . ./.env; set +a
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}

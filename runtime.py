@@ -99,6 +99,8 @@ class Runtime:
     reservations: Reservations | None = None
     changes: Changes | None = None
     send_rate: SendRate | None = None
+    _storage: object = None
+    _storage_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
         self.feeder = InboxFeeder(self)
@@ -128,6 +130,21 @@ class Runtime:
         return cls(settings=settings, redis=redis,
                    lanes=Lanes(redis, settings.REDIS_PREFIX, settings.PUMP_CONCURRENCY, settings.PUMP_LEASE),
                    queues=queues, adapter=make_adapter(settings), policy=policy)
+
+    @property
+    def storage(self):
+        """The media store MEDIA_STORAGE_URL names (integrations.storage), built on first use."""
+        if self._storage is None:
+            with self._storage_lock:
+                if self._storage is None:
+                    from integrations.storage import storage_for
+
+                    self._storage = storage_for(self.settings)
+        return self._storage
+
+    @storage.setter
+    def storage(self, store) -> None:
+        self._storage = store
 
     def start_pump(self, claim: PumpClaim | None) -> None:
         """Enqueue the pump job a `Lanes.schedule*` call asked for (None: a pump already runs)."""

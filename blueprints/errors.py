@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 _HTTP_CODES = {400: "malformed_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-               415: "unsupported_media_type", 429: "rate_limited"}
+               415: "unsupported_media_type", 416: "range_not_satisfiable", 429: "rate_limited"}
 
 
 class ApiError(Exception):

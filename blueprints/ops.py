@@ -50,13 +50,23 @@ def _redis_status(rt) -> str:
         return f"down: {type(exc).__name__}"
 
 
+def _storage_status(rt) -> str:
+    try:
+        rt.storage.ping()
+        return "ok"
+    except Exception as exc:          # the details (paths, bucket) go to the log, not to anyone asking
+        log.warning("media storage is down: %s", exc)
+        return f"down: {type(exc).__name__}"
+
+
 @bp.get("/readyz")
-@responds(200, ReadinessSchema, "Every dependency answers")
+@responds(200, ReadinessSchema, "Database, Redis and the media store answer")
 @responds(503, ReadinessSchema, "A dependency is down")
 def readyz():
-    """Readiness: each dependency Baton needs, `ok` or `down: <error>`; 503 when one is down."""
+    """Readiness: each dependency Baton needs (the database, Redis, the media store),
+    `ok` or `down: <error>`; 503 when one is down, never a 500."""
     rt = current_app.extensions["baton"]
-    status = {"database": _database_status(), "redis": _redis_status(rt)}
+    status = {"database": _database_status(), "redis": _redis_status(rt), "storage": _storage_status(rt)}
     if all(value == "ok" for value in status.values()):
         return reply(status)
     return reply(status, 503, headers={"Retry-After": "5"})

@@ -329,6 +329,8 @@ class OutboxListSchema(ResponseSchema):
 class ReadinessSchema(ResponseSchema):
     database = fields.String(required=True, metadata=about("`ok`, or `down: <error>`"))
     redis = fields.String(required=True, metadata=about("`ok`, or `down: <error>`"))
+    storage = fields.String(required=True, metadata=about("The media store (MEDIA_STORAGE_URL): `ok`, or "
+                                                           "`down: <what failed>`"))
 
 
 # -- agents and handoff -------------------------------------------------------------

@@ -56,7 +56,7 @@ def database_url(request, tmp_path):
 
 
 @pytest.fixture
-def settings_overrides(database_url, redis_server):
+def settings_overrides(database_url, redis_server, tmp_path):
     """Everything a test app needs; each test gets its own Redis key prefix."""
     return {
         "DATABASE_URL": database_url, "REDIS_URL": redis_server.url,
@@ -67,6 +67,8 @@ def settings_overrides(database_url, redis_server):
         # In-process tests run pumps to completion; the real processes in
         # test_processes.py keep the default linger.
         "PUMP_LINGER": "0",
+        # Media goes to the test's own directory, its links signed with a test key.
+        "MEDIA_STORAGE_URL": f"file://{tmp_path / 'media'}", "SECRET_KEY": "test-secret-key",
     }
 
 

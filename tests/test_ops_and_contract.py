@@ -43,7 +43,7 @@ PROMISED_FIELDS = {
     "Message": {"id", "conversation_id", "direction", "sender", "agent_id", "type", "text", "media",
                 "provider_message_id", "sent_at", "received_at", "routed_to", "status", "error", "seq"},
     "WebhookAck": {"messages", "statuses", "duplicates", "ignored"},
-    "Readiness": {"database", "redis"},
+    "Readiness": {"database", "redis", "storage"},
     "Error": {"error", "message", "details"},
 }
 BOT_REPLY_FIELDS = {"conversation_id", "turn_id", "text", "escalate", "reason", "intent", "urgency", "language",
@@ -74,7 +74,7 @@ def test_healthz(client):
 
 def test_readyz_reports_both_dependencies(client):
     response = client.get("/readyz")
-    assert response.status_code == 200 and response.json == {"database": "ok", "redis": "ok"}
+    assert response.status_code == 200 and response.json == {"database": "ok", "redis": "ok", "storage": "ok"}
 
 
 def test_readyz_is_503_when_redis_is_down(app_factory):

@@ -35,6 +35,8 @@ NOT_IN_OPENAPI = {
     ("/console", "GET"): "the agents' HTML console; not part of the API contract",
     ("/console/", "GET"): "the agents' HTML console; not part of the API contract",
     ("/console/conversations/<conversation_id>", "GET"): "the console opened on one conversation (HTML)",
+    ("/media/files/<path:key>", "GET"): "the filesystem store's signed, expiring file links (any content type, "
+                                        "ranges); clients get them from the API, never build them",
 }
 # Documented answers whose body is not checked against a schema, and why.
 BODY_NOT_VALIDATED = {
@@ -662,6 +664,25 @@ def _metrics(w: World):
 def _openapi(w: World):
     assert w.get("/openapi.json").json["openapi"] == "3.0.3"
     w.post("/openapi.json", 405)
+
+
+@scenario("/media/files/<path:key>", "GET")
+def _media_file(w: World):
+    import hashlib
+
+    from integrations.storage import content_key
+
+    data = b"%PDF-1.4 the invoice"
+    key = content_key(hashlib.sha256(data).hexdigest())
+    w.rt.storage.put(key, data, "application/pdf")
+    url = w.rt.storage.signed_url(key, ttl=60, content_type="application/pdf", filename="invoice.pdf")
+    assert w.get(url).get_data() == data
+    assert w.get(url, 206, headers={"Range": "bytes=0-3"}).get_data() == b"%PDF"
+    w.get(url, 416, headers={"Range": "bytes=100-"})
+    w.get(url.replace("?t=", "?t=x"), 403)
+    w.get("/media/files/..%2F..%2Fetc%2Fpasswd", 403)
+    w.get(url.split("?")[0], 403)
+    w.post(url, 405)
 
 
 @scenario("/static/<path:filename>", "GET")
