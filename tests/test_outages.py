@@ -211,7 +211,7 @@ class Team:
         from models import ApiToken
 
         self.url = url
-        admin = ApiToken.issue("outage-admin", "admin")[1]
+        self.admin = admin = ApiToken.issue("outage-admin", "admin")[1]
         answer = requests.post(f"{url}/api/v1/agents", headers=bearer(admin), timeout=30,
                                json={"name": "ana", "role": "agent", "groups": ["support"], "max_concurrent": 5})
         assert answer.status_code == 201, answer.text
@@ -238,6 +238,51 @@ class Team:
         self._thread.join(timeout=15)
 
 
+class LiveListener:
+    """A console's live stream (GET /api/v1/events as an admin): read on a thread of its
+    own, and opened again whenever it ends or cannot be opened, as the console does."""
+
+    def __init__(self, url: str, token: str):
+        self.url = url
+        self.token = token
+        self.events: list[float] = []           # when each `data:` frame arrived (monotonic)
+        self.opened: list[float] = []
+        self._stop = threading.Event()
+        self._response = None
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with requests.get(f"{self.url}/api/v1/events", headers=bearer(self.token), stream=True,
+                                  timeout=(5, 30)) as response:
+                    self._response = response
+                    if response.status_code == 200:
+                        self.opened.append(time.monotonic())
+                        for line in response.iter_lines():
+                            if self._stop.is_set():
+                                return
+                            if line.startswith(b"data:"):
+                                self.events.append(time.monotonic())
+            except (requests.RequestException, AttributeError):
+                pass
+            self._stop.wait(0.5)
+
+    def after(self, moment: float) -> int:
+        return sum(1 for t in self.events if t > moment)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            response.close()
+        self._thread.join(timeout=35)
+
+
 def waiting_conversation(procs, url: str) -> str:
     """A customer asks for a human; returns the conversation once it is offered to the agent."""
     from models import Contact, Conversation
@@ -258,7 +303,7 @@ def outage_story(procs, rt, proxy: SwitchableProxy, dependency: str) -> dict:
     from models import PENDING_AGENT, Conversation
     from models.base import epoch_seconds
 
-    with Team(procs.url), Probes(procs.url) as probes:
+    with Team(procs.url) as team, Probes(procs.url) as probes, LiveListener(procs.url, team.admin) as live:
         conv_id = waiting_conversation(procs, procs.url)
         offer_due = epoch_seconds(Conversation.get_by_id(conv_id).offer_expires_at)
         with Customers(procs.url) as customers:
@@ -310,6 +355,8 @@ def outage_story(procs, rt, proxy: SwitchableProxy, dependency: str) -> dict:
         assert sample["/openapi.json"][0] == 200, sample["/openapi.json"]
 
     assert_routed_once_in_order(acked)
+    # The consoles' live stream carries events again after the outage (reconnecting if it was ended).
+    assert live.after(up_at) > 0, f"no live event after the outage; streams opened at {live.opened}"
     procs.check_alive()                      # no process died: none needs a restart
     return {"acknowledged": customers.total, "before_outage": before, "refused": dict(customers.refused),
             "backlog": sum(backlog.values()),
