@@ -190,16 +190,18 @@ def ensure_connection(database: peewee.Database | None = None) -> None:
     database restart gets a fresh one instead of `connection already closed`
     on every later job. One round trip; raises when the database is down."""
     database = database or db.obj
-    if not database.is_closed() and not database.in_transaction():
+    if database.in_transaction():
+        return
+    if not database.is_closed():
         try:
-            usable = database.is_connection_usable()
-        except Exception:
-            usable = False
-        if not usable:
-            discard_connection(database)
+            if database.is_connection_usable():
+                database.execute_sql("SELECT 1")
+                return
+        except Exception:            # whatever the driver says, a fresh connection is the cure
+            pass
+        discard_connection(database)
     database.connect(reuse_if_open=True)
-    if not database.in_transaction():
-        database.execute_sql("SELECT 1")     # a silently dropped connection reconnects here
+    database.execute_sql("SELECT 1")
 
 
 def bind(url: str, pool_size: int = 20) -> peewee.Database:

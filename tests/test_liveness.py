@@ -118,3 +118,16 @@ def test_messages_whose_hand_off_to_redis_was_lost_are_routed_before_later_ones(
     turns = list(BotTurn.select().order_by(BotTurn.created_at, BotTurn.id))
     texts = [Message.get_by_id(t.message_id).text for t in turns]
     assert texts == ["question 0", "question 1", "question 2"]
+
+
+def test_a_worker_whose_connection_was_closed_under_it_gets_a_fresh_one(app, rt):
+    """On either database: the driver's connection is gone (closed behind peewee's back,
+    as a dropped file handle or socket leaves it); the next job opens another."""
+    from jobs import timers
+    from jobs.context import set_runtime
+
+    set_runtime(rt)
+    db.execute_sql("SELECT 1")
+    db.connection().close()
+    assert timers.sweep() is not None
+    assert db.execute_sql("SELECT 1").fetchone()[0] == 1
