@@ -6,6 +6,7 @@ from contextlib import suppress
 
 from models.base import connection_lost, discard_connection
 from routing.lanes import PumpClaim
+from routing.redis_wait import unreachable, wait_for_redis
 
 from .context import job_logger, runtime
 from .deliver import deliver_event
@@ -33,6 +34,21 @@ def pump(lane: str, token: str) -> int:
         raise
     if lane == "outbound":
         return pump_outbound(claim)         # many conversations at once: see jobs/send.py
+    try:
+        return _pump(rt, claim)
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        # Redis went away mid-pump: once it is back, give the slot back at once so
+        # the cron tick starts a pump now, not when this one's lease runs out.
+        if wait_for_redis(rt.redis, rt.settings.PUMP_LEASE):
+            with suppress(Exception):
+                rt.lanes.release(claim)
+        raise
+
+
+def _pump(rt, claim: PumpClaim) -> int:
+    lane = claim.lane
     handler = HANDLERS[lane]
     started = time.monotonic()
     deadline = started + rt.settings.PUMP_BUDGET_SECONDS
@@ -56,6 +72,12 @@ def pump(lane: str, token: str) -> int:
             # The key comes back (nothing is lost); a lost database connection is
             # dropped so the next job opens a fresh one, and retried sooner: it
             # is the database coming back that is awaited, not a bug being fixed.
+            if unreachable(exc):
+                # Redis went away: once it is back the key goes back at once, and
+                # the caller gives the slot back.
+                if wait_for_redis(rt.redis, rt.settings.PUMP_LEASE):
+                    rt.lanes.schedule_at(lane, key, time.time())
+                raise
             lost = connection_lost(exc)
             retry_after = RETRY_LOST_DATABASE_AFTER if lost else RETRY_FAILED_KEY_AFTER
             if lost:

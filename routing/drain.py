@@ -12,6 +12,7 @@ from .decide import Policy
 from .inbound import route_message
 from .lanes import Lanes
 from .locks import ConversationLock
+from .redis_wait import patiently
 
 log = logging.getLogger(__name__)
 BATCH = 50
@@ -47,7 +48,9 @@ def drain_conversation(settings: Settings, changes: Changes, policy: Policy, lan
                 route_message(changes, policy, conversation_id, message_id)
                 routed.append(message_id)
         finally:
-            waiting = lanes.close_inbox(conversation_id, token, routed)
+            # Redis away (a restart) must not leave the lock to block this
+            # conversation for LOCK_TTL after it is back: wait for it to let go.
+            waiting = patiently(lambda: lanes.close_inbox(conversation_id, token, routed), settings.LOCK_TTL)
         routed_total += len(routed)
         # Messages may have landed meanwhile: go on while there are some.
         if not waiting:
