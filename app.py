@@ -48,12 +48,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         if is_pooled() and not db.is_closed():
             db.close()
 
-    from blueprints import (admin, agents, bot, console, conversations, errors, events, handoff, media_files, ops,
+    from blueprints import (admin, agents, bot, console, conversations, errors, events, handoff, media, media_files, ops,
                             templates, webhooks)
 
     errors.init_app(app)
     for blueprint in (webhooks.bp, bot.bp, conversations.bp, handoff.bp, agents.bp, events.bp, admin.bp, ops.bp,
-                      console.bp, templates.bp, media_files.bp):
+                      console.bp, templates.bp, media_files.bp, media.bp):
         app.register_blueprint(blueprint)
 
     import cli

@@ -80,6 +80,11 @@ class Settings:
                                      "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role).")
     MEDIA_URL_TTL: int = setting(300, "Seconds a signed media link stays valid: Baton's own `/media/files/…` "
                                       "link, or the presigned S3 GET that `GET /api/v1/media/{id}` redirects to.")
+    MEDIA_FETCH_ATTEMPTS: int = setting(8, "Tries of one media download from the provider before its record is "
+                                           "`failed` (a storage outage is retried until it ends).")
+    MEDIA_RETENTION_DAYS: int = setting(0, "Days a stored media file is kept; 0 keeps them forever. Older files "
+                                           "are deleted (unless a younger record holds the same file) and their "
+                                           "records become `expired`.")
 
     PENDING_TIMEOUT: int = setting(300, "Seconds a customer may wait for a human before PENDING_TIMEOUT_POLICY "
                                         "applies.")
@@ -226,13 +231,15 @@ def _validate(s: Settings) -> None:
     if not s.REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
     for name in ("WHATSAPP_MPS", "PENDING_TIMEOUT", "OFFER_TIMEOUT", "AGENT_HEARTBEAT_TTL", "AGENT_TYPING_TTL",
-                 "BOT_HISTORY", "MEDIA_URL_TTL", "MAX_WEBHOOK_BYTES", "EVENT_MAX_ATTEMPTS", "SEND_MAX_ATTEMPTS",
+                 "BOT_HISTORY", "MEDIA_URL_TTL", "MEDIA_FETCH_ATTEMPTS", "MAX_WEBHOOK_BYTES", "EVENT_MAX_ATTEMPTS",
+                 "SEND_MAX_ATTEMPTS",
                  "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL", "AGENT_RESPONSE_TIMEOUT", "DATABASE_POOL_SIZE",
                  "BOT_FAILURE_LIMIT"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",
-                 "PUMP_LINGER", "SEND_CONCURRENCY", "SEND_RECONCILE_SECONDS", "SEND_MAX_AGE"):
+                 "PUMP_LINGER", "SEND_CONCURRENCY", "SEND_RECONCILE_SECONDS", "SEND_MAX_AGE",
+                 "MEDIA_RETENTION_DAYS"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(s, name)}")
     if not -1 <= s.SENTIMENT_THRESHOLD < 0:

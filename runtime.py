@@ -28,8 +28,14 @@ from routing.assignment import Reservations
 from routing.lanes import LANES, Lanes, PumpClaim
 from routing.send_rate import SendRate
 from routing.presence import Presence
+from models.media import set_public_base
 
 PUMP_JOB_TIMEOUT = 600
+# Media fetches run one RQ job per file on their own queue (`media`): they are
+# rare, and a 100 MB document must not hold up a lane's pump. The worker of
+# `flask baton worker` listens on it.
+MEDIA_QUEUE = "media"
+MEDIA_JOB_TIMEOUT = 900
 log = logging.getLogger(__name__)
 
 
@@ -108,6 +114,7 @@ class Runtime:
         self.reservations = Reservations(self.presence)
         self.changes = Changes(self.settings, dispatch=self.dispatch)
         self.send_rate = SendRate(self.redis, self.settings.REDIS_PREFIX, self.settings.WHATSAPP_MPS)
+        set_public_base(self.settings.PUBLIC_BASE_URL)
 
     @classmethod
     def build(cls, settings: Settings) -> "Runtime":
@@ -117,7 +124,7 @@ class Runtime:
         redis = Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2,
                                health_check_interval=30)
         queues = {name: Queue(queue_name(settings, name), connection=redis)
-                  for name in (*LANES, "default")}
+                  for name in (*LANES, MEDIA_QUEUE, "default")}
         languages = tuple(x.strip() for x in settings.SENTIMENT_LANGUAGES.split(",") if x.strip())
         sentiment = None
         if languages:
@@ -152,6 +159,17 @@ class Runtime:
             return
         self.queues[claim.lane].enqueue("jobs.pump.pump", claim.lane, claim.token,
                                         job_timeout=PUMP_JOB_TIMEOUT, result_ttl=0, failure_ttl=7 * 86400)
+
+    def fetch_media(self, media_ids: list[str]) -> None:
+        """Start fetching these media records (after the commit that wrote them).
+        Best effort: a hand-off lost here is taken over by the cron tick once
+        the record's `next_attempt_at` has passed."""
+        for media_id in media_ids:
+            try:
+                self.queues[MEDIA_QUEUE].enqueue("jobs.media.fetch_media", media_id, job_timeout=MEDIA_JOB_TIMEOUT,
+                                                 result_ttl=0, failure_ttl=7 * 86400)
+            except Exception:
+                log.warning("could not queue the fetch of media %s; the cron tick will", media_id, exc_info=True)
 
     def schedule(self, lane: str, key: str) -> None:
         self.start_pump(self.lanes.schedule(lane, key))

@@ -9,8 +9,9 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery, Message, utcnow
+from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery, Media, Message, utcnow
 from models.base import ensure_connection, parse_time
+from models.media import STATUSES as MEDIA_STATUSES
 from models.message import UNSENT, is_unsent
 from routing.lanes import LANES
 
@@ -84,6 +85,7 @@ def _database_gauges(registry: CollectorRegistry) -> list[str] | None:
                              .where(is_unsent()).group_by(Message.status).tuples())
         delivery_counts = list(Delivery.select(Delivery.status, peewee.fn.COUNT(Delivery.id))
                                .group_by(Delivery.status).tuples())
+        media_counts = dict(Media.select(Media.status, peewee.fn.COUNT(Media.id)).group_by(Media.status).tuples())
         agent_ids = [a.id for a in Agent.select(Agent.id)]
         unoffered = Conversation.select().where((Conversation.state == PENDING_AGENT)
                                                 & Conversation.offered_agent_id.is_null()).count()
@@ -105,6 +107,10 @@ def _database_gauges(registry: CollectorRegistry) -> list[str] | None:
     deliveries = Gauge("baton_deliveries", "n8n deliveries by status", ["status"], registry=registry)
     for status, count in delivery_counts:
         deliveries.labels(status).set(count)
+    media = Gauge("baton_media", "Customers' media files by status (pending: being fetched or retried)",
+                  ["status"], registry=registry)
+    for status in MEDIA_STATUSES:
+        media.labels(status).set(media_counts.get(status, 0))
     Gauge("baton_pending_unoffered", "Conversations waiting for a human that no agent has been offered",
           registry=registry).set(unoffered)
     Gauge("baton_pending_oldest_seconds", "How long the longest-waiting customer has waited for a human",

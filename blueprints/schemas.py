@@ -198,18 +198,24 @@ class EscalatedConversationSchema(ConversationSchema):
 
 
 class MediaSchema(ResponseSchema):
-    """What the provider told us about a media message; every key is optional."""
-    id = fields.String(metadata=about("stored media id"))
-    provider_media_id = fields.String(metadata=about("the media's id at the provider"))
-    mime_type = fields.String(metadata=about("MIME type"))
-    size = fields.Integer(metadata=about("bytes"))
-    sha256 = fields.String(metadata=about("checksum as the provider sent it"))
-    filename = fields.String(metadata=about("a document's file name"))
-    url = fields.String(metadata=about("where the provider serves it"))
-    media_key = fields.String(metadata=about("WASender: the key that decrypts the media"))
-    message_type = fields.String(metadata=about("WASender: the Baileys message kind, e.g. `imageMessage`"))
-    status = fields.String(validate=validate.OneOf(("pending", "stored", "failed")),
-                           metadata=about("storage status"))
+    """A media message's file, as Baton keeps it (issue 9)."""
+    id = fields.String(required=True, allow_none=True,
+                       metadata=about("media record id (`md_…`); null only for media recorded before Baton kept "
+                                      "media"))
+    type = fields.String(required=True, allow_none=True,
+                         validate=validate.OneOf(("image", "audio", "video", "document", "sticker")),
+                         metadata=about("image, audio (voice notes too), video, document or sticker"))
+    mime_type = fields.String(required=True, allow_none=True, metadata=about("MIME type"))
+    size = fields.Integer(required=True, allow_none=True, metadata=about("bytes; null until stored"))
+    filename = fields.String(required=True, allow_none=True,
+                             metadata=about("the file name the customer sent (documents), without any path"))
+    status = fields.String(required=True, validate=validate.OneOf(("pending", "stored", "failed", "expired")),
+                           metadata=about("`pending` (being fetched), `stored`, `failed` (too large, checksum "
+                                          "mismatch, the provider refused) or `expired` (MEDIA_RETENTION_DAYS)"))
+    url = fields.String(required=True, allow_none=True,
+                        metadata=about("`GET` it with a bearer token: 302 to the file (`/api/v1/media/{id}`, "
+                                       "absolute with PUBLIC_BASE_URL); null until stored. In n8n events it is "
+                                       "given while pending too (409 `media_not_ready` until stored)"))
 
 
 class MessageErrorSchema(ResponseSchema):

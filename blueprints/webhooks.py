@@ -78,11 +78,12 @@ def _receive(path_provider: str):
     except WebhookRejected as rejected:
         raise ApiError(rejected.status, rejected.code, rejected.message) from None
     cache = rt.caches.setdefault("ingest", IngestCache())
-    result = record_webhook(adapter.name, parsed, cache)
+    result = record_webhook(adapter.name, parsed, cache, media_grace=rt.settings.REQUEUE_AFTER)
     announce_updates(rt.redis, rt.settings.REDIS_PREFIX, result.updated)
     for conversation_id in result.reconciled:
         rt.schedule("outbound", conversation_id)      # its next message no longer waits
     # Durable from here on; the hand-off to the inbound lane happens in the
     # background (and, should it fail, through the cron sweep).
     rt.feeder.submit(result.to_route)
+    rt.fetch_media(result.media)           # routing never waits for media
     return reply(result.counts())

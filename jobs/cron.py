@@ -8,10 +8,12 @@ from rq import cron as rq_cron
 from config import Settings
 from runtime import queue_name
 
+from .media import expire_media
 from .timers import handoff_timers, sweep, tick
 
 TICK_SECONDS = 1
 SWEEP_SECONDS = 5
+RETENTION_SECONDS = 3600
 REDIS_RETRY_SECONDS = 1.0
 log = logging.getLogger(__name__)
 
@@ -48,3 +50,4 @@ def register_timers(scheduler: rq_cron.CronScheduler, settings: Settings) -> Non
     scheduler.register(tick, queue_name=queue, interval=TICK_SECONDS, job_timeout=60, result_ttl=0)
     scheduler.register(handoff_timers, queue_name=queue, interval=TICK_SECONDS, job_timeout=60, result_ttl=0)
     scheduler.register(sweep, queue_name=queue, interval=SWEEP_SECONDS, job_timeout=300, result_ttl=0)
+    scheduler.register(expire_media, queue_name=queue, interval=RETENTION_SECONDS, job_timeout=900, result_ttl=0)

@@ -52,6 +52,7 @@ CANCELLED = (None, "cancelled: control of the conversation changed before the bo
 EXPIRED_TITLE = "not sent: older than SEND_MAX_AGE"
 UPKEEP_SECONDS = 0.25
 IDLE_WAIT = 0.02            # how long a busy pump waits for an answer before looking for new work
+KEEP_GOING_SECONDS = 60.0   # a pump nobody waits for hands over after this long all the same (job timeout: 600 s)
 
 _pool_lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -100,6 +101,10 @@ class Sender:
     waiting_for_rate: dict[str, deque] = field(default_factory=dict)
     rate_free_at: dict[str, float] = field(default_factory=dict)
     sent: int = 0
+    # past its budget the pump only finishes its calls in flight: a conversation
+    # with more to send goes back to the lane, for the pump already started
+    # after this one (going on with it here would hold it for seconds)
+    draining: bool = False
 
     @property
     def busy(self) -> bool:
@@ -233,7 +238,10 @@ class Sender:
             self._record(answered)
             for slot in answered:
                 slot.future = slot.message = slot.call = None
-                self._advance(slot)
+                if self.draining:
+                    self._let_go(slot)
+                else:
+                    self._advance(slot)
         self._release_rate_waiters()
 
     def _record(self, answered: list[Slot]) -> None:
@@ -353,22 +361,34 @@ def _int_or_none(code):
 
 def pump_outbound(claim: PumpClaim) -> int:
     """Send for as many conversations at once as the pool allows until the lane
-    is empty or the budget is spent (then hand over to a fresh job)."""
+    is empty, or the budget is spent while other jobs wait for a worker. Then
+    the next pump job is queued at once and this one only finishes its calls
+    in flight (the lane's slot is the new job's), so a free worker goes on
+    sending without waiting for them."""
     rt = runtime()
     settings = rt.settings
     sender = Sender(rt, send_concurrency(settings) if not getattr(rt.adapter, "inline", False) else 1)
-    deadline = time.monotonic() + settings.PUMP_BUDGET_SECONDS
+    started = time.monotonic()
+    deadline = started + settings.PUMP_BUDGET_SECONDS
     upkeep_due = 0.0
+    handed_over = False
     try:
         while True:
             now = time.monotonic()
             if now >= upkeep_due:
                 rt.lanes.promote_due(LANE)
-                rt.lanes.renew(claim)
+                if not handed_over:
+                    rt.lanes.renew(claim)
                 sender.renew_locks()
                 upkeep_due = now + UPKEEP_SECONDS
-            taking = now < deadline
-            while taking and sender.has_room() and sender._next_rate_place() is None:
+            if now >= deadline and not handed_over:
+                if now - started < KEEP_GOING_SECONDS and not any(q.count for q in rt.queues.values()):
+                    deadline = now + settings.PUMP_BUDGET_SECONDS    # no other job waits for a worker
+                else:
+                    handed_over = sender.draining = True
+                    if rt.lanes.finish(claim):
+                        rt.start_pump(claim)
+            while not handed_over and sender.has_room() and sender._next_rate_place() is None:
                 key = rt.lanes.pop(LANE, wait=0 if sender.busy else settings.PUMP_LINGER)
                 if key is None:
                     break
@@ -376,11 +396,7 @@ def pump_outbound(claim: PumpClaim) -> int:
             if sender.busy:
                 sender.step(IDLE_WAIT)
                 continue
-            if not taking:
-                if rt.lanes.finish(claim):
-                    rt.start_pump(claim)
-                return sender.sent
-            if not rt.lanes.finish(claim):
+            if handed_over or not rt.lanes.finish(claim):
                 return sender.sent
     except BaseException as exc:
         if unreachable(exc):
@@ -391,7 +407,7 @@ def pump_outbound(claim: PumpClaim) -> int:
         try:
             sender.stop()
         finally:
-            if rt.lanes.finish(claim):
+            if not handed_over and rt.lanes.finish(claim):
                 rt.start_pump(claim)
         raise
 

@@ -1,7 +1,8 @@
 """Durable timers run by RQ cron: nothing here lives in process memory.
 
 tick()  — every second: promote due retries and make sure each lane with
-          work has a pump (a pump job lost with a crashed worker is replaced).
+          work has a pump (a pump job lost with a crashed worker is replaced);
+          enqueue media fetches that are due (retries, lost hand-offs).
 sweep() — every few seconds: re-dispatch rows whose dispatch was lost
           (Redis down or flushed, a worker killed between commit and schedule),
           repair capacity reservations from the database, close idle conversations.
@@ -22,6 +23,7 @@ from routing.assignment import offer_waiting
 from routing.lanes import LANES
 
 from .context import job_logger, runtime
+from .media import due_fetches
 
 log = job_logger(__name__)
 SWEEP_LIMIT = 5000
@@ -33,6 +35,7 @@ def tick() -> int:
     for lane in LANES:
         promoted += rt.lanes.promote_due(lane)
         rt.start_pump(rt.lanes.claim_pump(lane))
+    due_fetches(rt)
     return promoted
 
 

@@ -15,6 +15,8 @@ import time
 from rq import SimpleWorker
 from rq.worker import DequeueStrategy
 
+from runtime import MEDIA_QUEUE
+
 log = logging.getLogger(__name__)
 RESTART_DELAYS = (0.5, 1.0, 2.0)
 # RQ waits up to 60 s between attempts to reach Redis while dequeueing: after an
@@ -29,7 +31,7 @@ class Worker(SimpleWorker):
 
 
 def run_worker(rt, *, burst: bool = False, logging_level: str = "WARNING") -> None:
-    queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "default")]
+    queues = [rt.queues[name] for name in ("inbound", "outbound", "events", MEDIA_QUEUE, "default")]
     attempt = 0
     while True:
         worker = None

@@ -13,6 +13,7 @@ from .token import ApiToken
 from .unsupported_update import UnsupportedUpdate
 from .agent import Agent
 from .callback_request import CallbackRequest
+from .media import Media
 
 ALL_MODELS = [Channel, Contact, Conversation, Message, Event, BotTurn, Delivery, OutboxEntry,
-              ApiToken, UnsupportedUpdate, Agent, CallbackRequest]
+              ApiToken, UnsupportedUpdate, Agent, CallbackRequest, Media]

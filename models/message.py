@@ -82,14 +82,18 @@ class Message(BaseModel):
             self.seq = row[0]
             return super().save(force_insert, only)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, *, media_url_always: bool = False) -> dict:
+        """The message as the API, the live stream and (`media_url_always`: a
+        media `url` even before the file is stored) n8n events show it."""
+        from .media import media_view
+
         error = None
         if self.error_code is not None or self.error_title or self.error_details:
             error = {"code": self.error_code, "title": self.error_title, "details": self.error_details}
         return {
             "id": self.id, "conversation_id": self.conversation_id, "seq": self.seq, "direction": self.direction,
             "sender": self.sender, "agent_id": self.agent_id, "type": self.type, "text": self.text,
-            "media": self.media, "provider_message_id": self.provider_message_id,
+            "media": media_view(self.media, self.type, always_url=media_url_always), "provider_message_id": self.provider_message_id,
             "sent_at": isoformat(self.sent_at), "received_at": isoformat(self.received_at),
             "routed_to": self.routed_to, "status": self.status, "error": error,
         }

@@ -19,12 +19,14 @@ from datetime import timedelta
 import peewee
 
 from integrations.whatsapp.base import InboundMessage, ParsedWebhook, StatusUpdate
-from models import Channel, Contact, Conversation, Message, UnsupportedUpdate, db, new_id, write_transaction
+from models import (Channel, Contact, Conversation, Media, Message, UnsupportedUpdate, db, new_id,
+                    write_transaction)
 from models.base import as_naive_utc, epoch_seconds, utcnow
 from models.message import ERROR_DETAILS_LIMIT, STATUS_RANK, UNSENT, numbered_insert, unnumber
 
 from .identity import conversation_for
 from .live import live_event, publish
+from .media import media_values
 from .visibility import snapshot
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class IngestResult:
     # conversations whose send with an unknown outcome this webhook showed accepted:
     # their outbound queue may go on (the caller schedules the lane)
     reconciled: list[str] = field(default_factory=list)
+    # media records written `pending`: the caller schedules their fetch after the commit
+    media: list[str] = field(default_factory=list)
+    media_grace: float = field(default=10.0, repr=False)
 
     def counts(self) -> dict:
         return {"messages": self.messages, "statuses": self.statuses,
@@ -65,21 +70,24 @@ class IngestCache:
         self.contacts.clear()
 
 
-def record_webhook(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> IngestResult:
+def record_webhook(provider: str, parsed: ParsedWebhook, cache: IngestCache,
+                   media_grace: float = 10.0) -> IngestResult:
     """Store every message and status of a webhook; duplicates are counted, not
     stored. `result.updated` names the messages a status changed, for the
-    caller to announce after the commit (announce_updates)."""
+    caller to announce after the commit (announce_updates); `result.media`
+    the media records to fetch (the cron tick fetches them after
+    `media_grace` seconds should the caller's hand-off be lost)."""
     try:
-        return _record(provider, parsed, cache)
+        return _record(provider, parsed, cache, media_grace)
     except peewee.IntegrityError:
         # A cached id can point at a row that is gone (database reset under a
         # long-lived process): forget the cache and try once more.
         cache.clear()
-        return _record(provider, parsed, cache)
+        return _record(provider, parsed, cache, media_grace)
 
 
-def _record(provider: str, parsed: ParsedWebhook, cache: IngestCache) -> IngestResult:
-    result = IngestResult()
+def _record(provider: str, parsed: ParsedWebhook, cache: IngestCache, media_grace: float) -> IngestResult:
+    result = IngestResult(media_grace=media_grace)
     with write_transaction():
         # Numbering a message locks its conversation's row until the commit:
         # take those locks in one order (conversation id; a conversation's
@@ -127,12 +135,17 @@ def _record_message(provider: str, message: InboundMessage, channel_id: str, con
         return
     message_id = new_id("m")
     sent_at = as_naive_utc(message.sent_at)
-    media = None
+    direction = "out" if message.from_me else "in"
+    media = record = None
     if message.media:
-        media = {**message.media, "status": "pending"}
+        # Every media message gets its record (whatever the conversation's
+        # state); the message keeps what clients are shown of it.
+        record = media_values(message.media, message.type, channel_id, message_id, direction, result.media_grace)
+        media = {"id": record["id"], "type": record["kind"], "mime_type": record["mime_type"], "size": None,
+                 "filename": record["filename"], "status": record["status"]}
     inserted = _insert_message({
         "id": message_id, "conversation": conversation_id, "channel": channel_id,
-        "direction": "out" if message.from_me else "in",
+        "direction": direction,
         "sender": "agent" if message.from_me else "user",
         "type": message.type, "text": message.text, "media": media,
         "extra": message.raw if message.type in _RAW_TYPES else None,
@@ -141,6 +154,9 @@ def _record_message(provider: str, message: InboundMessage, channel_id: str, con
     if not inserted:
         result.duplicates += 1
         return
+    if record is not None:
+        Media.insert(record).execute()
+        result.media.append(record["id"])
     if message.type == "unsupported":
         result.ignored += 1
     else:

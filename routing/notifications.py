@@ -1,6 +1,11 @@
 """The bodies of the events Baton sends to n8n: what the notification branch
 (N8N_NOTIFY_URL) and the AI branch (N8N_BOT_URL) receive. `routing.effects`
-adds `event`, `delivery_id` and `occurred_at` when it records a delivery."""
+adds `event`, `delivery_id` and `occurred_at` when it records a delivery.
+
+A media message's `media.url` is given here even while the file is still
+being fetched (routing never waits for it): n8n GETs it with its bot token
+and follows the 302 to the file; until the file is stored it answers 409
+`media_not_ready` with Retry-After."""
 from __future__ import annotations
 
 from config import Settings
@@ -26,7 +31,7 @@ def notification_fields(settings: Settings, conv: Conversation, event_type: str,
     fields: dict = {"conversation": conv.to_dict()}
     agent_dict = agent.to_dict() if agent is not None else None
     if event_type == "message.for_agent":
-        fields.update(message=message.to_dict(), agent=agent_dict)
+        fields.update(message=message.to_dict(media_url_always=True), agent=agent_dict)
     elif event_type.startswith("handoff."):
         fields.update(agent=agent_dict, reason=reason, console_url=console_url(settings, conv.id))
     else:
@@ -36,11 +41,11 @@ def notification_fields(settings: Settings, conv: Conversation, event_type: str,
 
 def turn_fields(settings: Settings, conv: Conversation, message: Message, turn: BotTurn) -> dict:
     """The `bot.turn` body: the conversation, the message to answer, the recent history."""
-    return {"conversation": conv.to_dict(), "message": message.to_dict(), "turn_id": turn.id,
+    return {"conversation": conv.to_dict(), "message": message.to_dict(media_url_always=True), "turn_id": turn.id,
             "history": history(conv.id, settings.BOT_HISTORY), "mode": turn.mode,
             "reply_url": f"{settings.PUBLIC_BASE_URL}/api/v1/bot/replies"}
 
 
 def history(conversation_id: str, limit: int) -> list[dict]:
     """The conversation's last `limit` messages, oldest first."""
-    return [m.to_dict() for m in reversed(_HISTORY.rows(conversation_id, limit))]
+    return [m.to_dict(media_url_always=True) for m in reversed(_HISTORY.rows(conversation_id, limit))]

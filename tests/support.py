@@ -181,7 +181,7 @@ def run_jobs(rt, rounds: int = 50) -> None:
 
     set_runtime(rt)
     rt.feeder.flush()
-    queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "default")]
+    queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "media", "default")]
     for _ in range(rounds):
         timers.tick()
         InProcessWorker(queues, connection=rt.redis).work(burst=True, logging_level="WARNING")

@@ -127,3 +127,78 @@ def hi_answered_while_meta_refuses_with(cloud_app, graph_api, status: int, body)
     customer_says(cloud_app, "hi")
     settle_outbound(cloud_app)
     return Message.get(Message.direction == "out")
+
+
+# -- the pump's budget ---------------------------------------------------------------------------
+
+@pytest.fixture
+def slow_cloud_app(app_factory):
+    """The Cloud API adapter against a fake Graph API taking 100 ms a send; pumps get 150 ms."""
+    from tests.fakes.graph_api import FakeGraphApi, Realism
+
+    with FakeGraphApi(realism=Realism(latency=(0.1, 0.1))) as fake:
+        yield app_factory(WHATSAPP_PROVIDER="cloud_api", WHATSAPP_ACCESS_TOKEN=fake.access_token,
+                          WHATSAPP_API_BASE=fake.api_base, WHATSAPP_VERIFY_TOKEN="v", PUMP_BUDGET_SECONDS=0.15)
+
+
+def five_bubbles_and_their_pump(app):
+    """The bot answers a customer with five bubbles; returns the pump job's claim (the job
+    itself is taken off the queue: the test runs it)."""
+    from jobs.context import set_runtime
+    from models import ApiToken, BotTurn
+    from routing.lanes import PumpClaim
+
+    customer_says(app, "hi")
+    settle_outbound(app)
+    turn = BotTurn.get()
+    token = ApiToken.issue("bot", "bot")[1]
+    for n in range(5):
+        answer = app.test_client().post("/api/v1/bot/replies", headers=bearer(token), json={
+            "conversation_id": turn.conversation_id, "turn_id": turn.id, "text": f"bubble {n}"})
+        assert answer.status_code == 202
+    rt = app.extensions["baton"]
+    set_runtime(rt)
+    [job] = rt.queues["outbound"].jobs
+    job.delete()
+    return rt, PumpClaim(*job.args)
+
+
+def test_a_pump_past_its_budget_hands_over_at_once_when_other_jobs_wait_for_a_worker(slow_cloud_app):
+    """Past its budget, with other work waiting for the worker, the pump queues the next pump
+    job at once and only finishes the call in flight: the conversation goes back to the lane
+    (the old pump used to go on sending it, one call at a time, before anyone took over)."""
+    from jobs.send import pump_outbound
+
+    rt, claim = five_bubbles_and_their_pump(slow_cloud_app)
+    rt.queues["default"].enqueue("builtins.len", "other work")
+    sent = pump_outbound(claim)
+    assert 1 <= sent < 5
+    assert rt.lanes.depth("outbound") == 1 and rt.queues["outbound"].count == 1
+    assert Message.select().where(Message.status == "queued").count() == 5 - sent
+    rt.queues["default"].empty()
+    settle_outbound(slow_cloud_app)
+    assert [m.text for m in Message.select().where(Message.direction == "out").order_by(Message.id)][1:] == [
+        f"bubble {n}" for n in range(5)]
+
+
+def test_a_pump_past_its_budget_goes_on_while_no_other_job_waits(slow_cloud_app):
+    from jobs.send import pump_outbound
+
+    rt, claim = five_bubbles_and_their_pump(slow_cloud_app)
+    assert pump_outbound(claim) == 5
+    assert rt.queues["outbound"].count == 0
+    assert not Message.select().where(Message.status == "queued").exists()
+
+
+def test_a_pump_nobody_waits_for_still_hands_over_in_time(slow_cloud_app, monkeypatch):
+    """Well before RQ's job timeout: the next pump job takes over, the order holds."""
+    from jobs import send
+
+    monkeypatch.setattr(send, "KEEP_GOING_SECONDS", 0.2)
+    rt, claim = five_bubbles_and_their_pump(slow_cloud_app)
+    sent = send.pump_outbound(claim)
+    assert 2 <= sent < 5
+    assert rt.lanes.depth("outbound") == 1 and rt.queues["outbound"].count == 1
+    settle_outbound(slow_cloud_app)
+    assert [m.text for m in Message.select().where(Message.direction == "out").order_by(Message.id)][1:] == [
+        f"bubble {n}" for n in range(5)]

@@ -83,17 +83,26 @@ def test_meta_unreachable_means_try_again_later():
     assert (error.value.code, error.value.retryable) == ("network", True)
 
 
+def read_all(download) -> tuple[bytes, str]:
+    try:
+        return b"".join(download.chunks()), download.mime_type
+    finally:
+        download.close()
+
+
 def test_customer_photo_is_downloaded_with_the_token(graph_api):
     graph_api.add_media("8472976218001204", b"\xff\xd8jpeg", "image/jpeg")
-    content, mime = graph_adapter(graph_api).fetch_media({"provider_media_id": "8472976218001204"})
-    assert (content, mime) == (b"\xff\xd8jpeg", "image/jpeg")
+    download = graph_adapter(graph_api).open_media({"provider_media_id": "8472976218001204",
+                                                    "url": "https://evil.example/not-fetched"})
+    assert download.declared_size == 6 and download.declared_sha256
+    assert read_all(download) == (b"\xff\xd8jpeg", "image/jpeg")
     assert [r[1] for r in graph_api.requests] == ["/v23.0/8472976218001204",
                                                    "/lookaside/8472976218001204/content"]
 
 
 def test_an_expired_media_id_is_not_retried(graph_api):
     with pytest.raises(SendError) as error:
-        graph_adapter(graph_api).fetch_media({"provider_media_id": "gone"})
+        graph_adapter(graph_api).open_media({"provider_media_id": "gone"})
     assert error.value.retryable is False
 
 
@@ -151,12 +160,14 @@ def test_wasender_photo_is_decrypted_before_download(wasender_api):
     url = wasender_api.add_media("3EB0PHOTO", b"\x89PNG", "image/png")
     media = {"provider_media_id": "3EB0PHOTO", "url": url, "mime_type": "image/png",
              "media_key": "a2V5", "message_type": "imageMessage"}
-    assert wasender_adapter(wasender_api).fetch_media(media) == (b"\x89PNG", "image/png")
+    assert read_all(wasender_adapter(wasender_api).open_media(media)) == (b"\x89PNG", "image/png")
     assert [r[1] for r in wasender_api.requests] == ["/api/decrypt-media",
                                                       "/api/decrypted-media/3EB0PHOTO"]
+    # The API key goes to the decrypt call only, never with the download of the public URL.
+    assert [r[2].get("Authorization") for r in wasender_api.requests] == [f"Bearer {wasender_api.api_key}", None]
 
 
 def test_wasender_media_without_url_cannot_be_fetched():
     with pytest.raises(SendError) as error:
-        WasenderAdapter(webhook_secret="s").fetch_media({"mime_type": "image/png"})
+        WasenderAdapter(webhook_secret="s").open_media({"mime_type": "image/png"})
     assert error.value.retryable is False

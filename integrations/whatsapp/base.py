@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
 MESSAGE_TYPES = (
     "text", "image", "audio", "video", "document", "sticker", "location", "contacts",
@@ -83,6 +83,30 @@ def is_user_id(address: str | None) -> bool:
     """True for a business-scoped user id (`US.1349…`, a parent `US.ENT.1181…`):
     it has a dot, which a phone number never has."""
     return bool(address) and "." in address
+
+
+@dataclass
+class MediaDownload:
+    """A media file the provider is handing over, not read yet: iterate
+    `chunks()` (the caller caps how much it reads), then `close()`."""
+    response: Any                          # a streamed requests.Response
+    mime_type: str
+    declared_size: int | None = None       # the provider's lookup, else Content-Length
+    declared_sha256: str | None = None     # the provider's lookup (base64 or hex)
+    resolved_url: str | None = None        # Cloud API: the short-lived URL, worth trying again for a while
+
+    def chunks(self, size: int = 65536):
+        return self.response.iter_content(size)
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def content_length(response) -> int | None:
+    try:
+        return int(response.headers.get("Content-Length"))
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -165,5 +189,7 @@ class WhatsAppAdapter(Protocol):
     def show_typing(self, phone_number_id: str, to: str, provider_message_id: str) -> None:
         """Mark the customer's message read and show that a reply is being written."""
 
-    def fetch_media(self, media: dict) -> tuple[bytes, str]:
-        """Download inbound media; returns (content, mime_type)."""
+    def open_media(self, media: dict) -> "MediaDownload":
+        """Start downloading inbound media from the provider's own media endpoints
+        (never from a URL merely found in a payload); raise SendError. `media`
+        holds `provider_media_id`, `mime_type` and the record's `source`."""

@@ -19,18 +19,22 @@ from .base import (
     MEDIA_TYPES,
     IgnoredUpdate,
     InboundMessage,
+    MediaDownload,
     OutboundMessage,
     ParsedWebhook,
     SendError,
     SendResult,
     StatusUpdate,
     WebhookRejected,
+    content_length,
     is_user_id,
     pooled_session,
     transport_error,
 )
 
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+# How a media URL that has lived its few minutes answers: look the id up again.
+_EXPIRED_URL = (401, 403, 404, 410)
 
 # Meta codes that mean "not now" rather than "never": throughput and pair-rate
 # limits, upgrade in progress, app/WABA rate limits, service unavailable and
@@ -236,22 +240,53 @@ class CloudApiAdapter:
             "messaging_product": "whatsapp", "status": "read", "message_id": provider_message_id,
             "typing_indicator": {"type": "text"}})
 
-    def fetch_media(self, media: dict) -> tuple[bytes, str]:
-        """Resolve a webhook media id to a short-lived URL, then download it with the same token."""
+    def open_media(self, media: dict) -> MediaDownload:
+        """Resolve a webhook media id to a short-lived URL (`GET /{media-id}`), then
+        download it with the same token. A URL an earlier lookup gave
+        (`resolved_url`) is tried first; once it has expired (401/403/404/410)
+        the id is looked up again. The payload's own `url` is never fetched."""
         media_id = media.get("provider_media_id")
         if not media_id:
             raise SendError("no_media_id", "media has no provider_media_id", retryable=False)
+        if media.get("resolved_url"):
+            try:
+                return self._download(media["resolved_url"], {}, media)
+            except SendError as error:
+                if error.code not in _EXPIRED_URL:
+                    raise
         meta = self._request("GET", f"{self.api_base}/{media_id}")
         try:
-            info = meta.json()
+            info = _dict(meta.json())
             url = info["url"]
         except (ValueError, KeyError, TypeError):
             raise SendError("invalid_response", "media lookup without url", retryable=False) from None
-        # The URL lives five minutes; a 404 here means "look the id up again", so retry.
-        download = self._request("GET", url, not_found_retryable=True)
-        mime_type = (info.get("mime_type") or media.get("mime_type")
-                     or download.headers.get("Content-Type", "application/octet-stream"))
-        return download.content, mime_type
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise SendError("invalid_response", "media lookup without url", retryable=False)
+        return self._download(url, info, media)
+
+    def _download(self, url: str, info: dict, media: dict) -> MediaDownload:
+        """GET the file with the token, streamed. A 404 means "look the id up again": retryable."""
+        try:
+            response = self.session.get(url, stream=True, timeout=self.timeout,
+                                        headers={"Authorization": f"Bearer {self.access_token}"})
+        except requests.RequestException as exc:
+            raise transport_error(exc) from None
+        if response.status_code >= 400:
+            try:
+                raise SendError(response.status_code, response.reason or f"HTTP {response.status_code}",
+                                retryable=response.status_code in (*_EXPIRED_URL, 429)
+                                or response.status_code >= 500)
+            finally:
+                response.close()
+        size = info.get("file_size")
+        return MediaDownload(
+            response=response,
+            mime_type=(info.get("mime_type") or media.get("mime_type")
+                       or response.headers.get("Content-Type", "application/octet-stream")),
+            declared_size=int(size) if isinstance(size, (int, str)) and str(size).isdigit()
+            else content_length(response),
+            declared_sha256=info.get("sha256") if isinstance(info.get("sha256"), str) else None,
+            resolved_url=url)
 
     def fetch_templates(self, waba_id: str, most_pages: int = 50) -> list[dict]:
         """The WhatsApp Business Account's message templates, every page (`GET /{waba_id}/message_templates`,
@@ -389,7 +424,8 @@ def _content(message: dict) -> tuple[str, str | None, dict | None]:
         return "text", body.get("body"), None
     if kind in MEDIA_TYPES:
         media = {name: body[key] for name, key in (("provider_media_id", "id"), ("mime_type", "mime_type"),
-                 ("sha256", "sha256"), ("filename", "filename"), ("url", "url")) if body.get(key)}
+                 ("sha256", "sha256"), ("filename", "filename"), ("url", "url"), ("animated", "animated"))
+                 if body.get(key)}
         return kind, body.get("caption"), media or None
     if kind == "location":
         return kind, ", ".join(str(body[k]) for k in ("name", "address") if body.get(k)) or None, None

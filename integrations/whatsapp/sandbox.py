@@ -25,5 +25,5 @@ class SandboxAdapter(CloudApiAdapter):
     def show_typing(self, phone_number_id: str, to: str, provider_message_id: str) -> None:
         """Nobody is on the other end of the sandbox to see it."""
 
-    def fetch_media(self, media: dict) -> tuple[bytes, str]:
+    def open_media(self, media: dict):
         raise SendError("sandbox", "the sandbox holds no media", retryable=False)

@@ -16,12 +16,14 @@ from .base import (
     MEDIA_TYPES,
     IgnoredUpdate,
     InboundMessage,
+    MediaDownload,
     OutboundMessage,
     ParsedWebhook,
     SendError,
     SendResult,
     StatusUpdate,
     WebhookRejected,
+    content_length,
     pooled_session,
     transport_error,
 )
@@ -290,25 +292,37 @@ class WasenderAdapter:
         self._request("POST", f"{self.api_base}/api/send-presence-update",
                       json={"jid": to if "@" in to else f"{to}@s.whatsapp.net", "type": "composing"})
 
-    def fetch_media(self, media: dict) -> tuple[bytes, str]:
-        """Download inbound media. WhatsApp-Web media is encrypted, so when a media key is
-        known WASender decrypts it first (`/api/decrypt-media` -> publicUrl)."""
-        url = media.get("url")
-        if not url:
-            raise SendError("no_media_url", "media has no url", retryable=False)
-        if media.get("media_key") and media.get("message_type"):
-            request = {"data": {"messages": {
-                "key": {"id": media.get("provider_media_id")},
-                "message": {media["message_type"]: {
-                    "url": url, "mimetype": media.get("mime_type"), "mediaKey": media["media_key"]}},
-            }}}
-            decrypted = _json(self._request("POST", f"{self.api_base}/api/decrypt-media", json=request))
-            url = decrypted.get("publicUrl")
-            if not url:
-                raise SendError("invalid_response", "decrypt-media without publicUrl", retryable=False)
-        download = self._request("GET", url)
-        mime_type = media.get("mime_type") or download.headers.get("Content-Type", "application/octet-stream")
-        return download.content, mime_type
+    def open_media(self, media: dict) -> MediaDownload:
+        """Download inbound media. WhatsApp-Web media is encrypted: WASender's
+        `/api/decrypt-media` (with the API key) takes the payload's media key and
+        encrypted URL as data and answers with a `publicUrl`, valid an hour,
+        which is downloaded WITHOUT the API key. Baton itself never fetches a
+        URL taken from a payload, so media without a media key cannot be fetched."""
+        url, key, kind = media.get("url"), media.get("media_key"), media.get("message_type")
+        if not (url and key and kind):
+            raise SendError("no_media_key", "media without url, media key and kind cannot be decrypted",
+                            retryable=False)
+        request = {"data": {"messages": {
+            "key": {"id": media.get("provider_media_id")},
+            "message": {kind: {"url": url, "mimetype": media.get("mime_type"), "mediaKey": key}},
+        }}}
+        decrypted = _json(self._request("POST", f"{self.api_base}/api/decrypt-media", json=request))
+        public_url = decrypted.get("publicUrl")
+        if not isinstance(public_url, str) or not public_url.startswith(("https://", "http://")):
+            raise SendError("invalid_response", "decrypt-media without publicUrl", retryable=False)
+        try:
+            response = self.session.get(public_url, stream=True, timeout=self.timeout)   # no API key
+        except requests.RequestException as exc:
+            raise transport_error(exc) from None
+        if response.status_code >= 400:
+            try:
+                raise SendError(response.status_code, response.reason or f"HTTP {response.status_code}",
+                                retryable=response.status_code in (404, 410, 429) or response.status_code >= 500)
+            finally:
+                response.close()
+        return MediaDownload(response=response, declared_size=content_length(response),
+                             mime_type=media.get("mime_type") or response.headers.get(
+                                 "Content-Type", "application/octet-stream"))
 
     def _request(self, method: str, url: str, json: dict | None = None) -> requests.Response:
         try:
@@ -378,7 +392,7 @@ def _content(message: dict) -> tuple[str, str | None, dict | None]:
     if kind in MEDIA_TYPES:
         media = {target: body[source] for target, source in (
             ("mime_type", "mimetype"), ("url", "url"), ("sha256", "fileSha256"),
-            ("filename", "fileName"), ("media_key", "mediaKey")) if body.get(source)}
+            ("filename", "fileName"), ("media_key", "mediaKey"), ("animated", "isAnimated")) if body.get(source)}
         media["message_type"] = name
         return kind, body.get("caption"), media
     if kind == "location":
