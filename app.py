@@ -28,11 +28,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from models import db
     from models.base import is_pooled
 
+    from flask import request
+
+    from blueprints.ops import WITHOUT_DATABASE
+
     @app.before_request
     def _connect():
         # One connection per thread, kept open across requests (peewee is
-        # thread-local); reconnects itself after a database restart.
-        db.connect(reuse_if_open=True)
+        # thread-local); reconnects itself after a database restart. Health,
+        # readiness, metrics and the OpenAPI document answer without it.
+        if request.endpoint not in WITHOUT_DATABASE:
+            db.connect(reuse_if_open=True)
 
     @app.teardown_request
     def _give_back(exc):

@@ -220,18 +220,12 @@ def deliveries(failed, replay_id, limit):
 @click.option("--burst", is_flag=True, help="exit when the queues are empty")
 def worker(burst):
     """Run an RQ worker on Baton's queues (no fork per job: SimpleWorker)."""
-    from rq import SimpleWorker
-    from rq.worker import DequeueStrategy
-
     from jobs.context import set_runtime
+    from jobs.worker import run_worker
 
     rt = _rt()
     set_runtime(rt)
-    queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "media", "default")]
-    # Round robin: a busy inbound lane hands its pump over again and again;
-    # with the default priority order the outbound lane would never get a turn.
-    SimpleWorker(queues, connection=rt.redis).work(burst=burst, logging_level=_rq_log_level(rt.settings),
-                                                   dequeue_strategy=DequeueStrategy.ROUND_ROBIN)
+    run_worker(rt, burst=burst, logging_level=_rq_log_level(rt.settings))
 
 
 def _rq_log_level(settings) -> str:
@@ -244,9 +238,7 @@ def _rq_log_level(settings) -> str:
 @baton.command("cron")
 def cron():
     """Run RQ's cron scheduler with Baton's timers (tick every 1 s, sweep every 5 s)."""
-    from rq.cron import CronScheduler
-
-    from jobs.cron import register_timers
+    from jobs.cron import CronScheduler, register_timers
 
     rt = _rt()
     logging.getLogger("rq.cron").setLevel(_rq_log_level(rt.settings))

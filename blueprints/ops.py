@@ -8,10 +8,9 @@ import peewee
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from redis.exceptions import RedisError
 
-from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery, Media, Message, db, utcnow
-from models.base import parse_time
+from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery, Media, Message, utcnow
+from models.base import ensure_connection, parse_time
 from models.media import STATUSES as MEDIA_STATUSES
 from models.message import UNSENT, is_unsent
 from routing.lanes import LANES
@@ -31,83 +30,132 @@ def healthz():
     return reply({"status": "ok"})
 
 
+# Endpoints that answer while the database is down: app.py opens no connection
+# before them (readiness and metrics open their own, and say when they cannot).
+WITHOUT_DATABASE = frozenset({"ops.healthz", "ops.readyz", "ops.metrics", "ops.openapi"})
+
+
+def _database_status() -> str:
+    try:
+        ensure_connection()
+        return "ok"
+    except Exception as exc:          # whatever it is, readiness answers with it rather than a 500
+        return f"down: {type(exc).__name__}"
+
+
+def _redis_status(rt) -> str:
+    try:
+        rt.redis.ping()
+        return "ok"
+    except Exception as exc:
+        return f"down: {type(exc).__name__}"
+
+
+def _storage_status(rt) -> str:
+    try:
+        rt.storage.ping()
+        return "ok"
+    except Exception as exc:          # the details (paths, bucket) go to the log, not to anyone asking
+        log.warning("media storage is down: %s", exc)
+        return f"down: {type(exc).__name__}"
+
+
 @bp.get("/readyz")
 @responds(200, ReadinessSchema, "Database, Redis and the media store answer")
 @responds(503, ReadinessSchema, "A dependency is down")
 def readyz():
-    """Readiness: the database, Redis and the media store all answer."""
-    from integrations.storage import StorageError
-
+    """Readiness: each dependency Baton needs (the database, Redis, the media store),
+    `ok` or `down: <error>`; 503 when one is down, never a 500."""
     rt = current_app.extensions["baton"]
-    status = {"database": "ok", "redis": "ok", "storage": "ok"}
-    try:
-        db.execute_sql("SELECT 1")
-    except peewee.PeeweeException as exc:
-        status["database"] = f"down: {type(exc).__name__}"
-    try:
-        rt.redis.ping()
-    except RedisError as exc:
-        status["redis"] = f"down: {type(exc).__name__}"
-    try:
-        rt.storage.ping()
-    except StorageError as exc:          # the details (paths, bucket) go to the log, not to anyone asking
-        log.warning("media storage is down: %s", exc)
-        status["storage"] = f"down: {type(exc).__name__}"
+    status = {"database": _database_status(), "redis": _redis_status(rt), "storage": _storage_status(rt)}
     if all(value == "ok" for value in status.values()):
         return reply(status)
     return reply(status, 503, headers={"Retry-After": "5"})
+
+
+def _database_gauges(registry: CollectorRegistry) -> list[str] | None:
+    """The gauges read from the database, registered only when every read
+    succeeded (absent, not zero, while it is down); returns the agent ids."""
+    try:
+        ensure_connection()
+        by_state = list(Conversation.select(Conversation.state, peewee.fn.COUNT(Conversation.id))
+                        .group_by(Conversation.state).tuples())
+        unrouted = Message.select().where(Message.routed_to.is_null()).count()
+        unsent_counts = dict(Message.select(Message.status, peewee.fn.COUNT(Message.id))
+                             .where(is_unsent()).group_by(Message.status).tuples())
+        delivery_counts = list(Delivery.select(Delivery.status, peewee.fn.COUNT(Delivery.id))
+                               .group_by(Delivery.status).tuples())
+        media_counts = dict(Media.select(Media.status, peewee.fn.COUNT(Media.id)).group_by(Media.status).tuples())
+        agent_ids = [a.id for a in Agent.select(Agent.id)]
+        unoffered = Conversation.select().where((Conversation.state == PENDING_AGENT)
+                                                & Conversation.offered_agent_id.is_null()).count()
+        oldest = (Conversation.select(peewee.fn.MIN(Conversation.pending_since))
+                  .where(Conversation.state == PENDING_AGENT).scalar())
+        callbacks = CallbackRequest.select().where(CallbackRequest.status == "open").count()
+    except Exception as exc:
+        log.warning("metrics: the database could not be read (%s)", exc)
+        return None
+    gauge = Gauge("baton_conversations", "Conversations by state", ["state"], registry=registry)
+    for state, count in by_state:
+        gauge.labels(state).set(count)
+    Gauge("baton_messages_unrouted", "Inbound messages recorded but not routed yet",
+          registry=registry).set(unrouted)
+    unsent = Gauge("baton_outbound_unsent", "Outbound messages not yet accepted by the provider: `queued`, or "
+                   "`unknown` (a send whose outcome waits to be reconciled)", ["status"], registry=registry)
+    for status in UNSENT:
+        unsent.labels(status).set(unsent_counts.get(status, 0))
+    deliveries = Gauge("baton_deliveries", "n8n deliveries by status", ["status"], registry=registry)
+    for status, count in delivery_counts:
+        deliveries.labels(status).set(count)
+    media = Gauge("baton_media", "Customers' media files by status (pending: being fetched or retried)",
+                  ["status"], registry=registry)
+    for status in MEDIA_STATUSES:
+        media.labels(status).set(media_counts.get(status, 0))
+    Gauge("baton_pending_unoffered", "Conversations waiting for a human that no agent has been offered",
+          registry=registry).set(unoffered)
+    Gauge("baton_pending_oldest_seconds", "How long the longest-waiting customer has waited for a human",
+          registry=registry).set((utcnow() - parse_time(oldest)).total_seconds() if oldest else 0)
+    Gauge("baton_callback_requests_open", "Callback requests nobody has handled yet",
+          registry=registry).set(callbacks)
+    return agent_ids
+
+
+def _redis_gauges(registry: CollectorRegistry, rt, agent_ids: list[str] | None) -> bool:
+    """The gauges read from Redis (agents online needs the database's agents too)."""
+    try:
+        depths = {lane: rt.lanes.depth(lane) for lane in LANES}
+        online = rt.presence.online(agent_ids) if agent_ids is not None else None
+    except Exception as exc:
+        log.warning("metrics: Redis could not be read (%s)", exc)
+        return False
+    depth = Gauge("baton_lane_ready", "Keys waiting in a work lane", ["lane"], registry=registry)
+    for lane, value in depths.items():
+        depth.labels(lane).set(value)
+    if online is not None:
+        Gauge("baton_agents_online", "Agents online for assignment (status online and a live heartbeat)",
+              registry=registry).set(sum(online.values()))
+    return True
 
 
 @bp.get("/metrics")
 @responds(200, description="Prometheus text format", content_type=CONTENT_TYPE_LATEST)
 @errors(codes={401: ("unauthorized",)})
 def metrics():
-    """Gauges read at scrape time, so every web process reports the same truth."""
+    """Gauges read at scrape time, so every web process reports the same truth. While the
+    database (or Redis) cannot be read its gauges are absent and `baton_dependency_up`
+    says so; the answer is 200 all the same."""
     rt = current_app.extensions["baton"]
     token = rt.settings.METRICS_TOKEN
     if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
         raise ApiError(401, "unauthorized", "Metrics need `Authorization: Bearer <METRICS_TOKEN>`.")
     registry = CollectorRegistry()
-    by_state = Gauge("baton_conversations", "Conversations by state", ["state"], registry=registry)
-    for state, count in (Conversation.select(Conversation.state, peewee.fn.COUNT(Conversation.id))
-                         .group_by(Conversation.state).tuples()):
-        by_state.labels(state).set(count)
-    Gauge("baton_messages_unrouted", "Inbound messages recorded but not routed yet",
-          registry=registry).set(Message.select().where(Message.routed_to.is_null()).count())
-    unsent = Gauge("baton_outbound_unsent", "Outbound messages not yet accepted by the provider: `queued`, or "
-                   "`unknown` (a send whose outcome waits to be reconciled)", ["status"], registry=registry)
-    counts = dict(Message.select(Message.status, peewee.fn.COUNT(Message.id))
-                  .where(is_unsent()).group_by(Message.status).tuples())
-    for status in UNSENT:
-        unsent.labels(status).set(counts.get(status, 0))
-    deliveries = Gauge("baton_deliveries", "n8n deliveries by status", ["status"], registry=registry)
-    for status, count in (Delivery.select(Delivery.status, peewee.fn.COUNT(Delivery.id))
-                          .group_by(Delivery.status).tuples()):
-        deliveries.labels(status).set(count)
-    media = Gauge("baton_media", "Customers' media files by status (pending: being fetched or retried)",
-                  ["status"], registry=registry)
-    media_counts = dict(Media.select(Media.status, peewee.fn.COUNT(Media.id)).group_by(Media.status).tuples())
-    for status in MEDIA_STATUSES:
-        media.labels(status).set(media_counts.get(status, 0))
-    depth = Gauge("baton_lane_ready", "Keys waiting in a work lane", ["lane"], registry=registry)
-    for lane in LANES:
-        depth.labels(lane).set(rt.lanes.depth(lane))
-    agents = list(Agent.select(Agent.id))
-    online = rt.presence.online([a.id for a in agents])
-    Gauge("baton_agents_online", "Agents online for assignment (status online and a live heartbeat)",
-          registry=registry).set(sum(online.values()))
-    Gauge("baton_pending_unoffered", "Conversations waiting for a human that no agent has been offered",
-          registry=registry).set(Conversation.select().where((Conversation.state == PENDING_AGENT)
-                                                             & Conversation.offered_agent_id.is_null()).count())
-    oldest = (Conversation.select(peewee.fn.MIN(Conversation.pending_since))
-              .where(Conversation.state == PENDING_AGENT).scalar())
-    Gauge("baton_pending_oldest_seconds", "How long the longest-waiting customer has waited for a human",
-          registry=registry).set((utcnow() - parse_time(oldest)).total_seconds() if oldest else 0)
-    Gauge("baton_callback_requests_open", "Callback requests nobody has handled yet",
-          registry=registry).set(CallbackRequest.select().where(CallbackRequest.status == "open").count())
+    agent_ids = _database_gauges(registry)
+    redis_ok = _redis_gauges(registry, rt, agent_ids)
+    up = Gauge("baton_dependency_up", "1 when this scrape could read the dependency, 0 when it could not "
+               "(its gauges are then absent)", ["dependency"], registry=registry)
+    up.labels("database").set(agent_ids is not None)
+    up.labels("redis").set(redis_ok)
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
-
-
 
 
 @bp.get("/openapi.json")

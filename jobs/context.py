@@ -8,16 +8,22 @@ from rq import get_current_job
 _runtime = None
 
 
-def runtime():
+def runtime(connect: bool = True):
+    """The process's Runtime; with `connect`, this thread's database connection
+    is checked (and replaced when the database dropped it) first."""
     global _runtime
     if _runtime is None:
         from config import load_settings
         from runtime import Runtime
 
         _runtime = Runtime.build(load_settings())
-    from models import db
+    if not connect:
+        return _runtime
+    from models.base import ensure_connection
 
-    db.connect(reuse_if_open=True)
+    # A worker keeps its connection from job to job; one the database dropped
+    # (a restart, a network cut) is replaced here, not reused for ever.
+    ensure_connection()
     return _runtime
 
 

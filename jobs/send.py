@@ -40,6 +40,7 @@ from routing.dispatch import typing_key
 from routing.ingest import announce_message_ids
 from routing.lanes import PumpClaim
 from routing.locks import ConversationLock, LockLost
+from routing.redis_wait import unreachable, wait_for_redis
 from routing.notices import window_open
 from routing.uploads import outbound_media, remember_provider_upload
 from routing.send_policy import WINDOW_CLOSED, WINDOW_CLOSED_TITLE, Fail, Reconcile, after_send_error
@@ -400,7 +401,12 @@ def pump_outbound(claim: PumpClaim) -> int:
                 continue
             if handed_over or not rt.lanes.finish(claim):
                 return sender.sent
-    except BaseException:
+    except BaseException as exc:
+        if unreachable(exc):
+            # Redis went away mid-pump: wait for it, so the calls in flight are recorded
+            # and the conversations' locks and the pump slot are given back, rather than
+            # left to block the lane until their leases run out.
+            wait_for_redis(rt.redis, max(settings.PUMP_LEASE, settings.LOCK_TTL))
         try:
             sender.stop()
         finally:

@@ -91,13 +91,50 @@ class BaseModel(peewee.Model):
         legacy_table_names = False
 
 
-class _PooledPostgres(ReconnectMixin, PooledPostgresqlDatabase):
-    """A bounded pool of PostgreSQL connections that reconnects once when the
-    server restarts under a long-lived process.
+# What psycopg2 and sqlite3 say when the connection, not the statement, is the
+# trouble: the server restarted or is unreachable, or the file went away.
+# peewee's ReconnectMixin ships MySQL's list only.
+CONNECTION_LOST = (
+    "server closed the connection", "connection already closed", "terminating connection",
+    "could not connect", "connection refused", "connection reset", "connection timed out",
+    "no connection to the server", "could not receive data", "could not send data",
+    "ssl connection has been closed", "the database system is starting up",
+    "the database system is shutting down", "the database system is in recovery mode",
+    "cannot operate on a closed database", "unable to open database file", "disk i/o error",
+)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Did `exc` come from a connection to the database that is gone (as opposed
+    to a statement the database refused)? Such a failure heals by reconnecting."""
+    if not isinstance(exc, (peewee.OperationalError, peewee.InterfaceError)):
+        return False
+    text = str(exc).lower()
+    return any(fragment in text for fragment in CONNECTION_LOST)
+
+
+class _Reconnecting(ReconnectMixin):
+    """Outside a transaction, a statement that finds its connection gone
+    reconnects and runs once more; inside one it raises (the caller's work
+    is retried whole: a pump reschedules its key, a webhook answers 503)."""
+
+    reconnect_errors = tuple((cls, fragment) for cls in (peewee.OperationalError, peewee.InterfaceError)
+                             for fragment in CONNECTION_LOST)
+
+
+class _PooledPostgres(_Reconnecting, PooledPostgresqlDatabase):
+    """A bounded pool of PostgreSQL connections that survives a server restart
+    under a long-lived process: the pool checks an idle connection before
+    handing it out (and drops a dead one), a dead connection is never given
+    back (`_can_reuse`), and a statement outside a transaction reconnects.
 
     Under gevent each request is its own greenlet, and peewee's per-thread
     connections become per-greenlet ones: without a bound, a burst of
     clients would open a connection each. Requests return theirs at teardown."""
+
+
+class _Sqlite(_Reconnecting, peewee.SqliteDatabase):
+    """SQLite, reconnecting like PostgreSQL when its file could not be read."""
 
 
 def make_database(url: str, pool_size: int = 20) -> peewee.Database:
@@ -108,7 +145,7 @@ def make_database(url: str, pool_size: int = 20) -> peewee.Database:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         # WAL lets readers run beside the one writer; NORMAL sync is durable
         # against process crashes (an OS crash may lose the last commits).
-        database = peewee.SqliteDatabase(path, pragmas={
+        database = _Sqlite(path, pragmas={
             "journal_mode": "wal", "synchronous": "normal", "busy_timeout": 10000,
             "foreign_keys": 1, "cache_size": -16000,
         }, timeout=10)
@@ -122,11 +159,49 @@ def make_database(url: str, pool_size: int = 20) -> peewee.Database:
         unquote(parsed.path.lstrip("/")), user=unquote(parsed.username or "") or None,
         password=unquote(parsed.password or "") or None, host=parsed.hostname or None,
         port=parsed.port or None, max_connections=pool_size, stale_timeout=300, timeout=10,
+        connect_timeout=5,       # an unreachable server fails a connect in 5 s, not the kernel's minutes
     )
 
 
 def is_pooled(database: peewee.Database | None = None) -> bool:
     return isinstance(database or db.obj, PooledPostgresqlDatabase)
+
+
+def discard_connection(database: peewee.Database | None = None) -> None:
+    """Drop this thread's connection, whatever state it is in; a pooled one is
+    closed rather than given back. The next statement opens a fresh one."""
+    database = database or db.obj
+    if database.is_closed():
+        return
+    try:
+        if database.in_transaction():
+            database.rollback()
+        if is_pooled(database):
+            database.manual_close()
+        else:
+            database.close()
+    except Exception:            # closing a dead connection may fail too: forget it regardless
+        database._state.reset()
+
+
+def ensure_connection(database: peewee.Database | None = None) -> None:
+    """Open this thread's connection, or check the one it holds: a long-lived
+    process (an RQ worker, cron, the live hub) that kept a connection across a
+    database restart gets a fresh one instead of `connection already closed`
+    on every later job. One round trip; raises when the database is down."""
+    database = database or db.obj
+    if database.in_transaction():
+        return
+    if not database.is_closed():
+        try:
+            if database.is_connection_usable():
+                database.execute_sql("SELECT 1")
+                return
+        except Exception:            # whatever the driver says, a fresh connection is the cure
+            pass
+        discard_connection(database)
+    database.connect(reuse_if_open=True)
+    database.execute_sql("SELECT 1")
 
 
 def bind(url: str, pool_size: int = 20) -> peewee.Database:

@@ -5,12 +5,14 @@ import logging
 import time
 import uuid
 from config import Settings
+from models import Message
 
 from .change import Changes
 from .decide import Policy
 from .inbound import route_message
 from .lanes import Lanes
 from .locks import ConversationLock
+from .redis_wait import patiently
 
 log = logging.getLogger(__name__)
 BATCH = 50
@@ -29,6 +31,7 @@ def drain_conversation(settings: Settings, changes: Changes, policy: Policy, lan
         ids = lanes.open_inbox(conversation_id, token, ttl_ms, BATCH)
         if ids is None:
             return routed_total
+        ids = in_writing_order(conversation_id, ids)
         lease = ConversationLock(lanes.redis, lanes.lock_key(conversation_id), settings.LOCK_TTL, token=token)
         renewed = time.monotonic()
         routed: list[str] = []
@@ -45,8 +48,29 @@ def drain_conversation(settings: Settings, changes: Changes, policy: Policy, lan
                 route_message(changes, policy, conversation_id, message_id)
                 routed.append(message_id)
         finally:
-            waiting = lanes.close_inbox(conversation_id, token, routed)
+            # Redis away (a restart) must not leave the lock to block this
+            # conversation for LOCK_TTL after it is back: wait for it to let go.
+            waiting = patiently(lambda: lanes.close_inbox(conversation_id, token, routed), settings.LOCK_TTL)
         routed_total += len(routed)
         # Messages may have landed meanwhile: go on while there are some.
         if not waiting:
             return routed_total
+
+
+def in_writing_order(conversation_id: str, inbox_ids: list[str]) -> list[str]:
+    """The inbox's messages together with the conversation's recorded messages that
+    never reached the inbox (the hand-off to Redis was lost: Redis was down when the
+    webhook recorded them, or the web process died), in the customer's order.
+
+    Without this a message written after such a gap would be routed at once and
+    the gap only later, by the sweep: out of order. One query per batch, on the
+    (routed_to, received_at) index: unrouted rows are the ones in flight."""
+    waiting = (Message.select(Message.id)
+               .where(Message.routed_to.is_null() & (Message.conversation == conversation_id))
+               .order_by(Message.sent_at, Message.seq)
+               .limit(BATCH * 4).tuples())
+    ordered = [message_id for message_id, in waiting]
+    known = set(ordered)
+    # Inbox entries already routed (or moved by a merge) stay listed, so that
+    # closing the inbox removes them; route_message skips them.
+    return ordered + [message_id for message_id in inbox_ids if message_id not in known]

@@ -184,6 +184,11 @@ class Lanes:
         return bool(self._hand_over(keys=[self._k(claim.lane, "pumps"), self._k(claim.lane, "ready")],
                                     args=[claim.token, time.time(), self.lease, self.max_pumps]))
 
+    def release(self, claim: PumpClaim) -> None:
+        """Give the pump slot back without looking for more work (a pump that
+        cannot run now): the cron tick claims a fresh one when it can."""
+        self.redis.zrem(self._k(claim.lane, "pumps"), claim.token)
+
     def depth(self, lane: str) -> int:
         return int(self.redis.llen(self._k(lane, "ready")))
 

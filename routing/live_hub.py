@@ -35,7 +35,8 @@ SUBSCRIBER_BACKLOG = 1000
 # How often the reader wakes without traffic to notice it has no subscribers
 # left or that the process is shutting down.
 POLL_SECONDS = 0.5
-RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+# At most 2 s between attempts: streams ended by a Redis restart come back soon after it.
+RECONNECT_DELAYS = (0.5, 1.0, 2.0)
 
 _fork_lock = threading.Lock()
 _shutting_down: Callable[[], bool] = lambda: False
