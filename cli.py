@@ -216,9 +216,15 @@ def deliveries(failed, replay_id, limit):
                    f"{row.last_error or ''}".rstrip())
 
 
+WORKER_QUEUES = ("inbound", "outbound", "events", "media", "default")
+
+
 @baton.command("worker")
 @click.option("--burst", is_flag=True, help="exit when the queues are empty")
-def worker(burst):
+@click.option("--queue", "queue_names", multiple=True, type=click.Choice(WORKER_QUEUES),
+              help="listen on this queue only (repeatable; default: all of them). E.g. a worker for "
+                   "`--queue media` alone, and the others on the rest, keeps media downloads off the lanes' workers")
+def worker(burst, queue_names):
     """Run an RQ worker on Baton's queues (no fork per job: SimpleWorker)."""
     from rq import SimpleWorker
     from rq.worker import DequeueStrategy
@@ -227,7 +233,7 @@ def worker(burst):
 
     rt = _rt()
     set_runtime(rt)
-    queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "media", "default")]
+    queues = [rt.queues[name] for name in WORKER_QUEUES if not queue_names or name in queue_names]
     # Round robin: a busy inbound lane hands its pump over again and again;
     # with the default priority order the outbound lane would never get a turn.
     SimpleWorker(queues, connection=rt.redis).work(burst=burst, logging_level=_rq_log_level(rt.settings),
