@@ -110,8 +110,13 @@ def start_baton(stack, args, graph_url: str, storage_url: str, name: str) -> dic
     bl.init_db(env, tmp)
     web, port = bl.start_gunicorn(stack, f"{name}-web", "wsgi:app", bl.ROOT, args, env, tmp, port=port)
     flask = bl.tool("flask")
-    workers = [stack.spawn(f"{name}-rq-worker-{n}", [flask, "--app", "app", "baton", "worker"], env=env, log_dir=tmp)
-               for n in range(args.rq_workers)]
+    lanes = ["--queue", "inbound", "--queue", "outbound", "--queue", "events", "--queue", "default"] \
+        if args.media_workers else []
+    workers = [stack.spawn(f"{name}-rq-worker-{n}", [flask, "--app", "app", "baton", "worker", *lanes], env=env,
+                           log_dir=tmp) for n in range(args.rq_workers)]
+    workers += [stack.spawn(f"{name}-rq-media-worker-{n}", [flask, "--app", "app", "baton", "worker", "--queue",
+                                                             "media"], env=env, log_dir=tmp)
+                for n in range(args.media_workers)]
     cron = stack.spawn(f"{name}-cron", [flask, "--app", "app", "baton", "cron"], env=env, log_dir=tmp)
     baton = {"name": name, "port": port, "web": web, "workers": workers, "cron": cron, "db": f"{tmp}/baton.db",
              "tmp": tmp, "graph": graph_url}
@@ -285,6 +290,9 @@ def raw_copy(args, graph_url: str, target: str, run: int, moto_url: str | None, 
                             n = len(chunk)
                             with lock:
                                 copied[0] += n
+                        if target == "disk-fsync":          # as durable as Baton's filesystem store
+                            f.flush()
+                            os.fsync(f.fileno())
                 else:
                     data = response.content
                     client.put_object(Bucket=BUCKET, Key=f"raw/{run}/{media_id}", Body=data,
@@ -295,10 +303,13 @@ def raw_copy(args, graph_url: str, target: str, run: int, moto_url: str | None, 
     load = bl.loadavg()
     sys0 = bl.system_busy_seconds()
     t0 = time.monotonic()
-    with cf.ThreadPoolExecutor(args.rq_workers) as pool:
-        for f in [pool.submit(loop) for _ in range(args.rq_workers)]:
+    threads = args.media_workers or args.rq_workers        # as many as the workers that fetch
+    with cf.ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(loop) for _ in range(threads)]:
             f.result()
     span = time.monotonic() - t0
+    import shutil
+    shutil.rmtree(out_dir, ignore_errors=True)
     return {"kind": "distinct", "backend": f"raw-{target}", "files": len(ids), "stored": len(ids), "seconds": span,
             "files_per_s": len(ids) / span, "mb_per_s": copied[0] / 1e6 / span,
             "system_cpu_pct": 100 * (bl.system_busy_seconds() - sys0) / span, "loadavg_before": load}
@@ -307,7 +318,7 @@ def raw_copy(args, graph_url: str, target: str, run: int, moto_url: str | None, 
 # -- text latency with and without a media burst --------------------------------------------------
 
 ANSWERS_SQL = """
-SELECT i.provider_message_id, om.provider_message_id
+SELECT i.provider_message_id, om.provider_message_id, t.created_at
 FROM message i
 JOIN bot_turn t ON t.message_id = i.id
 JOIN message om ON om.turn_id = t.id AND om.direction = 'out'
@@ -320,14 +331,17 @@ def sent_at(graph_url: str) -> dict:
         return json.loads(response.read())
 
 
-def answered(baton, plan_ids: set) -> dict:
-    """{inbound provider id: the earliest time the fake Graph API accepted a reply to it}."""
+def answered(baton, plan_ids: set, routed: dict | None = None) -> dict:
+    """{inbound provider id: the earliest time the fake Graph API accepted a reply to it};
+    fills `routed` with {inbound provider id: bot_turn.created_at} (the inbound lane's part)."""
     times = sent_at(baton["graph"])
     first: dict = {}
     with sqlite3.connect(f"file:{baton['db']}?mode=ro", uri=True, timeout=30) as conn:
-        for inbound, wamid in conn.execute(ANSWERS_SQL):
+        for inbound, wamid, turn_at in conn.execute(ANSWERS_SQL):
             if inbound in plan_ids and wamid in times:
                 first[inbound] = min(first.get(inbound, float("inf")), times[wamid])
+                if routed is not None:
+                    routed[inbound] = bl.utc_ts(turn_at)
     return first
 
 
@@ -358,8 +372,9 @@ def latency_run(baton, args, burst: bool, run: int) -> dict:
     measured = [m for m in plan if not m["warmup"] and m.get("status") == 200]
     ids = {m["id"] for m in measured}
     last_post = max(m["t_post"] for m in plan if "t_post" in m)
+    routed: dict = {}
     while True:
-        first = answered(baton, ids)
+        first = answered(baton, ids, routed)
         if len(first) >= len(ids) or time.time() > last_post + args.answer_timeout + 1:
             break
         time.sleep(0.25)
@@ -372,13 +387,20 @@ def latency_run(baton, args, burst: bool, run: int) -> dict:
         t0 = min(m["t_post"] for m in burst_plan)
         media["seconds_to_store_all"] = (media["last_stored"] - t0) if media["last_stored"] else None
         media["offered"] = len(burst_ids)
-    return {"burst": burst, "e2e_ms": e2e.pct_table(lat), "not_answered_within_timeout": late,
+    to_routed = [(routed[m["id"]] - m["t_post"]) * 1000 for m in measured if m["id"] in routed]
+    return {"burst": burst, "e2e_ms": e2e.pct_table(lat), "routed_ms": e2e.pct_table(to_routed), "not_answered_within_timeout": late,
             "post_ms": stats["post_ms"], "sent": stats["sent"], "errors": stats["errors"],
             "achieved_rate": stats["achieved_rate"], "baton_cpu_pct": cpu, "system_cpu_pct": system,
             "loadavg_before": load, "media": media}
 
 
 # -- main ------------------------------------------------------------------------------------------
+
+def workers_desc(args) -> str:
+    if args.media_workers:
+        return f"{args.rq_workers} RQ workers (no media) + {args.media_workers} media-only"
+    return f"{args.rq_workers} RQ workers (every queue)"
+
 
 def summary(runs: list[dict], key: str) -> tuple:
     values = [r[key] for r in runs if r.get(key) is not None]
@@ -394,6 +416,9 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="fs,s3", help="fs, s3 or both (default: fs,s3)")
     ap.add_argument("--rq-workers", type=int, default=2, help="`flask baton worker` processes (default: 2, "
                                                               "as run.sh's BATON_WORKERS)")
+    ap.add_argument("--media-workers", type=int, default=0,
+                    help="extra `baton worker --queue media` processes; with > 0 the --rq-workers listen on every "
+                         "queue but `media` (default: 0: every worker takes every queue, as the Procfile does)")
     ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for a run's media (default: 180)")
     g = ap.add_argument_group("text latency under media")
     g.add_argument("--rate", type=float, default=50.0, help="text webhooks per second, open loop (default: 50)")
@@ -414,7 +439,7 @@ def main(argv=None) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
 
     print(f"media benchmark: {args.files} x {IMAGE_SIZE // 1024} KB images per run, {args.repeats} runs, "
-          f"{bl.server_desc(args)}, {args.rq_workers} RQ workers, backends {backends}; load average "
+          f"{bl.server_desc(args)}, {workers_desc(args)}, backends {backends}; load average "
           f"{bl.loadavg():.2f}", flush=True)
     quiet = bl.wait_quiet(args.wait_quiet)
     result = {"benchmark": "media", "machine": bl.machine_info(), "config": vars(args), "throughput": [],
@@ -428,13 +453,14 @@ def main(argv=None) -> int:
             storage = (f"file://{tmp}/media-store" if backend == "fs" else
                        f"s3://{BUCKET}/baton?endpoint_url={urllib.parse.quote(moto_url, safe='')}&region=us-east-1")
             baton = start_baton(stack, args, graph_url, storage, backend)
-            print(f"{backend}: Baton web :{baton['port']}, {args.rq_workers} workers, storage {storage}", flush=True)
+            print(f"{backend}: Baton web :{baton['port']}, {workers_desc(args)}, storage {storage}", flush=True)
             for r in range(args.repeats):
                 run += 1
-                raw = raw_copy(args, graph_url, "disk" if backend == "fs" else "s3", run, moto_url, tmp)
-                result["throughput"].append(raw)
-                print(f"  raw copy → {'disk' if backend == 'fs' else 'S3'}: {raw['files_per_s']:.1f} files/s "
-                      f"{raw['mb_per_s']:.1f} MB/s (load {raw['loadavg_before']:.2f})", flush=True)
+                for target in (("disk", "disk-fsync") if backend == "fs" else ("s3",)):
+                    raw = raw_copy(args, graph_url, target, run, moto_url, tmp)
+                    result["throughput"].append(raw)
+                    print(f"  raw copy → {target}: {raw['files_per_s']:.1f} files/s "
+                          f"{raw['mb_per_s']:.1f} MB/s (load {raw['loadavg_before']:.2f})", flush=True)
                 for kind in ("distinct", "identical"):
                     run += 1
                     got = baton_throughput(baton, args, kind, run)
@@ -463,9 +489,10 @@ def main(argv=None) -> int:
 
     print()
     print(f"Media fetch-and-store — {args.files} x 1 MB per run, median [min–max] of {args.repeats} runs, "
-          f"{args.rq_workers} RQ workers, {os.cpu_count()} CPUs")
+          f"{workers_desc(args)}, {os.cpu_count()} CPUs")
     rows = []
-    groups = [("raw-disk", "distinct", "raw copy → disk (baseline)"), ("fs", "distinct", "Baton → filesystem"),
+    groups = [("raw-disk", "distinct", "raw copy → disk (baseline)"),
+              ("raw-disk-fsync", "distinct", "raw copy → disk + fsync"), ("fs", "distinct", "Baton → filesystem"),
               ("fs", "identical", "Baton → filesystem, identical"),
               ("raw-s3", "distinct", "raw copy → S3/moto (baseline)"), ("s3", "distinct", "Baton → S3/moto"),
               ("s3", "identical", "Baton → S3/moto, identical")]
@@ -477,7 +504,7 @@ def main(argv=None) -> int:
         fps, lo, hi = summary(runs, "files_per_s")
         mbps = summary(runs, "mb_per_s")[0]
         medians[(backend, kind)] = fps
-        base = medians.get(("raw-disk" if backend in ("fs", "raw-disk") else "raw-s3", "distinct"))
+        base = medians.get(("raw-s3" if backend in ("s3", "raw-s3") else "raw-disk", "distinct"))
         rows.append([label, fps, f"{bl.fmt(lo)}–{bl.fmt(hi)}", mbps,
                      f"{fps / base:.2f}" if fps and base else "-",
                      sum(r.get("failed", 0) for r in runs), summary(runs, "loadavg_before")[0]])
@@ -494,10 +521,11 @@ def main(argv=None) -> int:
             p50 = [r["e2e_ms"]["p50"] for r in runs]
             p99 = [r["e2e_ms"]["p99"] for r in runs]
             rows.append(["with media burst" if burst else "quiet", bl.median(p50), bl.median(p99),
-                         " / ".join(bl.fmt(v) for v in p99), max(r["e2e_ms"]["max"] for r in runs),
+                         " / ".join(bl.fmt(v) for v in p99),
+                         bl.median([r["routed_ms"]["p99"] for r in runs]), max(r["e2e_ms"]["max"] for r in runs),
                          sum(r["not_answered_within_timeout"] for r in runs),
                          bl.median([r["baton_cpu_pct"] for r in runs]), bl.median([r["loadavg_before"] for r in runs])])
-        print(bl.table(["text", "p50 ms", "p99 ms", "p99 each run", "max ms", "unanswered", "Baton CPU %",
+        print(bl.table(["text", "p50 ms", "p99 ms", "p99 each run", "routed p99", "max ms", "unanswered", "Baton CPU %",
                         "load avg"], rows))
         q = bl.median([r["e2e_ms"]["p99"] for r in result["latency"] if not r["burst"]])
         b = bl.median([r["e2e_ms"]["p99"] for r in result["latency"] if r["burst"]])
