@@ -93,7 +93,8 @@ def aws_free_env() -> dict:
 
 # -- Baton -----------------------------------------------------------------------------------------
 
-def start_baton(stack, args, graph_url: str, storage_url: str, name: str) -> dict:
+def start_baton(stack, args, graph_url: str, storage_url: str, name: str, media_workers: int | None = None) -> dict:
+    media_workers = args.media_workers if media_workers is None else media_workers
     tmp = stack.tempdir(f"baton-bench-media-{name}-")
     redis_url = bl.start_redis(stack)
     port = bl.free_port()
@@ -111,17 +112,21 @@ def start_baton(stack, args, graph_url: str, storage_url: str, name: str) -> dic
     web, port = bl.start_gunicorn(stack, f"{name}-web", "wsgi:app", bl.ROOT, args, env, tmp, port=port)
     flask = bl.tool("flask")
     lanes = ["--queue", "inbound", "--queue", "outbound", "--queue", "events", "--queue", "default"] \
-        if args.media_workers else []
+        if media_workers else []
     workers = [stack.spawn(f"{name}-rq-worker-{n}", [flask, "--app", "app", "baton", "worker", *lanes], env=env,
                            log_dir=tmp) for n in range(args.rq_workers)]
     workers += [stack.spawn(f"{name}-rq-media-worker-{n}", [flask, "--app", "app", "baton", "worker", "--queue",
                                                              "media"], env=env, log_dir=tmp)
-                for n in range(args.media_workers)]
+                for n in range(media_workers)]
     cron = stack.spawn(f"{name}-cron", [flask, "--app", "app", "baton", "cron"], env=env, log_dir=tmp)
-    baton = {"name": name, "port": port, "web": web, "workers": workers, "cron": cron, "db": f"{tmp}/baton.db",
+    baton = {"name": name, "media_workers": media_workers, "port": port, "web": web, "workers": workers, "cron": cron, "db": f"{tmp}/baton.db",
              "tmp": tmp, "graph": graph_url}
     warm_up(baton, args)
     return baton
+
+
+def tracebacks_in(baton) -> int:
+    return sum(p.read_text(errors="replace").count("Traceback") for p in Path(baton["tmp"]).glob("*.log"))
 
 
 def stop_baton(stack, baton) -> None:
@@ -396,6 +401,10 @@ def latency_run(baton, args, burst: bool, run: int) -> dict:
 
 # -- main ------------------------------------------------------------------------------------------
 
+def start_shared(stack, args, graph_url, tmp) -> dict:
+    return start_baton(stack, args, graph_url, f"file://{tmp}/media-store-shared", "fs-shared", media_workers=0)
+
+
 def workers_desc(args) -> str:
     if args.media_workers:
         return f"{args.rq_workers} RQ workers (no media) + {args.media_workers} media-only"
@@ -432,6 +441,9 @@ def main(argv=None) -> int:
     g.add_argument("--sender-threads", type=int, default=16)
     g.add_argument("--answer-timeout", type=float, default=10.0)
     g.add_argument("--skip-latency", action="store_true")
+    g.add_argument("--compare-split", action="store_true",
+                   help="run the latency pairs on two Batons, interleaved: every worker on every queue (the "
+                        "Procfile), and --rq-workers without `media` + max(1, --media-workers) media-only workers")
     bl.add_server_args(ap)
     bl.add_common_args(ap)
     ap.add_argument("--keep-tmp", action="store_true")
@@ -469,22 +481,33 @@ def main(argv=None) -> int:
                           f"{bl.fmt(got['mb_per_s'])} MB/s, stored {got['stored']}/{got['files']} "
                           f"failed {got['failed']} (load {got['loadavg_before']:.2f})", flush=True)
             if backend == "fs" and not args.skip_latency:
+                layouts = [("as configured", baton)]
+                if args.compare_split:
+                    split = start_baton(stack, args, graph_url, f"file://{tmp}/media-store-split", "fs-split",
+                                        media_workers=max(1, args.media_workers))
+                    layouts = [("every worker every queue", start_shared(stack, args, graph_url, tmp))
+                               if args.media_workers else ("every worker every queue", baton),
+                               (f"+{split['media_workers']} media-only worker", split)]
+                    print(f"  latency: comparing {[name for name, _ in layouts]}", flush=True)
                 for r in range(args.latency_repeats):
-                    for burst in (False, True):
+                    for (layout, target), burst in [(lay, b) for lay in layouts for b in (False, True)]:
                         run += 1
-                        got = latency_run(baton, args, burst, run)
+                        got = latency_run(target, args, burst, run)
+                        got["layout"] = layout
                         result["latency"].append(got)
                         e = got["e2e_ms"]
                         media = got["media"] or {}
-                        print(f"  text {args.rate:g}/s {'+ media burst' if burst else 'quiet'}: e2e p50 "
+                        print(f"  [{layout}] text {args.rate:g}/s {'+ media burst' if burst else 'quiet'}: e2e p50 "
                               f"{bl.fmt(e['p50'])} p99 {bl.fmt(e['p99'])} ms, unanswered "
                               f"{got['not_answered_within_timeout']}"
                               + (f"; burst {media.get('stored')}/{media.get('offered')} stored in "
                                  f"{bl.fmt(media.get('seconds_to_store_all'))} s" if burst else "")
                               + f" (load {got['loadavg_before']:.2f})", flush=True)
-            tracebacks = {p.name: p.read_text(errors="replace").count("Traceback")
-                          for p in Path(baton["tmp"]).glob("*.log")}
-            result.setdefault("tracebacks_in_logs", {})[backend] = tracebacks
+                for _, target in layouts:
+                    if target is not baton:
+                        result.setdefault("tracebacks_in_logs", {})[target["name"]] = tracebacks_in(target)
+                        stop_baton(stack, target)
+            result.setdefault("tracebacks_in_logs", {})[backend] = tracebacks_in(baton)
             stop_baton(stack, baton)
 
     print()
@@ -516,23 +539,29 @@ def main(argv=None) -> int:
         print(f"Text e2e latency (POST → reply accepted by the fake Graph API), {args.rate:g} msg/s for "
               f"{args.duration} s; burst = {args.burst_rate:g} images/s (1 MB) at the same time")
         rows = []
-        for burst in (False, True):
-            runs = [r for r in result["latency"] if r["burst"] == burst]
+        layouts = list(dict.fromkeys(r["layout"] for r in result["latency"]))
+        for layout, burst in [(lay, b) for lay in layouts for b in (False, True)]:
+            runs = [r for r in result["latency"] if r["burst"] == burst and r["layout"] == layout]
             p50 = [r["e2e_ms"]["p50"] for r in runs]
             p99 = [r["e2e_ms"]["p99"] for r in runs]
-            rows.append(["with media burst" if burst else "quiet", bl.median(p50), bl.median(p99),
+            label = "with media burst" if burst else "quiet"
+            rows.append([f"{layout}: {label}" if len(layouts) > 1 else label, bl.median(p50), bl.median(p99),
                          " / ".join(bl.fmt(v) for v in p99),
                          bl.median([r["routed_ms"]["p99"] for r in runs]), max(r["e2e_ms"]["max"] for r in runs),
                          sum(r["not_answered_within_timeout"] for r in runs),
                          bl.median([r["baton_cpu_pct"] for r in runs]), bl.median([r["loadavg_before"] for r in runs])])
         print(bl.table(["text", "p50 ms", "p99 ms", "p99 each run", "routed p99", "max ms", "unanswered", "Baton CPU %",
                         "load avg"], rows))
-        q = bl.median([r["e2e_ms"]["p99"] for r in result["latency"] if not r["burst"]])
-        b = bl.median([r["e2e_ms"]["p99"] for r in result["latency"] if r["burst"]])
-        result["p99_ratio_burst_over_quiet"] = b / q if q and b else None
-        bursts = [r["media"] for r in result["latency"] if r["burst"]]
-        print(f"p99 with burst / quiet: {bl.fmt(result['p99_ratio_burst_over_quiet'], 2)}x;  burst media stored: "
-              + ", ".join(f"{m['stored']}/{m['offered']} in {bl.fmt(m['seconds_to_store_all'])} s" for m in bursts))
+        result["p99_ratio_burst_over_quiet"] = {}
+        for layout in layouts:
+            runs = [r for r in result["latency"] if r["layout"] == layout]
+            q = bl.median([r["e2e_ms"]["p99"] for r in runs if not r["burst"]])
+            b = bl.median([r["e2e_ms"]["p99"] for r in runs if r["burst"]])
+            ratio = result["p99_ratio_burst_over_quiet"][layout] = b / q if q and b else None
+            bursts = [r["media"] for r in runs if r["burst"]]
+            print(f"{layout}: p99 with burst / quiet {bl.fmt(ratio, 2)}x;  burst media stored: "
+                  + ", ".join(f"{m['stored']}/{m['offered']} in {bl.fmt(m['seconds_to_store_all'])} s"
+                              for m in bursts))
     print(f"tracebacks in logs: {result.get('tracebacks_in_logs')}")
     print(f"load average now {bl.loadavg():.2f}")
     path = bl.write_result("media", result)
