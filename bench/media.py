@@ -119,7 +119,7 @@ def start_baton(stack, args, graph_url: str, storage_url: str, name: str, media_
                                                              "media"], env=env, log_dir=tmp)
                 for n in range(media_workers)]
     cron = stack.spawn(f"{name}-cron", [flask, "--app", "app", "baton", "cron"], env=env, log_dir=tmp)
-    baton = {"name": name, "media_workers": media_workers, "port": port, "web": web, "workers": workers, "cron": cron, "db": f"{tmp}/baton.db",
+    baton = {"name": name, "stack": stack, "media_workers": media_workers, "port": port, "web": web, "workers": workers, "cron": cron, "db": f"{tmp}/baton.db",
              "tmp": tmp, "graph": graph_url}
     warm_up(baton, args)
     return baton
@@ -251,10 +251,17 @@ def baton_throughput(baton, args, kind: str, run: int) -> dict:
     items = [media_item(media_id, MEDIA_CUSTOMERS + run * args.files + n) for n, media_id in enumerate(ids)]
     cpu0, sys0, wall0 = bl.cpu_seconds(baton_pids(baton)), bl.system_busy_seconds(), time.monotonic()
     load = bl.loadavg()
+    if args.profile and not args.profiled:
+        args.profiled = True
+        targets = {f"rq{n}": w.pid for n, w in enumerate(baton["workers"])}
+        bl.start_profiles(baton["stack"], targets, args.profile, bl.RESULTS_DIR / "profiles",
+                          f"media-{baton['name']}-{kind}-{time.strftime('%Y%m%dT%H%M%S')}", idle=args.profile_idle)
     post_all(baton["port"], items, 4)
     refused = [m["status"] for m in items if m["status"] != 200]
     done = wait_media(baton["db"], ids, time.time() + args.timeout)
     wall = time.monotonic() - wall0
+    if args.profile:
+        bl.wait_profiles(baton["stack"])
     t0 = min(m["t_post"] for m in items)
     span = (done["last_stored"] - t0) if done["last_stored"] else None
     return {"kind": kind, "backend": baton["name"], "files": len(ids), "refused": len(refused), **done,
@@ -446,8 +453,12 @@ def main(argv=None) -> int:
                         "Procfile), and --rq-workers without `media` + max(1, --media-workers) media-only workers")
     bl.add_server_args(ap)
     bl.add_common_args(ap)
+    ap.add_argument("--profile", type=int, default=0, metavar="S",
+                    help="py-spy record the RQ workers for S s from the start of the first Baton throughput run "
+                         "(collapsed stacks under bench/results/profiles/; needs py-spy; do not quote its figures)")
     ap.add_argument("--keep-tmp", action="store_true")
     args = ap.parse_args(argv)
+    args.profiled = False
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
 
     print(f"media benchmark: {args.files} x {IMAGE_SIZE // 1024} KB images per run, {args.repeats} runs, "
