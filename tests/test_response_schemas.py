@@ -339,7 +339,7 @@ def _get_media(w: World):
     assert pending.json["details"]["status"] == "pending" and pending.headers["Retry-After"]
     w.work(app)
     found = w.get(f"/api/v1/media/{media_id}", 302, token=w.bot, app=app)
-    assert storage.read_signed(found.headers["Location"])[0] == photo
+    assert storage.read_signed(app, found.headers["Location"])[0] == photo
     _, bo = w.agent("bo", groups=("billing",))
     w.get(f"/api/v1/media/{media_id}", 404, token=bo, app=app)          # not bo's conversation
     w.get("/api/v1/media/md_nope", 404, token=w.bot, app=app)
