@@ -216,16 +216,22 @@ def deliveries(failed, replay_id, limit):
                    f"{row.last_error or ''}".rstrip())
 
 
+WORKER_QUEUES = ("inbound", "outbound", "events", "media", "default")
+
+
 @baton.command("worker")
 @click.option("--burst", is_flag=True, help="exit when the queues are empty")
-def worker(burst):
+@click.option("--queue", "queue_names", multiple=True, type=click.Choice(WORKER_QUEUES),
+              help="listen on this queue only (repeatable; default: all of them). E.g. a worker for "
+                   "`--queue media` alone, and the others on the rest, keeps media downloads off the lanes' workers")
+def worker(burst, queue_names):
     """Run an RQ worker on Baton's queues (no fork per job: SimpleWorker)."""
     from jobs.context import set_runtime
     from jobs.worker import run_worker
 
     rt = _rt()
     set_runtime(rt)
-    run_worker(rt, burst=burst, logging_level=_rq_log_level(rt.settings))
+    run_worker(rt, burst=burst, logging_level=_rq_log_level(rt.settings), queue_names=queue_names)
 
 
 def _rq_log_level(settings) -> str:

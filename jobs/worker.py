@@ -30,8 +30,11 @@ class Worker(SimpleWorker):
     max_connection_wait_time = REDIS_RETRY_CAP_SECONDS
 
 
-def run_worker(rt, *, burst: bool = False, logging_level: str = "WARNING") -> None:
-    queues = [rt.queues[name] for name in ("inbound", "outbound", "events", MEDIA_QUEUE, "default")]
+def run_worker(rt, *, burst: bool = False, logging_level: str = "WARNING", queue_names=()) -> None:
+    """Work Baton's queues (all of them, or only `queue_names`) until asked to stop;
+    a worker that stops on its own (Redis went away) is started again."""
+    queues = [rt.queues[name] for name in ("inbound", "outbound", "events", MEDIA_QUEUE, "default")
+              if not queue_names or name in queue_names]
     attempt = 0
     while True:
         worker = None

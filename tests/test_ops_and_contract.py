@@ -193,3 +193,26 @@ def test_the_admin_outbox_endpoint_lists_the_same(client, work, admin_token):
 
 def test_the_outbox_is_for_admins_only(client, bot_token):
     assert client.get("/api/v1/admin/outbox", headers={"Authorization": f"Bearer {bot_token}"}).status_code == 403
+
+
+def test_a_worker_on_the_media_queue_alone_leaves_the_lanes_jobs_to_the_other_workers(runner, rt):
+    """`baton worker --queue media` (bench/media.py: media downloads off the lanes' workers);
+    without --queue a worker still takes every queue."""
+    from rq.job import JobStatus
+
+    media_job = rt.queues["media"].enqueue("jobs.media.fetch_media", "md_nothing_pending")
+    lane_job = rt.queues["inbound"].enqueue("jobs.media.fetch_media", "md_nothing_pending_either")
+    result = runner.invoke(args=["baton", "worker", "--burst", "--queue", "media"])
+    assert result.exit_code == 0, result.output
+    assert media_job.get_status(refresh=True) == JobStatus.FINISHED
+    assert media_job.return_value() == "not_pending"
+    assert lane_job.get_status(refresh=True) == JobStatus.QUEUED
+
+    result = runner.invoke(args=["baton", "worker", "--burst"])
+    assert result.exit_code == 0, result.output
+    assert lane_job.get_status(refresh=True) == JobStatus.FINISHED
+
+
+def test_a_worker_refuses_a_queue_baton_does_not_have(runner):
+    result = runner.invoke(args=["baton", "worker", "--burst", "--queue", "nosuch"])
+    assert result.exit_code != 0 and "nosuch" in result.output
