@@ -34,7 +34,9 @@ def decode_cursor(cursor: str, size: int) -> list:
         parts = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except Exception:
         parts = None
-    if not isinstance(parts, list) or len(parts) != size:
+    # Field by field: every part Baton hands out is a short string without NUL (a time, an id).
+    if (not isinstance(parts, list) or len(parts) != size
+            or not all(isinstance(p, str) and 0 < len(p) <= 64 and "\x00" not in p for p in parts)):
         raise ApiError(400, "bad_cursor", "The cursor is not one this API handed out.")
     return parts
 
@@ -84,7 +86,10 @@ def list_conversations(args):
                           | (Conversation.assigned_agent_id == mine) | (Conversation.offered_agent_id == mine))
     if "cursor" in args:
         updated, last_id = decode_cursor(args["cursor"], 2)
-        moment = _parse_time(updated)
+        try:
+            moment = parse_time(updated)
+        except (ValueError, OverflowError):
+            raise ApiError(400, "bad_cursor", "The cursor is not one this API handed out.") from None
         rows = rows.where((Conversation.updated_at < moment)
                           | ((Conversation.updated_at == moment) & (Conversation.id < last_id)))
     limit = args["limit"]
@@ -176,10 +181,18 @@ def _bound(conversation_id: str, value: str, after: bool):
 
 
 def _parse_time(value: str) -> datetime:
+    """An ISO 8601 time as naive UTC; one whose offset carries it past year 1 or
+    9999 (`0001-01-01T00:00:00+14:00`) is clamped to the nearest representable instant."""
     try:
         return parse_time(value)
+    except OverflowError:
+        return datetime.min if datetime.fromisoformat(_plain(value)).year < 5000 else datetime.max
     except ValueError:
         raise ApiError(400, "bad_time", f"{value!r} is neither a message id nor an ISO 8601 time.") from None
+
+
+def _plain(value: str) -> str:
+    return value.strip().replace("Z", "+00:00").replace("z", "+00:00")
 
 
 @bp.post("/<conversation_id>/escalate")

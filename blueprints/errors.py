@@ -59,7 +59,9 @@ def init_app(app: Flask) -> None:
         message = exc.description or exc.name
         if exc.code == 413:
             message = "The request body is larger than this endpoint accepts."
-        return error_response(exc.code, code, message)
+        # Keep werkzeug's headers (a 405's Allow, RFC 9110 15.5.6) but not its HTML content type.
+        headers = {key: value for key, value in exc.get_headers() if key.lower() != "content-type"}
+        return error_response(exc.code, code, message, headers=headers)
 
     @app.errorhandler(MaxConnectionsExceeded)
     @app.errorhandler(peewee.OperationalError)

@@ -146,7 +146,9 @@ def metrics():
     says so; the answer is 200 all the same."""
     rt = current_app.extensions["baton"]
     token = rt.settings.METRICS_TOKEN
-    if token and not hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
+    # compare_digest takes str only when both are ASCII; compare bytes so a non-ASCII header is a 401.
+    sent = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if token and not hmac.compare_digest(sent, f"Bearer {token}".encode()):
         raise ApiError(401, "unauthorized", "Metrics need `Authorization: Bearer <METRICS_TOKEN>`.")
     registry = CollectorRegistry()
     agent_ids = _database_gauges(registry)

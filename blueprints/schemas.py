@@ -3,7 +3,7 @@ serialise every answer (`blueprints.api.reply` dumps through the schema a view
 documents with `@responds`)."""
 from collections.abc import Mapping
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_dump, pre_dump, validate, \
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_dump, pre_dump, pre_load, validate, \
     validates_schema
 
 from models import STATES
@@ -20,8 +20,31 @@ def about(text: str) -> dict:
 
 
 class StrictSchema(Schema):
+    """What a caller sends (a body or query arguments): unknown keys and NUL bytes
+    are refused (PostgreSQL text cannot hold NUL; SQLite would keep a truncated
+    string), as 422 `validation_failed` naming the field."""
     class Meta:
         unknown = RAISE
+
+    @pre_load
+    def _no_nul(self, data, **kwargs):
+        if isinstance(data, Mapping):
+            declared = {field.data_key or name for name, field in self.load_fields.items()}
+            bad = {key: ["must not contain a NUL byte"] for key, value in data.items()
+                   if key in declared and _has_nul(value)}
+            if bad:
+                raise ValidationError(bad)
+        return data
+
+
+def _has_nul(value) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class ResponseDrift(RuntimeError):
@@ -62,7 +85,7 @@ class EscalateSchema(StrictSchema):
                          metadata=about("a note for the agent who takes it"))
 
 
-class BotReplySchema(Schema):
+class BotReplySchema(StrictSchema):
     """Extra fields from a workflow are ignored, not refused: n8n nodes often pass whole items."""
 
     class Meta:

@@ -24,6 +24,7 @@ from models import (Channel, Contact, Conversation, Media, Message, UnsupportedU
 from models.base import as_naive_utc, epoch_seconds, utcnow
 from models.message import ERROR_DETAILS_LIMIT, STATUS_RANK, UNSENT, numbered_insert, unnumber
 
+from .fit import fit_webhook
 from .identity import conversation_for
 from .live import live_event, publish
 from .media import media_values
@@ -76,7 +77,9 @@ def record_webhook(provider: str, parsed: ParsedWebhook, cache: IngestCache,
     stored. `result.updated` names the messages a status changed, for the
     caller to announce after the commit (announce_updates); `result.media`
     the media records to fetch (the cron tick fetches them after
-    `media_grace` seconds should the caller's hand-off be lost)."""
+    `media_grace` seconds should the caller's hand-off be lost). What does not
+    fit its columns is cut or recorded as unsupported first (routing.fit)."""
+    parsed = fit_webhook(parsed)
     try:
         return _record(provider, parsed, cache, media_grace)
     except peewee.IntegrityError:
@@ -312,10 +315,12 @@ def _adopt_wasender_id(channel_id: str, status: StatusUpdate) -> bool:
 
 
 def _error_code(code) -> int | None:
+    """The provider's numeric code, when it is one the INTEGER column holds."""
     try:
-        return int(code)
-    except (TypeError, ValueError):
+        code = int(code)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return code if -2**31 <= code < 2**31 else None
 
 
 def _bounded(text, limit: int) -> str | None:
