@@ -50,6 +50,14 @@ def body(schema_cls, optional: bool = False):
     return decorator
 
 
+def raw_body(content_type: str, schema: dict):
+    """Document a body the view reads itself (an upload), as an OpenAPI schema."""
+    def decorator(view):
+        view_meta(view)["raw_body"] = (content_type, schema)
+        return view
+    return decorator
+
+
 def query(schema_cls):
     schema = schema_cls()
 
@@ -156,8 +164,15 @@ def build_spec(app: Flask) -> dict:
             operation: dict = {"summary": (view.__doc__ or "").strip().splitlines()[0] if view.__doc__ else "",
                                "operationId": f"{rule.endpoint}.{method.lower()}", "responses": {}}
             if "body" in meta:
+                body_schema = meta["body"]
+                rule_of_one = getattr(body_schema, "OPENAPI_ONE_OF", None)
+                if rule_of_one:             # a rule across fields (exactly one of...), stated in the schema too
+                    body_schema = {"allOf": [body_schema], "oneOf": rule_of_one}
                 operation["requestBody"] = {"required": not meta.get("body_optional"), "content": {
-                    "application/json": {"schema": meta["body"]}}}
+                    "application/json": {"schema": body_schema}}}
+            elif "raw_body" in meta:
+                content_type, body_schema = meta["raw_body"]
+                operation["requestBody"] = {"required": True, "content": {content_type: {"schema": body_schema}}}
             parameters = [{"in": "path", "name": arg, "required": True, "schema": {"type": "string"},
                            "description": f"the {arg.removesuffix('_id').replace('_', ' ')}'s id"}
                           for arg in sorted(rule.arguments)]

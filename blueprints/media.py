@@ -37,7 +37,7 @@ from routing.media import display_name
 from routing.uploads import SNIFF_BYTES, UploadRefused, check_size, classify
 from routing.visibility import may_see
 
-from .api import errors, reply, responds
+from .api import errors, raw_body, reply, responds
 from .auth import current_viewer, require
 from .errors import ApiError
 from .schemas import MediaLinkSchema, MediaSchema
@@ -111,6 +111,9 @@ def _may_see(row) -> bool:
 
 
 @bp.post("")
+@raw_body("multipart/form-data", {"type": "object", "required": ["file"], "properties": {
+    "file": {"type": "string", "format": "binary", "description": "the file; its part's Content-Type names its type"},
+    "type": {"type": "string", "enum": list(KINDS), "description": "the kind to send it as (else read from the file)"}}})
 @responds(201, MediaSchema, "Stored; use its `id` as `media_id` in `POST /conversations/{id}/messages`")
 @errors(401, 403, codes={413: ("payload_too_large",), 415: ("unsupported_media_type",),
                          422: ("validation_failed",), 503: ("storage_unavailable",)})

@@ -14,6 +14,11 @@ ESCALATION_REASONS = ("explicit_request", "bot", "sentiment", "bot_failures", "a
 TIME = "an ISO 8601 UTC time with milliseconds and `Z`"
 
 
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]+$"
+CURSOR_ABOUT = ("`next_cursor` of the previous page, as it was handed out (opaque base64url; one this API "
+                "did not hand out is 400 `bad_cursor`)")
+
+
 def about(text: str) -> dict:
     """Field metadata: what the field means (shown in /openapi.json and docs/api.md)."""
     return {"description": text}
@@ -127,8 +132,8 @@ class ConversationQueryArgsSchema(StrictSchema):
                             metadata=about("only the customer with this phone number or business-scoped user id"))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200),
                            metadata=about("page size"))
-    cursor = fields.String(validate=validate.Length(max=200),
-                           metadata=about("`next_cursor` of the previous page"))
+    cursor = fields.String(validate=[validate.Length(max=200), validate.Regexp(CURSOR_PATTERN)],
+                           metadata=about(CURSOR_ABOUT))
 
 
 class MessageQueryArgsSchema(StrictSchema):
@@ -436,7 +441,8 @@ class OnlineAgentsSchema(ResponseSchema):
 class AgentQueryArgsSchema(StrictSchema):
     group = group_field(metadata=about("only agents of this group"))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200), metadata=about("page size"))
-    cursor = fields.String(validate=validate.Length(max=200), metadata=about("`next_cursor` of the previous page"))
+    cursor = fields.String(validate=[validate.Length(max=200), validate.Regexp(CURSOR_PATTERN)],
+                           metadata=about(CURSOR_ABOUT))
 
 
 class TemplateSchema(StrictSchema):
@@ -453,6 +459,12 @@ class TemplateSchema(StrictSchema):
 
 
 class AgentMessageSchema(StrictSchema):
+    # Exactly one kind; `caption` only beside `media_id` (what `_one_kind` enforces).
+    OPENAPI_ONE_OF = [{"required": ["text"], "not": {"anyOf": [{"required": [k]} for k in ("media_id", "template",
+                                                                                          "caption")]}},
+                      {"required": ["media_id"], "not": {"anyOf": [{"required": [k]} for k in ("text", "template")]}},
+                      {"required": ["template"], "not": {"anyOf": [{"required": [k]} for k in ("text", "media_id",
+                                                                                              "caption")]}}]
     text = fields.String(validate=validate.Length(min=1, max=4096), metadata=about("a text message"))
     media_id = fields.String(validate=validate.Length(min=1, max=64), metadata=about("a stored media id"))
     caption = fields.String(validate=validate.Length(max=1024), metadata=about("with `media_id`"))
@@ -540,6 +552,7 @@ class ReleaseSchema(StrictSchema):
 
 
 class TransferSchema(StrictSchema):
+    OPENAPI_ONE_OF = [{"required": ["agent_id"]}, {"required": ["group"]}]     # exactly one target
     agent_id = fields.String(validate=validate.Length(min=1, max=40), metadata=about("offer it to this agent"))
     group = group_field(metadata=about("or offer it to this group"))
 

@@ -17,7 +17,7 @@ from tests.test_takeover_and_recovery import post, wasender_app, wasender_messag
 
 
 def cursor_of(parts) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(parts) if not isinstance(parts, bytes) else parts).decode()
+    return base64.urlsafe_b64encode(orjson.dumps(parts) if not isinstance(parts, bytes) else parts).decode().rstrip("=")
 
 
 # -- status webhooks whose errors are of the wrong types -------------------------------------------------
@@ -140,3 +140,34 @@ def test_a_405_names_the_allowed_methods(client):
     assert response.status_code == 405 and response.json["error"] == "method_not_allowed"
     assert set(response.headers["Allow"].split(", ")) >= {"GET"}
     assert response.content_type.startswith("application/json")
+
+
+def test_the_openapi_document_states_the_rules_the_server_enforces(client):
+    spec = client.get("/openapi.json").json
+    paths = spec["paths"]
+    cursor = next(p for p in paths["/api/v1/conversations"]["get"]["parameters"] if p["name"] == "cursor")
+    assert cursor["schema"] == {"type": "string", "maxLength": 200, "pattern": "^[A-Za-z0-9_-]+$"}
+    assert "bad_cursor" in paths["/api/v1/conversations"]["get"]["responses"]["400"]["x-error-codes"]
+    transfer = paths["/api/v1/conversations/{conversation_id}/transfer"]["post"]["requestBody"]
+    assert transfer["content"]["application/json"]["schema"]["oneOf"] == [{"required": ["agent_id"]},
+                                                                           {"required": ["group"]}]
+    upload = paths["/api/v1/media"]["post"]["requestBody"]
+    assert upload["required"] and upload["content"]["multipart/form-data"]["schema"]["required"] == ["file"]
+    assert "provider_not_enabled" in paths["/webhooks/wasender"]["post"]["responses"]["404"]["x-error-codes"]
+    assert spec["components"]["schemas"]["AgentMessage"]["properties"]["text"]["maxLength"] == 4096
+
+
+@pytest.mark.parametrize("body, accepted", [
+    ({"text": "hi"}, True), ({"media_id": "md_1", "caption": "look"}, True),
+    ({"template": {"name": "hello", "language": "en"}}, True), ({"text": "hi", "caption": "x"}, False),
+    ({"text": "hi", "media_id": "md_1"}, False), ({"caption": "x"}, False), ({}, False)])
+def test_the_one_of_rule_in_the_document_matches_the_servers(client, body, accepted):
+    import jsonschema
+
+    spec = client.get("/openapi.json").json
+    rule = spec["paths"]["/api/v1/conversations/{conversation_id}/messages"]["post"]["requestBody"]
+    one_of = rule["content"]["application/json"]["schema"]["oneOf"]
+    valid = jsonschema.Draft4Validator({"oneOf": one_of}).is_valid(body)
+    from blueprints.schemas import AgentMessageSchema
+    refused = AgentMessageSchema().validate(body)
+    assert valid == accepted == (not refused), refused
