@@ -165,9 +165,9 @@ def build_spec(app: Flask) -> dict:
                                "operationId": f"{rule.endpoint}.{method.lower()}", "responses": {}}
             if "body" in meta:
                 body_schema = meta["body"]
-                rule_of_one = getattr(body_schema, "OPENAPI_ONE_OF", None)
-                if rule_of_one:             # a rule across fields (exactly one of...), stated in the schema too
-                    body_schema = {"allOf": [body_schema], "oneOf": rule_of_one}
+                across = getattr(body_schema, "OPENAPI_RULE", None)
+                if across:             # a rule across fields (exactly one of...), stated in the document too
+                    body_schema = {"allOf": [body_schema], **across}
                 operation["requestBody"] = {"required": not meta.get("body_optional"), "content": {
                     "application/json": {"schema": body_schema}}}
             elif "raw_body" in meta:

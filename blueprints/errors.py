@@ -5,7 +5,7 @@ import logging
 
 import peewee
 from playhouse.pool import MaxConnectionsExceeded
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from marshmallow import ValidationError
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
@@ -37,6 +37,12 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
 
 
 def init_app(app: Flask) -> None:
+    @app.before_request
+    def _no_nul_in_the_path():
+        # No id holds a NUL byte (and PostgreSQL cannot even compare one): such a path names nothing.
+        if any(isinstance(value, str) and "\x00" in value for value in (request.view_args or {}).values()):
+            return error_response(404, "not_found", "Nothing has an id with a NUL byte in it.")
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)

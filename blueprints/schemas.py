@@ -92,6 +92,9 @@ class EscalateSchema(StrictSchema):
 
 class BotReplySchema(StrictSchema):
     """Extra fields from a workflow are ignored, not refused: n8n nodes often pass whole items."""
+    # `text`, `escalate: true`, or both (what `_says_something` enforces).
+    OPENAPI_RULE = {"anyOf": [{"required": ["text"], "properties": {"text": {"type": "string", "minLength": 1}}},
+                              {"required": ["escalate"], "properties": {"escalate": {"enum": [True]}}}]}
 
     class Meta:
         unknown = EXCLUDE
@@ -460,11 +463,10 @@ class TemplateSchema(StrictSchema):
 
 class AgentMessageSchema(StrictSchema):
     # Exactly one kind; `caption` only beside `media_id` (what `_one_kind` enforces).
-    OPENAPI_ONE_OF = [{"required": ["text"], "not": {"anyOf": [{"required": [k]} for k in ("media_id", "template",
-                                                                                          "caption")]}},
-                      {"required": ["media_id"], "not": {"anyOf": [{"required": [k]} for k in ("text", "template")]}},
-                      {"required": ["template"], "not": {"anyOf": [{"required": [k]} for k in ("text", "media_id",
-                                                                                              "caption")]}}]
+    OPENAPI_RULE = {"oneOf": [
+        {"required": ["text"], "not": {"anyOf": [{"required": [k]} for k in ("media_id", "template", "caption")]}},
+        {"required": ["media_id"], "not": {"anyOf": [{"required": [k]} for k in ("text", "template")]}},
+        {"required": ["template"], "not": {"anyOf": [{"required": [k]} for k in ("text", "media_id", "caption")]}}]}
     text = fields.String(validate=validate.Length(min=1, max=4096), metadata=about("a text message"))
     media_id = fields.String(validate=validate.Length(min=1, max=64), metadata=about("a stored media id"))
     caption = fields.String(validate=validate.Length(max=1024), metadata=about("with `media_id`"))
@@ -552,7 +554,7 @@ class ReleaseSchema(StrictSchema):
 
 
 class TransferSchema(StrictSchema):
-    OPENAPI_ONE_OF = [{"required": ["agent_id"]}, {"required": ["group"]}]     # exactly one target
+    OPENAPI_RULE = {"oneOf": [{"required": ["agent_id"]}, {"required": ["group"]}]}     # exactly one target
     agent_id = fields.String(validate=validate.Length(min=1, max=40), metadata=about("offer it to this agent"))
     group = group_field(metadata=about("or offer it to this group"))
 

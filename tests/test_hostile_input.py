@@ -171,3 +171,24 @@ def test_the_one_of_rule_in_the_document_matches_the_servers(client, body, accep
     from blueprints.schemas import AgentMessageSchema
     refused = AgentMessageSchema().validate(body)
     assert valid == accepted == (not refused), refused
+
+
+@pytest.mark.parametrize("path", ["/api/v1/conversations/c%00x", "/api/v1/conversations/c%00x/messages",
+                                  "/api/v1/media/md%00x"])
+def test_a_nul_in_a_path_id_is_a_404(client, admin_token, path):
+    response = client.get(path, headers=bearer(admin_token))
+    assert response.status_code == 404 and response.json["error"] == "not_found"
+
+
+@pytest.mark.parametrize("body, accepted", [
+    ({"text": "hi"}, True), ({"escalate": True}, True), ({"text": "hi", "escalate": True}, True),
+    ({"text": None, "escalate": False}, False), ({"escalate": False}, False), ({}, False)])
+def test_the_bot_reply_rule_in_the_document_matches_the_servers(client, body, accepted):
+    import jsonschema
+
+    spec = client.get("/openapi.json").json
+    rule = spec["paths"]["/api/v1/bot/replies"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    valid = jsonschema.Draft4Validator({"anyOf": rule["anyOf"]}).is_valid(body)
+    from blueprints.schemas import BotReplySchema
+    refused = {k: v for k, v in BotReplySchema().validate({"conversation_id": "c_1", "turn_id": "t_1", **body}).items()}
+    assert valid == accepted == (not refused), refused
