@@ -113,7 +113,8 @@ def _may_see(row) -> bool:
 @bp.post("")
 @raw_body("multipart/form-data", {"type": "object", "required": ["file"], "properties": {
     "file": {"type": "string", "format": "binary", "description": "the file; its part's Content-Type names its type"},
-    "type": {"type": "string", "enum": list(KINDS), "description": "the kind to send it as (else read from the file)"}}})
+    "type": {"type": "string", "enum": [*KINDS, ""],
+             "description": "the kind to send it as; empty or absent: read from the file"}}})
 @responds(201, MediaSchema, "Stored; use its `id` as `media_id` in `POST /conversations/{id}/messages`")
 @errors(401, 403, codes={413: ("payload_too_large",), 415: ("unsupported_media_type",),
                          422: ("validation_failed",), 503: ("storage_unavailable",)})

@@ -5,7 +5,7 @@ documented schema fails the test.
 
 All of Schemathesis' default checks run; the few refusals no OpenAPI 3.0 schema
 can state are listed, with their reasons, in tests/schemathesis.toml.
-SCHEMATHESIS_MAX_EXAMPLES (default 10) bounds the examples per operation and
+SCHEMATHESIS_MAX_EXAMPLES (default 5) bounds the examples per operation and
 SCHEMATHESIS_PHASES (default `examples,fuzzing`) picks the phases: the coverage
 phase (about 900 cases a role) and stateful testing outlast a 3-minute budget on
 two cores; run them by hand with SCHEMATHESIS_PHASES=examples,coverage,fuzzing."""
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.processes
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 CONFIG = Path(__file__).with_name("schemathesis.toml")       # the explained exceptions live there
-MAX_EXAMPLES = os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "10")
+MAX_EXAMPLES = os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "5")
 PHASES = os.environ.get("SCHEMATHESIS_PHASES", "examples,fuzzing")
 
 
