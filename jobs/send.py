@@ -414,13 +414,3 @@ def pump_outbound(claim: PumpClaim) -> int:
                 rt.start_pump(claim)
         raise
 
-
-def send_pending(conversation_id: str) -> int:
-    """Send one conversation's queued messages now, in this process (the
-    command line and tests; production goes through the lane's pump)."""
-    rt = runtime()
-    sender = Sender(rt, 1)
-    sender.take(conversation_id)
-    while sender.busy:
-        sender.step(IDLE_WAIT)
-    return sender.sent
