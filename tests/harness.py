@@ -388,6 +388,13 @@ def state_summary(rt) -> dict:
         "lanes_ready": {lane: rt.lanes.depth(lane) for lane in LANE_NAMES},
         "inboxes": sum(1 for _ in rt.redis.scan_iter(f"{rt.settings.REDIS_PREFIX}:inbox:*")),
         "rq_queued": {lane: rt.queues[lane].count for lane in LANE_NAMES},
+        "delayed": {lane: rt.redis.zrange(f"{rt.settings.REDIS_PREFIX}:lane:{lane}:delayed", 0, -1, withscores=True)
+                    for lane in LANE_NAMES},
+        "pumps": {lane: rt.redis.zrange(f"{rt.settings.REDIS_PREFIX}:lane:{lane}:pumps", 0, -1, withscores=True)
+                  for lane in LANE_NAMES},
+        "pending_deliveries": [(d.id, d.event_type, d.attempts, str(d.created_at), str(d.next_attempt_at))
+                               for d in Delivery.select().where(Delivery.status == "pending").limit(5)],
+        "now": time.time(),
     }
 
 
