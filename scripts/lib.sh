@@ -63,3 +63,27 @@ ensure_redis() {
   for _ in $(seq 50); do redis_answers "$url" && return 0; sleep 0.1; done
   say "redis-server did not start; see $dir/redis.log"; exit 1
 }
+
+# Real n8n for tests/test_n8n_real.py and bench/n8n_router.py: n8n 2.8.4, the
+# newest release whose engines accept Node 20, installed from npm into a cache
+# outside the repository (2.3 GB; reused by later runs). Two overrides: n8n <= 2.8
+# asks for xlsx from a CDN, and linkedom 0.18.15 needs a package npm lacks.
+N8N_VERSION=${N8N_VERSION:-2.8.4}
+N8N_HOME=${BATON_N8N_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/baton/n8n-$N8N_VERSION}
+ensure_n8n() {
+  # ensure_n8n: sets BATON_N8N_BIN when n8n is (or gets) installed; returns 1 when npm cannot install it.
+  if [ ! -x "$N8N_HOME/node_modules/.bin/n8n" ] || [ ! -f "$N8N_HOME/.installed" ]; then
+    command -v npm >/dev/null 2>&1 || apt_install npm nodejs npm || return 1
+    say "installing n8n $N8N_VERSION from npm into $N8N_HOME (once; about 4 minutes)"
+    mkdir -p "$N8N_HOME"
+    cat > "$N8N_HOME/package.json" <<JSON
+{"name": "baton-n8n", "private": true,
+ "dependencies": {"n8n": "$N8N_VERSION"},
+ "overrides": {"xlsx": "0.18.5", "linkedom": "0.18.14"}}
+JSON
+    (cd "$N8N_HOME" && npm install --ignore-scripts --no-audit --no-fund --loglevel=error >npm-install.log 2>&1 \
+      && npm rebuild sqlite3 >>npm-install.log 2>&1) || { say "n8n could not be installed (see $N8N_HOME/npm-install.log)"; return 1; }
+    touch "$N8N_HOME/.installed"
+  fi
+  export BATON_N8N_BIN="$N8N_HOME/node_modules/.bin/n8n"
+}
