@@ -152,6 +152,7 @@ def apply_bot_reply(change: Change, turn: BotTurn, reply: dict, actor: str) -> B
     # makes this reply a clean 409.
     change.set({"metadata": metadata, "bot_failures": failures})
     change.effects.update(BotTurn, {"answered_at": utcnow(), "deadline_at": None}, {"id": turn.id})
+    _answered_earlier_turns(change, turn)
     if failures:
         change.count("baton_bot_turn_failures", "fallback")
     if (not reply.get("escalate") and limit_reached(failures, settings.BOT_FAILURE_LIMIT)
@@ -170,6 +171,18 @@ def apply_bot_reply(change: Change, turn: BotTurn, reply: dict, actor: str) -> B
         return BotReplyResult("escalated", conv, None)
     message = change.say(sender="bot", text=reply["text"], turn_id=turn.id, control_epoch=turn.control_epoch)
     return BotReplyResult("queued", conv, message)
+
+
+def _answered_earlier_turns(change: Change, turn: BotTurn) -> None:
+    """The bot answering a turn answers the conversation up to it: turns issued
+    before it (the customer wrote twice, the AI branch answered the latest) keep
+    no deadline, so no fallback notice follows a real answer. They stay open to
+    a reply of their own; turns issued after it keep theirs."""
+    sql, params = (BotTurn.update(deadline_at=None)
+                   .where((BotTurn.conversation == turn.conversation_id) & (BotTurn.id != turn.id)
+                          & (BotTurn.created_at <= turn.created_at) & BotTurn.deadline_at.is_null(False))
+                   .sql())
+    change.effects.writes.append((sql, tuple(params), False, None))
 
 
 def outbound_allowed(message: Message, conv: Conversation) -> bool:

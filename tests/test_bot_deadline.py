@@ -201,6 +201,23 @@ def test_a_reply_in_time_clears_the_deadline_and_resets_the_failures(bot, n8n, b
     assert bot_replies(bot, bot_token, second, text="We open at 9.").status_code == 202
 
 
+def test_an_answer_to_a_later_turn_answers_the_earlier_ones_too(bot, n8n, bot_token):
+    """The customer wrote twice and the AI branch answered the latest: no fallback notice
+    follows that answer; a turn issued after the answer keeps its deadline."""
+    first = turn_for(bot, n8n, "hi")
+    second = turn_for(bot, n8n, "where is my order?")
+    third_wa = turn_for(bot, n8n, "hello", wa_id="15550002222")      # another customer's turn
+    assert bot_replies(bot, bot_token, second, text="It ships today.").status_code == 202
+    third = turn_for(bot, n8n, "thanks! and the invoice?")
+    assert BotTurn.get_by_id(first["turn_id"]).deadline_at is None
+    assert BotTurn.get_by_id(third_wa["turn_id"]).deadline_at is not None
+    assert set(bot_failures.due_turns(utcnow() + timedelta(days=1))) == {third_wa["turn_id"], third["turn_id"]}
+    assert deadline_passes(bot, first["turn_id"])["bot_timeouts"] == 0
+    assert bot_replies(bot, bot_token, first, text="Hi!").status_code == 202       # still open to its reply
+    assert deadline_passes(bot, third["turn_id"])["bot_timeouts"] == 1
+    assert outbox_texts("15550001111") == ["It ships today.", "Hi!", bot.extensions["baton"].settings.BOT_FALLBACK_NOTICE]
+
+
 def test_failures_of_every_kind_in_a_row_hand_the_customer_to_a_person(make_bot, n8n, bot_token):
     app = make_bot(BOT_FAILURE_LIMIT=3)
     rt = app.extensions["baton"]
