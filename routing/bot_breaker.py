@@ -73,6 +73,9 @@ class BotBreaker:
         """Where a new turn goes; a Redis that cannot be read lets it go to the AI branch
         (its delivery is durable and retried, and the reply deadline still holds)."""
         try:
+            seen = self.read()
+            if seen.state == CLOSED:          # the usual case: one read, no transaction
+                return DELIVER, seen
             decision, _, after = self._apply(lambda b: admit(b, now, self.cooldown))
         except RedisError as exc:
             log.warning("bot breaker unreadable (%s): the turn goes to the AI branch", exc)
@@ -89,6 +92,10 @@ class BotBreaker:
 
     def record(self, delivered: bool, now: float) -> tuple[Breaker, Breaker]:
         """One delivery attempt's outcome; returns the breaker (before, after)."""
+        if delivered:
+            seen = self.read()
+            if seen == Breaker():             # the usual case: nothing to change
+                return seen, seen
         _, before, after = self._apply(lambda b: (None, after_delivery(b, delivered, now, self.threshold)))
         return before, after
 
