@@ -30,6 +30,7 @@ from models.bot_turn import DELIVERY_FAILED, SUPERSEDED, TIMEOUT
 
 from .change import Change, Changes, view_of
 from .decide import bot_may_speak, decide_escalation
+from .errors import NotFound
 from .escalate import plan_escalation
 from .notices import say_notice
 
@@ -93,8 +94,14 @@ def fail_turn(changes: Changes, turn_id: str, kind: str, details: dict | None = 
         turn = BotTurn.get_or_none(BotTurn.id == turn_id)
         if turn is None:
             return False
+        if turn.conversation_id != change.conv.id:
+            raise NotFound("turn")       # moved by a merge (routing.identity) since we looked
         return plan_turn_failure(change, turn, kind, details or {})
-    return changes.run(row.conversation_id, plan)
+    try:
+        return changes.run(row.conversation_id, plan)
+    except NotFound:       # the conversation was merged into another: the next tick finds the turn there
+        log.info("bot turn %s moved to another conversation; its %s is handled there", turn_id, kind)
+        return False
 
 
 def plan_turn_failure(change: Change, turn: BotTurn, kind: str, details: dict) -> bool:

@@ -453,3 +453,27 @@ def test_the_builtin_bot_is_unchanged_without_n8n(desk):
     assert turn.deadline_at is None and turn.answered_at is not None
     assert timers.handoff_timers()["bot_timeouts"] == 0
     assert outbox_texts()[0].startswith("Hi! 👋")
+
+
+def test_a_turn_moved_by_a_merge_while_its_deadline_fires_is_failed_in_its_new_conversation(bot, n8n, monkeypatch):
+    """Two conversations of one person are merged (routing.identity moves the bot turns)
+    between the timer finding the turn and failing it: nothing fails now, and the next
+    tick fails the turn where it lives."""
+    rt = bot.extensions["baton"]
+    turn = turn_for(bot, n8n, "hello")
+    other = turn_for(bot, n8n, "hi", wa_id="15550002222")["conversation"]["id"]
+    BotTurn.update(deadline_at=utcnow() - timedelta(seconds=1)).where(BotTurn.id == turn["turn_id"]).execute()
+    BotTurn.update(deadline_at=None).where(BotTurn.conversation == other).execute()
+    real_run = rt.changes.run
+
+    def merged_meanwhile(conversation_id, plan):
+        BotTurn.update(conversation=other).where(BotTurn.id == turn["turn_id"]).execute()
+        monkeypatch.setattr(rt.changes, "run", real_run)
+        return real_run(conversation_id, plan)
+    monkeypatch.setattr(rt.changes, "run", merged_meanwhile)
+    assert bot_failures.turn_timed_out(rt.changes, turn["turn_id"]) is False
+    assert BotTurn.get_by_id(turn["turn_id"]).closed_at is None
+    assert timers.handoff_timers()["bot_timeouts"] == 1
+    settle(bot)
+    assert Conversation.get_by_id(other).bot_failures == 1
+    assert outbox_texts("15550002222") == [rt.settings.BOT_FALLBACK_NOTICE]
