@@ -38,21 +38,23 @@ def deliver_event(delivery_id: str) -> str:
                    delivery_id=delivery.id, secret=rt.settings.BATON_EVENT_SECRET,
                    timeout=rt.settings.EVENT_TIMEOUT)
     except DeliveryFailed as exc:
-        if bot_turn:
-            delivery_attempted(rt.changes, rt.policy.breaker, delivery, False, str(exc))
+        error = str(exc)[:500]
         if attempt >= rt.settings.EVENT_MAX_ATTEMPTS:
-            _update(delivery.id, status=FAILED, attempts=attempt, last_error=str(exc)[:500], next_attempt_at=None)
+            _update(delivery.id, status=FAILED, attempts=attempt, last_error=error, next_attempt_at=None)
             log.warning("delivery %s (%s) failed for good after %d attempts: %s",
                         delivery.id, delivery.event_type, attempt, exc)
             if bot_turn:
-                delivery.attempts, delivery.last_error = attempt, str(exc)[:500]
+                delivery.attempts, delivery.last_error = attempt, error
+                delivery_attempted(rt.changes, rt.policy.breaker, delivery, False, error)
                 delivery_failed_for_good(rt.changes, delivery)
             return "failed"
         delay = backoff_seconds(attempt)
-        _update(delivery.id, attempts=attempt, last_error=str(exc)[:500],
+        _update(delivery.id, attempts=attempt, last_error=error,
                 next_attempt_at=utcnow() + timedelta(seconds=delay))
         rt.lanes.schedule_at("events", delivery.id, time.time() + delay)
         log.info("delivery %s attempt %d failed (%s); retry in %.1f s", delivery.id, attempt, exc, delay)
+        if bot_turn:
+            delivery_attempted(rt.changes, rt.policy.breaker, delivery, False, error)
         return "retrying"
     _update(delivery.id, status=DELIVERED, attempts=attempt, delivered_at=utcnow(), next_attempt_at=None)
     if bot_turn:

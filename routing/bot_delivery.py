@@ -21,7 +21,7 @@ from models.bot_turn import DELIVERY_FAILED
 from .bot_breaker import CLOSED, OPEN, BotBreaker, transition
 from .bot_failures import fail_turn
 from .change import Change, Changes
-from .errors import NotFound
+from .errors import ContendedConversation, NotFound
 
 log = logging.getLogger(__name__)
 AUDIT_REASONS = {OPEN: "bot_breaker_opened", CLOSED: "bot_breaker_closed"}
@@ -56,8 +56,9 @@ def _audit(changes: Changes, conversation_id: str, entered: str, details: dict) 
         change.count("baton_bot_breaker_transitions", entered)
     try:
         changes.run(conversation_id, plan)
-    except NotFound:
-        log.info("breaker %s: conversation %s is gone, not audited", entered, conversation_id)
+    except (NotFound, ContendedConversation) as exc:
+        # The breaker's state is in Redis already; only this audit entry is lost.
+        log.warning("breaker %s not audited on conversation %s: %s", entered, conversation_id, exc.code)
 
 
 def delivery_failed_for_good(changes: Changes, delivery: Delivery) -> bool:
