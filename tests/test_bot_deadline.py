@@ -477,3 +477,22 @@ def test_a_turn_moved_by_a_merge_while_its_deadline_fires_is_failed_in_its_new_c
     settle(bot)
     assert Conversation.get_by_id(other).bot_failures == 1
     assert outbox_texts("15550002222") == [rt.settings.BOT_FALLBACK_NOTICE]
+
+
+def test_metrics_show_a_closed_breaker_and_no_outcomes_yet(bot):
+    text = metrics(bot)
+    assert 'baton_bot_breaker_state{state="closed"} 1.0' in text
+    assert 'baton_bot_breaker_state{state="open"} 0.0' in text
+    assert "baton_bot_breaker_failures 0.0" in text
+    assert "baton_bot_failure_escalations_total 0.0" in text
+    assert 'baton_bot_turns_rerouted_total{to="agents"} 0.0' in text
+
+
+def test_a_breaker_whose_redis_cannot_be_reached_lets_turns_go_to_the_ai_branch():
+    from redis import Redis
+
+    from routing.bot_breaker import BotBreaker
+
+    unreachable = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    decision, breaker = BotBreaker(unreachable, "bt", threshold=5, cooldown=30).admit(time.time())
+    assert (decision, breaker) == (DELIVER, Breaker())
