@@ -136,8 +136,10 @@ def accept_bot_reply(changes: Changes, reply: dict, actor: str = "bot") -> BotRe
 
 def apply_bot_reply(change: Change, turn: BotTurn, reply: dict, actor: str) -> BotReplyResult:
     settings, conv = change.settings, change.conv
-    if turn.closed_at is not None or not bot_may_speak(conv.state, conv.control_epoch, turn.control_epoch):
+    if not bot_may_speak(conv.state, conv.control_epoch, turn.control_epoch):
         raise StaleTurn(turn.id)
+    if turn.closed_at is not None:
+        raise StaleTurn(turn.id, closed=turn.outcome)
     if reply.get("escalate") and not decide_escalation(view_of(conv), automatic=True).changed:
         raise CooldownActive(conv.cooldown_remaining)   # the turn guard passed: the bot holds it
     metadata = dict(conv.metadata or {})

@@ -145,7 +145,7 @@ def test_an_unanswered_turn_is_closed_and_the_customer_gets_the_fallback_notice(
     # The reply that comes after the deadline is refused, and nothing of it is kept or sent.
     late = bot_replies(bot, bot_token, turn, text="Your order ships tomorrow")
     assert late.status_code == 409 and late.json["error"] == "stale_turn"
-    assert late.json["details"] == {"turn_id": turn["turn_id"]}
+    assert late.json["details"] == {"turn_id": turn["turn_id"], "closed": "timeout"}
     settle(bot)
     assert not Message.select().where(Message.text == "Your order ships tomorrow").exists()
     assert Conversation.get_by_id(conv.id).bot_failures == 1
@@ -251,7 +251,7 @@ def test_a_good_answer_between_failures_starts_the_count_again(make_bot, n8n, bo
     assert (conv.state, conv.bot_failures) == ("BOT_CONTROLLED", 1)
 
 
-def test_a_person_claiming_the_conversation_cancels_the_deadline(bot, n8n):
+def test_a_person_claiming_the_conversation_cancels_the_deadline(bot, n8n, bot_token):
     team = Team(bot)
     team.add("sue", role="supervisor")
     turn = turn_for(bot, n8n, "my order is late")
@@ -264,6 +264,8 @@ def test_a_person_claiming_the_conversation_cancels_the_deadline(bot, n8n):
     assert bot.extensions["baton"].settings.BOT_FALLBACK_NOTICE not in outbox_texts()
     assert "bot_timeout" not in reasons(conv.id)
     assert "baton_bot_deadlines_cancelled_total 1.0" in metrics(bot)
+    late = bot_replies(bot, bot_token, turn, text="Let me check")
+    assert (late.status_code, late.json["details"]) == (409, {"turn_id": turn["turn_id"]})
 
 
 def test_a_fallback_notice_not_yet_sent_when_a_person_claims_is_cancelled(bot, n8n):
@@ -295,7 +297,7 @@ def test_outside_the_service_window_without_a_template_the_notice_is_not_sent(bo
     assert 'baton_bot_fallback_notices_total{outcome="not_sent"} 1.0' in metrics(bot)
 
 
-def test_a_bot_turn_whose_delivery_failed_for_good_counts_as_a_failure(make_bot, n8n, fast_retries):
+def test_a_bot_turn_whose_delivery_failed_for_good_counts_as_a_failure(make_bot, n8n, fast_retries, bot_token):
     app = make_bot(EVENT_MAX_ATTEMPTS=2)
     rt = app.extensions["baton"]
     n8n.fail("bot")
@@ -316,6 +318,9 @@ def test_a_bot_turn_whose_delivery_failed_for_good_counts_as_a_failure(make_bot,
     settle(app)
     assert outbox_texts() == [rt.settings.BOT_FALLBACK_NOTICE]
     assert 'baton_bot_turn_failures_total{kind="delivery_failed"} 1.0' in metrics(app)
+    # A replayed delivery that reaches n8n after all gets its reply refused.
+    late = bot_replies(app, bot_token, {"conversation": {"id": conv.id}, "turn_id": turn.id}, text="Hi!")
+    assert (late.status_code, late.json["details"]) == (409, {"turn_id": turn.id, "closed": "delivery_failed"})
 
 
 def cool_down_passes(app) -> None:
