@@ -15,7 +15,8 @@ Either way, once per turn, under the conversation's compare-and-set
   `bot_failures`), unless the cooldown after a release holds automatic triggers.
 
 A turn whose control was lost before its deadline (a human took over, or the
-conversation closed) is closed quietly: the bot never talks over a human.
+conversation closed) is closed quietly, and one whose conversation a person is
+typing on waits for them: the bot never talks over a human.
 `decide_turn_failure` is the pure decision; every outcome is an audit event
 and a counter (routing.counters).
 """
@@ -28,7 +29,7 @@ from datetime import datetime
 from models import BotTurn, utcnow
 from models.bot_turn import DELIVERY_FAILED, SUPERSEDED, TIMEOUT
 
-from .change import Change, Changes, view_of
+from .change import Change, Changes, typing_held, view_of
 from .decide import bot_may_speak, decide_escalation
 from .errors import NotFound
 from .escalate import plan_escalation
@@ -108,6 +109,9 @@ def plan_turn_failure(change: Change, turn: BotTurn, kind: str, details: dict) -
     conv, settings = change.conv, change.settings
     now = utcnow()
     due = kind != TIMEOUT or (turn.deadline_at is not None and turn.deadline_at <= now)
+    # A person typing on the conversation is about to answer: the turn waits (its
+    # deadline stays) until they send (a claim: superseded) or their lock expires.
+    due = due and not typing_held(conv, now)
     decision = decide_turn_failure(
         open_turn=turn.answered_at is None and turn.closed_at is None, due=due,
         bot_holds=bot_may_speak(conv.state, conv.control_epoch, turn.control_epoch),

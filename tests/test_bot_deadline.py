@@ -268,6 +268,22 @@ def test_a_person_claiming_the_conversation_cancels_the_deadline(bot, n8n, bot_t
     assert (late.status_code, late.json["details"]) == (409, {"turn_id": turn["turn_id"]})
 
 
+def test_a_person_typing_holds_the_fallback_notice_until_their_lock_expires(bot, n8n):
+    rt = bot.extensions["baton"]
+    team = Team(bot)
+    team.add("sue", role="supervisor")
+    turn = turn_for(bot, n8n, "my order is late")
+    assert team.act("sue", "typing", turn["conversation"]["id"], {"typing": True}).status_code == 204
+    assert deadline_passes(bot, turn["turn_id"])["bot_timeouts"] == 0
+    assert BotTurn.get_by_id(turn["turn_id"]).deadline_at is not None         # it waits for her
+    assert rt.settings.BOT_FALLBACK_NOTICE not in outbox_texts()
+    # Sue never sent anything and her typing lock expired: the customer is not left in silence.
+    Conversation.update(typing_until=utcnow() - timedelta(seconds=1)).execute()
+    assert timers.handoff_timers()["bot_timeouts"] == 1
+    settle(bot)
+    assert outbox_texts() == [rt.settings.BOT_FALLBACK_NOTICE]
+
+
 def test_a_fallback_notice_not_yet_sent_when_a_person_claims_is_cancelled(bot, n8n):
     """The deadline failed the turn and queued the notice; a supervisor claims before the
     outbound lane sends it: the notice spoke for the bot, so it never goes out."""
