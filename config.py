@@ -16,6 +16,7 @@ INSTANCE_DIR = ROOT / "instance"
 
 PROVIDERS = ("sandbox", "cloud_api", "wasender")
 PENDING_TIMEOUT_POLICIES = ("reroute", "collect_callback", "close")
+BOT_FALLBACKS = ("builtin", "agents")
 
 
 class ConfigError(ValueError):
@@ -130,8 +131,22 @@ class Settings:
     DEFAULT_GROUP: str = setting("support", "The agent group an escalation goes to when none is named.")
     STICKY_ASSIGNMENT: bool = setting(True, "Offer a returning customer to the agent who served them last, when "
                                             "that agent is online with free capacity.")
-    BOT_FAILURE_LIMIT: int = setting(3, "The bot reporting `intent: \"fallback\"` this many turns in a row "
-                                        "escalates to a human.")
+    BOT_FAILURE_LIMIT: int = setting(3, "Bot failures in a row after which the conversation escalates to a human "
+                                        "(reason `bot_failures`): a reply with `intent: \"fallback\"`, a turn "
+                                        "with no reply within BOT_REPLY_TIMEOUT, a `bot.turn` delivery that failed "
+                                        "for good; any other reply starts the count again.")
+    BOT_REPLY_TIMEOUT: int = setting(30, "Seconds the AI branch (N8N_BOT_URL) has to answer a `bot.turn`; after "
+                                         "that the turn is closed (a later reply is 409 `stale_turn`), the "
+                                         "customer gets BOT_FALLBACK_NOTICE and it counts as a bot failure.")
+    BOT_FALLBACK: str = setting("builtin", "Where new turns go while the circuit breaker on N8N_BOT_URL is open: "
+                                           "`builtin` (the built-in rule bot answers) or `agents` (straight to "
+                                           "the humans' queue, reason `bot_unavailable`).")
+    BOT_BREAKER_FAILURES: int = setting(5, "Failed deliveries to N8N_BOT_URL in a row (across every process) "
+                                           "that open the circuit breaker: new turns then go to BOT_FALLBACK.")
+    BOT_BREAKER_COOLDOWN: int = setting(30, "Seconds the circuit breaker stays open before the next turn is "
+                                            "sent to N8N_BOT_URL as a probe (half-open); the probe delivered "
+                                            "closes it, failed opens it again. A probe not heard of for this "
+                                            "long lets another turn probe.")
     SENTIMENT_THRESHOLD: float = setting(-0.6, "VADER compound score (at least -1, below 0) at or below which a "
                                                "customer's text escalates as angry.")
     SENTIMENT_LANGUAGES: str = setting("en", "Comma-separated languages the sentiment trigger reads (only English "
@@ -174,6 +189,11 @@ class Settings:
     CALLBACK_NOTICE: str = setting("Sorry, our team is busy right now. Leave your name, a phone number and a good "
                                    "time to call, and we'll get back to you.",
                                    "What the customer is told when the `collect_callback` policy applies.")
+    BOT_FALLBACK_NOTICE: str = setting("Sorry, I can't answer right now. Please try again in a moment, or ask "
+                                       "for a person and a member of our team will help you.",
+                                       "What the customer is told when the bot does not answer a turn in "
+                                       "BOT_REPLY_TIMEOUT or its `bot.turn` could not be delivered (once per "
+                                       "turn).")
     TIMEOUT_CLOSE_NOTICE: str = setting("Sorry, nobody from our team is available right now. Please write to us "
                                         "again later — we'll be glad to help.",
                                         "What the customer is told when the `close` policy ends a wait.")
@@ -187,6 +207,8 @@ class Settings:
                                                 "window (as HANDOFF_NOTICE_TEMPLATE).")
     TIMEOUT_CLOSE_NOTICE_TEMPLATE: str = setting("", "The template TIMEOUT_CLOSE_NOTICE is sent as outside the "
                                                      "24-hour window (as HANDOFF_NOTICE_TEMPLATE).")
+    BOT_FALLBACK_NOTICE_TEMPLATE: str = setting("", "The template BOT_FALLBACK_NOTICE is sent as outside the "
+                                                    "24-hour window (as HANDOFF_NOTICE_TEMPLATE).")
     WHATSAPP_WABA_ID: str = setting("", "The WhatsApp Business Account id (Cloud API only): its APPROVED "
                                         "templates are listed and accepted beside TEMPLATES_FILE's (the file "
                                         "wins on the same name and language). Empty: the file alone.")
@@ -230,6 +252,8 @@ def _validate(s: Settings) -> None:
     if s.PENDING_TIMEOUT_POLICY not in PENDING_TIMEOUT_POLICIES:
         raise ConfigError(
             f"PENDING_TIMEOUT_POLICY must be one of {', '.join(PENDING_TIMEOUT_POLICIES)}, got {s.PENDING_TIMEOUT_POLICY!r}")
+    if s.BOT_FALLBACK not in BOT_FALLBACKS:
+        raise ConfigError(f"BOT_FALLBACK must be one of {', '.join(BOT_FALLBACKS)}, got {s.BOT_FALLBACK!r}")
     if s.WHATSAPP_PROVIDER == "sandbox" and not s.WHATSAPP_APP_SECRET:
         raise ConfigError("WHATSAPP_APP_SECRET is required: the sandbox signs webhooks like Meta does")
     if s.WHATSAPP_PROVIDER == "cloud_api":
@@ -248,7 +272,7 @@ def _validate(s: Settings) -> None:
                  "BOT_HISTORY", "MEDIA_URL_TTL", "MEDIA_FETCH_ATTEMPTS", "MEDIA_UPLOAD_MAX_BYTES", "MAX_WEBHOOK_BYTES", "EVENT_MAX_ATTEMPTS",
                  "SEND_MAX_ATTEMPTS",
                  "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL", "AGENT_RESPONSE_TIMEOUT", "DATABASE_POOL_SIZE",
-                 "BOT_FAILURE_LIMIT"):
+                 "BOT_FAILURE_LIMIT", "BOT_REPLY_TIMEOUT", "BOT_BREAKER_FAILURES", "BOT_BREAKER_COOLDOWN"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",

@@ -20,6 +20,7 @@ from rq import Queue
 import models
 from config import Settings
 from bot.rules import reply as builtin_bot
+from routing.bot_breaker import BotBreaker
 from routing.change import Changes
 from routing.decide import Policy
 from routing.dispatch import dispatch
@@ -135,9 +136,11 @@ class Runtime:
             from routing.sentiment import SentimentAnalyser
 
             sentiment = SentimentAnalyser(settings.SENTIMENT_THRESHOLD, languages)
+        breaker = BotBreaker(redis, settings.REDIS_PREFIX, settings.BOT_BREAKER_FAILURES,
+                             settings.BOT_BREAKER_COOLDOWN)
         policy = Policy(phrases=load_phrases(settings.ESCALATION_PHRASES_FILE or None), sentiment=sentiment,
                         pending_notice_interval=timedelta(seconds=settings.PENDING_NOTICE_INTERVAL),
-                        default_group=settings.DEFAULT_GROUP, bot=builtin_bot)
+                        default_group=settings.DEFAULT_GROUP, bot=builtin_bot, breaker=breaker)
         return cls(settings=settings, redis=redis,
                    lanes=Lanes(redis, settings.REDIS_PREFIX, settings.PUMP_CONCURRENCY, settings.PUMP_LEASE),
                    queues=queues, adapter=make_adapter(settings), policy=policy)

@@ -6,13 +6,16 @@ import logging
 
 import peewee
 from flask import Blueprint, Response, current_app, jsonify, request
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery, Media, Message, utcnow
 from models.base import ensure_connection, parse_time
 from models.media import STATUSES as MEDIA_STATUSES
 from models.message import UNSENT, is_unsent
+from routing import counters
+from routing.bot_breaker import STATES as BREAKER_STATES
+from routing.counters import COUNTERS
 from routing.lanes import LANES
 
 from .api import build_spec, errors, reply, responds
@@ -125,6 +128,8 @@ def _redis_gauges(registry: CollectorRegistry, rt, agent_ids: list[str] | None) 
     try:
         depths = {lane: rt.lanes.depth(lane) for lane in LANES}
         online = rt.presence.online(agent_ids) if agent_ids is not None else None
+        counts = counters.read(rt.redis, rt.settings.REDIS_PREFIX)
+        breaker = rt.policy.breaker.read() if rt.policy.breaker is not None else None
     except Exception as exc:
         log.warning("metrics: Redis could not be read (%s)", exc)
         return False
@@ -134,7 +139,29 @@ def _redis_gauges(registry: CollectorRegistry, rt, agent_ids: list[str] | None) 
     if online is not None:
         Gauge("baton_agents_online", "Agents online for assignment (status online and a live heartbeat)",
               registry=registry).set(sum(online.values()))
+    _bot_metrics(registry, counts, breaker)
     return True
+
+
+def _bot_metrics(registry: CollectorRegistry, counts: dict[str, int], breaker) -> None:
+    """The bot's outcome counters (routing.counters, summed over every process) and the
+    state of the circuit breaker on N8N_BOT_URL."""
+    for name, (meaning, label, values) in COUNTERS.items():
+        counter = Counter(name, meaning, [label] if label else [], registry=registry)
+        if label is None:
+            counter.inc(counts.get(name, 0))
+            continue
+        for value in values:
+            counter.labels(value).inc(counts.get(f"{name}|{value}", 0))
+    if breaker is None:
+        return
+    state = Gauge("baton_bot_breaker_state", "The circuit breaker on deliveries to N8N_BOT_URL: 1 for the state "
+                  "it is in (`closed`: turns go to the AI branch; `open`: new turns go to BOT_FALLBACK; "
+                  "`half_open`: one probe turn is out)", ["state"], registry=registry)
+    for name in BREAKER_STATES:
+        state.labels(name).set(1 if breaker.state == name else 0)
+    Gauge("baton_bot_breaker_failures", "Deliveries to N8N_BOT_URL that failed in a row",
+          registry=registry).set(breaker.failures)
 
 
 @bp.get("/metrics")

@@ -9,8 +9,8 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_du
 from models import STATES
 
 ROUTED_TO = ("bot", "agent", "held", "queued_for_agent", "none")
-ESCALATION_REASONS = ("explicit_request", "bot", "sentiment", "bot_failures", "agent_takeover",
-                      "timeout_reroute")
+ESCALATION_REASONS = ("explicit_request", "bot", "sentiment", "bot_failures", "bot_unavailable",
+                      "agent_takeover", "timeout_reroute")
 TIME = "an ISO 8601 UTC time with milliseconds and `Z`"
 
 
@@ -109,8 +109,8 @@ class BotReplySchema(StrictSchema):
     reason = fields.String(validate=validate.Length(min=1, max=64), allow_none=True,
                            metadata=about("why the bot escalates"))
     intent = fields.String(validate=validate.Length(max=64), allow_none=True,
-                           metadata=about("the bot's reading of the message; `fallback` counts towards "
-                                          "BOT_FAILURE_LIMIT"))
+                           metadata=about("the bot's reading of the message; `fallback` counts as a bot failure "
+                                          "towards BOT_FAILURE_LIMIT"))
     urgency = fields.Float(validate=validate.Range(min=0, max=1), allow_none=True,
                            metadata=about("0 (can wait) to 1 (urgent), with `escalate`"))
     language = fields.String(validate=validate.Length(max=16), allow_none=True,

@@ -227,7 +227,8 @@ def merge(first: Catalog | None, second: Catalog | None) -> Catalog | None:
 
 # Each notice Baton sends on its own (a setting holding its text) and the setting naming its template.
 NOTICE_SETTINGS = {notice: f"{notice}_TEMPLATE"
-                   for notice in ("HANDOFF_NOTICE", "PENDING_NOTICE", "CALLBACK_NOTICE", "TIMEOUT_CLOSE_NOTICE")}
+                   for notice in ("HANDOFF_NOTICE", "PENDING_NOTICE", "CALLBACK_NOTICE", "TIMEOUT_CLOSE_NOTICE",
+                                  "BOT_FALLBACK_NOTICE")}
 
 
 def notice_template(catalog: Catalog | None, value: str) -> Template:

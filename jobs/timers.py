@@ -7,7 +7,8 @@ sweep() — every few seconds: re-dispatch rows whose dispatch was lost
           (Redis down or flushed, a worker killed between commit and schedule),
           repair capacity reservations from the database, close idle conversations.
 handoff_timers() — every second: offers, pending timeouts, unresponsive
-          agents and typing holds that are due (see routing.timeouts), and
+          agents and typing holds that are due (see routing.timeouts), bot
+          turns whose reply deadline passed (routing.bot_failures), and
           waiting conversations nobody has been offered yet.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from models import Agent, Delivery, Message, utcnow
 from models.base import epoch_seconds
 from models.delivery import PENDING
 from models.message import is_unsent
-from routing import timeouts
+from routing import bot_failures, timeouts
 from routing.assignment import offer_waiting
 from routing.lanes import LANES
 
@@ -82,7 +83,7 @@ def handoff_timers() -> dict:
     settings, changes = rt.settings, rt.changes
     now = utcnow()
     outcomes = {"offers_expired": 0, "offers_withdrawn": 0, "pending_timeouts": 0, "unresponsive": 0,
-                "holds_ended": 0, "offered": 0}
+                "holds_ended": 0, "bot_timeouts": 0, "offered": 0}
     for conversation_id, agent_id in timeouts.offers_to_absent_agents(rt.presence):
         outcomes["offers_withdrawn"] += timeouts.expire_offer(changes, conversation_id, withdrawn_from=agent_id)
     steps = (("offers_expired", timeouts.due_offers(now), timeouts.expire_offer),
@@ -92,6 +93,8 @@ def handoff_timers() -> dict:
     for name, due, outcome in steps:
         for conversation_id in due:
             outcomes[name] += outcome(changes, conversation_id)
+    for turn_id in bot_failures.due_turns(now):
+        outcomes["bot_timeouts"] += bot_failures.turn_timed_out(changes, turn_id)
     agent_ids = [agent.id for agent in Agent.select(Agent.id)]
     if not any(rt.presence.online(agent_ids).values()):
         return _logged(outcomes)           # nobody to offer waiting customers to

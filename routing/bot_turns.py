@@ -1,18 +1,26 @@
 """Bot turns and bot replies, behind the turn guard.
 
 A `bot.turn` records the `control_epoch` it was issued in. A reply is
-accepted only while the bot still holds that control (`bot_may_speak`), and
-the outbound lane checks again just before sending (`outbound_allowed`), so
-a bot can never talk over a human.
+accepted only while the bot still holds that control (`bot_may_speak`) and
+the turn is not closed (it failed: routing.bot_failures), and the outbound
+lane checks again just before sending (`outbound_allowed`), so a bot can
+never talk over a human.
+
+A turn for the AI branch carries a reply deadline (BOT_REPLY_TIMEOUT) and
+goes through the circuit breaker on N8N_BOT_URL (routing.bot_breaker): while
+it is open, new turns go to BOT_FALLBACK instead.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 from models import BotTurn, Conversation, Message, isoformat, new_id, utcnow
 
+from .bot_breaker import DELIVER, PROBE
+from .bot_failures import FAILURE_REASON, failures_after_reply, limit_reached
 from .change import Change, Changes, view_of
 from .effects import TYPING_SECONDS
 from .decide import Policy, bot_may_speak, decide_escalation
@@ -25,17 +33,28 @@ from .visibility import snapshot
 log = logging.getLogger(__name__)
 
 
+AI_BRANCH, BUILTIN, AGENTS = "ai_branch", "builtin", "agents"
+
+
 def issue_bot_turn(change: Change, policy: Policy, message: Message) -> None:
     """Ask the bot to answer `message`: the AI branch when N8N_BOT_URL is
-    set, else the built-in bot, whose answer commits with the routing (a
-    message is routed and answered together or not at all)."""
+    set (and its breaker lets the turn through), else the built-in bot, whose
+    answer commits with the routing (a message is routed and answered together
+    or not at all), or, with BOT_FALLBACK=agents while the breaker is open,
+    the humans' queue."""
     settings, conv = change.settings, change.conv
+    route = bot_route(change, policy, message)
+    if route == AGENTS:
+        reroute_to_agents(change, message)
+        return
     mode = (conv.metadata or {}).get("mode", "normal")
+    now = utcnow()
+    deadline = now + timedelta(seconds=settings.BOT_REPLY_TIMEOUT) if route == AI_BRANCH else None
     turn = BotTurn(id=new_id("t"), conversation=conv.id, message_id=message.id,
-                   control_epoch=conv.control_epoch, mode=mode, created_at=utcnow())
+                   control_epoch=conv.control_epoch, mode=mode, created_at=now, deadline_at=deadline)
     change.effects.insert(turn)
     fields = turn_fields(settings, conv, message, turn)
-    if settings.N8N_BOT_URL:
+    if route == AI_BRANCH:
         change.deliver(settings.N8N_BOT_URL, "bot.turn", fields)
         if settings.BOT_TYPING_INDICATOR and message.direction == "in" and message.provider_message_id:
             show_bot_typing(change, message)
@@ -47,6 +66,42 @@ def issue_bot_turn(change: Change, policy: Policy, message: Message) -> None:
         apply_bot_reply(change, turn, reply, "builtin-bot")
     except CooldownActive:           # refused before anything was written
         log.info("built-in bot asked to escalate %s during its cooldown", conv.id)
+
+
+def bot_route(change: Change, policy: Policy, message: Message) -> str:
+    """Who answers this turn: the AI branch, the built-in bot, or (breaker open,
+    BOT_FALLBACK=agents) the humans. Taking the half-open probe, and a turn sent
+    elsewhere by the open breaker, are audit events and counted."""
+    settings, conv = change.settings, change.conv
+    if not settings.N8N_BOT_URL:
+        return BUILTIN
+    if policy.breaker is None:
+        return AI_BRANCH
+    decision, breaker = policy.breaker.admit(time.time())
+    if decision == DELIVER:
+        return AI_BRANCH
+    if decision == PROBE:
+        # If this change does not commit, the next turn may probe at once.
+        change.on_rollback(lambda: policy.breaker.release_probe(breaker.since))
+        change.audit("system", conv.state, conv.state, "bot_breaker_half_open",
+                     {"message_id": message.id, "failures": breaker.failures})
+        change.count("baton_bot_breaker_transitions", "half_open")
+        return AI_BRANCH
+    route = AGENTS if settings.BOT_FALLBACK == "agents" else BUILTIN
+    change.audit("system", conv.state, conv.state, "bot_turn_rerouted",
+                 {"message_id": message.id, "to": settings.BOT_FALLBACK, "breaker": breaker.state})
+    change.count("baton_bot_turns_rerouted", settings.BOT_FALLBACK)
+    return route
+
+
+def reroute_to_agents(change: Change, message: Message) -> None:
+    """The AI branch is unavailable and BOT_FALLBACK=agents: the message goes
+    straight to the humans' queue (an escalation no cooldown suppresses: nobody
+    else would answer it)."""
+    plan_escalation(change, reason="bot_unavailable", actor="system", automatic=False,
+                    note="the AI branch is unavailable (circuit breaker open)")
+    change.effects.update(Message, {"routed_to": "queued_for_agent"}, {"id": message.id})
+    message.routed_to = "queued_for_agent"
 
 
 def show_bot_typing(change: Change, message: Message) -> None:
@@ -83,6 +138,8 @@ def apply_bot_reply(change: Change, turn: BotTurn, reply: dict, actor: str) -> B
     settings, conv = change.settings, change.conv
     if not bot_may_speak(conv.state, conv.control_epoch, turn.control_epoch):
         raise StaleTurn(turn.id)
+    if turn.closed_at is not None:
+        raise StaleTurn(turn.id, closed=turn.outcome)
     if reply.get("escalate") and not decide_escalation(view_of(conv), automatic=True).changed:
         raise CooldownActive(conv.cooldown_remaining)   # the turn guard passed: the bot holds it
     metadata = dict(conv.metadata or {})
@@ -91,19 +148,24 @@ def apply_bot_reply(change: Change, turn: BotTurn, reply: dict, actor: str) -> B
         metadata["last_intent"] = reply["intent"]
     if reply.get("language"):
         metadata["preferred_language"] = reply["language"]
-    failures = conv.bot_failures + 1 if reply.get("intent") == "fallback" else 0
+    failures = failures_after_reply(conv.bot_failures, reply.get("intent"))
     # Always compare-and-set, even with nothing to change: a handoff committed
-    # after we read the conversation then makes this reply a clean 409.
+    # after we read the conversation (or the turn's deadline failing it) then
+    # makes this reply a clean 409.
     change.set({"metadata": metadata, "bot_failures": failures})
-    change.effects.update(BotTurn, {"answered_at": utcnow()}, {"id": turn.id})
-    if (not reply.get("escalate") and failures >= settings.BOT_FAILURE_LIMIT
+    change.effects.update(BotTurn, {"answered_at": utcnow(), "deadline_at": None}, {"id": turn.id})
+    _answered_earlier_turns(change, turn)
+    if failures:
+        change.count("baton_bot_turn_failures", "fallback")
+    if (not reply.get("escalate") and limit_reached(failures, settings.BOT_FAILURE_LIMIT)
             and decide_escalation(view_of(conv), automatic=True).changed):
-        # The bot keeps not understanding: its answer goes out, then a human takes over.
+        # The bot keeps failing: its answer goes out, then a human takes over.
         message = None
         if reply.get("text"):
             message = change.say(sender="bot", text=reply["text"], turn_id=turn.id)
-        plan_escalation(change, reason="bot_failures", actor=actor, group=reply.get("group"),
-                        note=f"{failures} fallback answers in a row", automatic=True)
+        plan_escalation(change, reason=FAILURE_REASON, actor=actor, group=reply.get("group"),
+                        note=f"{failures} bot failures in a row (the last: fallback)", automatic=True)
+        change.count("baton_bot_failure_escalations")
         return BotReplyResult("escalated", conv, message)
     if reply.get("escalate"):
         plan_escalation(change, reason=reply.get("reason") or "bot", actor=actor, urgency=reply.get("urgency"),
@@ -113,8 +175,21 @@ def apply_bot_reply(change: Change, turn: BotTurn, reply: dict, actor: str) -> B
     return BotReplyResult("queued", conv, message)
 
 
+def _answered_earlier_turns(change: Change, turn: BotTurn) -> None:
+    """The bot answering a turn answers the conversation up to it: turns issued
+    before it (the customer wrote twice, the AI branch answered the latest) keep
+    no deadline, so no fallback notice follows a real answer. They stay open to
+    a reply of their own; turns issued after it keep theirs."""
+    sql, params = (BotTurn.update(deadline_at=None)
+                   .where((BotTurn.conversation == turn.conversation_id) & (BotTurn.id != turn.id)
+                          & (BotTurn.created_at <= turn.created_at) & BotTurn.deadline_at.is_null(False))
+                   .sql())
+    change.effects.writes.append((sql, tuple(params), False, None))
+
+
 def outbound_allowed(message: Message, conv: Conversation) -> bool:
-    """At send time: a bot reply goes out only while its turn's control still holds."""
-    if message.sender != "bot" or message.control_epoch is None:
+    """At send time: a bot reply (or a notice sent for the bot, BOT_FALLBACK_NOTICE)
+    goes out only while the control it was queued under still holds."""
+    if message.control_epoch is None:
         return True
     return bot_may_speak(conv.state, conv.control_epoch, message.control_epoch)

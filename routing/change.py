@@ -28,6 +28,7 @@ from models import BOT_CONTROLLED, Agent, Channel, Contact, Conversation, Event,
 from models.base import epoch_seconds
 from models.prepared import PreparedSelect
 
+from . import counters
 from .decide import ConversationView
 from .effects import Effects, queue_event, queue_outbound
 from .errors import ContendedConversation, NotFound, VersionConflict
@@ -88,6 +89,10 @@ class Change:
               details: dict | None = None) -> None:
         self.effects.insert(Event(id=new_id("ev"), conversation=self.conv.id, actor=actor, from_state=from_state,
                                   to_state=to_state, reason=reason, details=details, created_at=utcnow()))
+
+    def count(self, name: str, label: str | None = None) -> None:
+        """Count an outcome (routing.counters) once this change commits."""
+        self.effects.counts.append(counters.field(name, label))
 
     def notify(self, event_type: str, *, message: Message | None = None, reason: str | None = None,
                by: dict | None = None, agent: Agent | None = None) -> None:

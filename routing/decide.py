@@ -56,6 +56,8 @@ class Policy:
     # The built-in bot, handed in from outside routing (runtime.py):
     # (bot.turn event body, escalation phrases) -> reply, as POST /api/v1/bot/replies takes it.
     bot: Callable[[dict, tuple[str, ...]], dict] | None = None
+    # The circuit breaker on N8N_BOT_URL (routing.bot_breaker.BotBreaker), or None (always closed).
+    breaker: object | None = None
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""After a transaction commits: free reservations, schedule lanes, publish
-live events, and offer newly waiting conversations to agents.
+"""After a transaction commits: free reservations, schedule lanes, count
+outcomes, publish live events, and offer newly waiting conversations to agents.
 
 `routing.change.Changes` calls this once for each change it commits; a
 second call with the same effects does nothing. The change has committed by
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from . import counters
 from .effects import TYPING_SECONDS, Effects
 from .errors import ContendedConversation
 from .live import publish
@@ -34,6 +35,7 @@ def dispatch(rt, effects: Effects) -> None:
         rt.schedule(lane, key)
     if effects.inbox:
         rt.start_pump(rt.lanes.schedule_inbound_many(effects.inbox))
+    counters.increment(rt.redis, rt.settings.REDIS_PREFIX, effects.counts)
     try:
         publish(rt.redis, rt.settings.REDIS_PREFIX, effects.live)
     except Exception:           # live events are best effort: consoles re-read over REST

@@ -42,6 +42,7 @@ class Effects:
     releases: list[tuple[str, str]] = field(default_factory=list)  # (agent, conversation) reservations to free
     inbox: list[tuple[str, str, float]] = field(default_factory=list)  # messages to route (again)
     typing: list[tuple[str, str]] = field(default_factory=list)  # (conversation, provider message id) to show typing for
+    counts: list[str] = field(default_factory=list)            # routing.counters fields to increment
     dispatched: bool = False                                  # set once routing.dispatch has run it
 
     def insert(self, row) -> None:

@@ -45,12 +45,18 @@ class Unprocessable(DomainError):
 
 
 class StaleTurn(Conflict):
-    """Control changed after the bot turn was issued: the reply is refused."""
+    """Control changed after the bot turn was issued, or the turn failed (no reply
+    within BOT_REPLY_TIMEOUT, its delivery failed for good; `closed` says which):
+    the reply is refused."""
     code = "stale_turn"
 
-    def __init__(self, turn_id: str):
-        super().__init__("Control of the conversation changed after this turn was issued; the reply was "
-                         "not sent.", {"turn_id": turn_id})
+    def __init__(self, turn_id: str, closed: str | None = None):
+        if closed is None:
+            super().__init__("Control of the conversation changed after this turn was issued; the reply was "
+                             "not sent.", {"turn_id": turn_id})
+            return
+        super().__init__(f"This turn was closed ({closed}: the customer was told the bot could not answer); "
+                         "the reply was not sent.", {"turn_id": turn_id, "closed": closed})
 
 
 class CooldownActive(Conflict):

@@ -1,5 +1,5 @@
 """Baton's own notices to the customer (HANDOFF_NOTICE, PENDING_NOTICE, CALLBACK_NOTICE,
-TIMEOUT_CLOSE_NOTICE), within WhatsApp's 24-hour customer-service window or not.
+TIMEOUT_CLOSE_NOTICE, BOT_FALLBACK_NOTICE), within WhatsApp's 24-hour customer-service window or not.
 
 Inside the window a notice is its text. Outside it WhatsApp takes only an approved template, so
 the notice is sent as the template its `*_NOTICE_TEMPLATE` setting names (checked at start-up:
@@ -34,17 +34,20 @@ def window_open(conv: Conversation, now: datetime | None = None) -> bool:
     return expires is not None and expires > (now or utcnow())
 
 
-def say_notice(change: Change, notice: str, *, text: str | None = None, sender: str = "system") -> Message | None:
+def say_notice(change: Change, notice: str, *, text: str | None = None, sender: str = "system",
+               control_epoch: int | None = None) -> Message | None:
     """Queue the notice `notice` (a setting name, e.g. "HANDOFF_NOTICE"; `text` overrides its words,
-    as a bot's own handoff message does). Returns the message, or None when it cannot be sent."""
+    as a bot's own handoff message does). With `control_epoch` it is sent only while the bot still
+    holds that control (routing.bot_turns.outbound_allowed), as a bot reply is. Returns the message,
+    or None when it cannot be sent."""
     settings, conv = change.settings, change.conv
     if window_open(conv):
-        return change.say(sender=sender, text=text or getattr(settings, notice))
+        return change.say(sender=sender, text=text or getattr(settings, notice), control_epoch=control_epoch)
     template_setting = NOTICE_SETTINGS[notice]
     named = getattr(settings, template_setting)
     if named:
         template = notice_template(catalog_for(settings.TEMPLATES_FILE), named)
-        return change.say(sender="system", template=template.message())
+        return change.say(sender="system", template=template.message(), control_epoch=control_epoch)
     change.audit("system", conv.state, conv.state, "notice_not_sent", {
         "notice": notice, "why": "outside_customer_service_window",
         "window_expires_at": isoformat(conv.window_expires_at), "template_setting": template_setting})

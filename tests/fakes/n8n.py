@@ -11,16 +11,32 @@ from .server import FakeServer
 
 
 class FakeN8n(FakeServer):
-    """`POST /webhook/<path>` answers 200 and records (headers, raw body, json)."""
+    """`POST /webhook/<path>` answers 200 and records (headers, raw body, json); a path
+    set to `fail(path)` answers 503 (as n8n does with its workflow off) and records
+    the attempt in `refused` instead."""
 
     def __init__(self, secret: str):
         super().__init__("fake-n8n")
         self.secret = secret
         self.events: list[dict] = []
+        self.refused: list[dict] = []
+        self.failing: dict[str, int] = {}
         self._events_lock = threading.Lock()
         self.app.add_url_rule("/webhook/<path:path>", "hook", self._hook, methods=["POST"])
 
+    def fail(self, path: str, status: int = 503) -> None:
+        self.failing[path] = status
+
+    def recover(self, path: str) -> None:
+        self.failing.pop(path, None)
+
     def _hook(self, path):
+        if path in self.failing:
+            with self._events_lock:
+                self.refused.append({"path": path, "event": request.headers.get("X-Baton-Event"),
+                                     "delivery": request.headers.get("X-Baton-Delivery")})
+            return jsonify({"code": self.failing[path], "message": "Workflow could not be started"}), \
+                self.failing[path]
         raw = request.get_data()
         expected = "sha256=" + hmac.new(self.secret.encode(), raw, hashlib.sha256).hexdigest()
         record = {"path": path, "raw": raw, "json": request.get_json(silent=True),
