@@ -1,0 +1,44 @@
+"""API tokens, for admins: list them (never their secrets) and revoke one."""
+from __future__ import annotations
+
+from flask import Blueprint
+
+from models import ApiToken
+from routing.errors import NotFound
+
+from .api import errors, query, reply, responds
+from .auth import require
+from .idempotency import idempotent
+from .schemas import TokenListSchema, TokenQueryArgsSchema, TokenSchema
+
+bp = Blueprint("tokens", __name__, url_prefix="/api/v1/tokens")
+
+
+@bp.get("")
+@responds(200, TokenListSchema)
+@errors(401, 403, 422)
+@require("admin")
+@query(TokenQueryArgsSchema)
+def list_tokens(args):
+    """API tokens, oldest first (working ones only, unless `revoked=true`)."""
+    rows = ApiToken.select()
+    if "role" in args:
+        rows = rows.where(ApiToken.role == args["role"])
+    if not args["revoked"]:
+        rows = rows.where(ApiToken.revoked_at.is_null())
+    rows = rows.order_by(ApiToken.created_at, ApiToken.id).limit(args["limit"])
+    return reply({"items": [row.to_dict() for row in rows], "next_cursor": None})
+
+
+@bp.delete("/<token_id>")
+@responds(200, TokenSchema, "Revoked (already revoked: unchanged); it stops working at once")
+@errors(401, 403, codes={404: ("not_found",)})
+@require("admin")
+@idempotent
+def revoke_token(token_id):
+    """Revoke a token: every call made with it from now on is a 401."""
+    row = ApiToken.revoke(token_id)
+    if row is None:
+        raise NotFound("token")
+    return reply(row.to_dict())
+
