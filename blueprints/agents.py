@@ -78,12 +78,15 @@ def create_agent(data):
 
 @bp.post("/agents/<agent_id>/deactivate")
 @responds(200, DeactivationSchema, "Deactivated (again: nothing left to move, counts 0)")
-@errors(401, 403, codes={404: ("not_found",), 503: ("conversation_busy",)})
+@errors(401, 403, codes={404: ("not_found",), 409: ("own_agent",), 503: ("conversation_busy",)})
 @require("admin")
 @idempotent
 def deactivate_agent(agent_id):
     """Deactivate an agent: their tokens stop working at once, offers to them move on, and the
     conversations they hold go back to their group's queue, offered to the next agent."""
+    if agent_id == g.token.agent_id:
+        raise ApiError(409, "own_agent", "You cannot deactivate yourself; ask another admin, or use "
+                                         "`flask --app app baton agent deactivate ID`.")
     rt = _rt()
     done = deactivation.deactivate_agent(rt.changes, rt.presence, agent_id)
     (described,) = agent_service.describe(rt.presence, [done.agent])

@@ -1,13 +1,14 @@
 """API tokens, for admins: list them (never their secrets) and revoke one."""
 from __future__ import annotations
 
-from flask import Blueprint
+from flask import Blueprint, g
 
 from models import ApiToken
 from routing.errors import NotFound
 
 from .api import errors, query, reply, responds
 from .auth import require
+from .errors import ApiError
 from .idempotency import idempotent
 from .schemas import TokenListSchema, TokenQueryArgsSchema, TokenSchema
 
@@ -32,11 +33,15 @@ def list_tokens(args):
 
 @bp.delete("/<token_id>")
 @responds(200, TokenSchema, "Revoked (already revoked: unchanged); it stops working at once")
-@errors(401, 403, codes={404: ("not_found",)})
+@errors(401, 403, codes={404: ("not_found",), 409: ("own_token",)})
 @require("admin")
 @idempotent
 def revoke_token(token_id):
-    """Revoke a token: every call made with it from now on is a 401."""
+    """Revoke a token: every call made with it from now on is a 401. Not the caller's own: an
+    admin cannot lock themselves out by mistake (another admin, or `flask baton token revoke`, can)."""
+    if token_id == g.token.id:
+        raise ApiError(409, "own_token", "This is the token you are calling with; revoke it with another admin "
+                                         "token or `flask --app app baton token revoke ID`.")
     row = ApiToken.revoke(token_id)
     if row is None:
         raise NotFound("token")

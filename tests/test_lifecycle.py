@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, load_settings
-from models import ApiToken, Conversation, Message
+from models import Agent, ApiToken, Conversation, Message
 from tests.support import (ASK_FOR_A_HUMAN, bearer, conversation_of, customer_says, settle, trail,
                            waiting_customer)
 
@@ -58,6 +58,18 @@ def test_admins_list_and_revoke_tokens_through_the_api(app, client, admin_token)
     assert client.get("/api/v1/tokens?role=bot", headers=bearer(admin_token)).json["items"] == []
     assert len(client.get("/api/v1/tokens?role=bot&revoked=true", headers=bearer(admin_token)).json["items"]) == 1
     assert client.delete("/api/v1/tokens/tk_nope", headers=bearer(admin_token)).status_code == 404
+
+
+def test_an_admin_cannot_revoke_their_own_token_or_deactivate_themselves(desk, team):
+    boss = team.add("boss", role="admin")
+    client = desk.test_client()
+    [own] = ApiToken.select().where(ApiToken.agent_id == boss.id)
+    refused = team.call("boss", "DELETE", f"/api/v1/tokens/{own.id}")
+    assert (refused.status_code, refused.json["error"]) == (409, "own_token")
+    refused = team.call("boss", "POST", f"/api/v1/agents/{boss.id}/deactivate")
+    assert (refused.status_code, refused.json["error"]) == (409, "own_agent")
+    assert ApiToken.get_by_id(own.id).revoked_at is None and Agent.get_by_id(boss.id).deactivated_at is None
+    assert client.get("/api/v1/agents/me", headers=bearer(team.token["boss"])).status_code == 200
 
 
 # -- deactivating an agent ------------------------------------------------------------------------------

@@ -586,6 +586,8 @@ def _deactivate_agent(w: World):
     again = w.post(f"/api/v1/agents/{ana.id}/deactivate", token=w.admin).json
     assert (again["tokens_revoked"], again["conversations_requeued"]) == (0, 0)
     w.post("/api/v1/agents/a_nope/deactivate", 404, token=w.admin)
+    boss, boss_token = w.agent("boss", role="admin")
+    w.post(f"/api/v1/agents/{boss.id}/deactivate", 409, token=boss_token)
     w.post(f"/api/v1/agents/{ana.id}/deactivate", 403, token=w.bot)
 
 
@@ -606,6 +608,8 @@ def _revoke_token(w: World):
     w.call("DELETE", f"/api/v1/tokens/{row.id}", 200, token=w.admin)
     w.get("/api/v1/conversations", 401, token=secret)
     w.call("DELETE", "/api/v1/tokens/tk_nope", 404, token=w.admin)
+    own = ApiToken.select().where(ApiToken.role == "admin").get()
+    w.call("DELETE", f"/api/v1/tokens/{own.id}", 409, token=w.admin)
     w.call("DELETE", f"/api/v1/tokens/{row.id}", 403, token=w.bot)
 
 
