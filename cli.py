@@ -113,11 +113,14 @@ def token_count(role):
 @token.command("revoke")
 @click.argument("token_id")
 def token_revoke(token_id):
-    """Revoke a token: every call made with it from now on is a 401."""
-    _rt()
+    """Revoke a token: every call made with it from now on is a 401, and its live streams end."""
+    from routing.live import end_streams_of
+
+    rt = _rt()
     row = ApiToken.revoke(token_id)
     if row is None:
         raise click.ClickException(f"no token {token_id} (see `flask baton token list --all`)")
+    end_streams_of(rt.redis, rt.settings.REDIS_PREFIX, [row.id])
     click.echo(f"revoked {row.role} token {row.id} ({row.name}) at {row.revoked_at:%Y-%m-%d %H:%M:%S}")
 
 

@@ -1,10 +1,11 @@
 """API tokens, for admins: list them (never their secrets) and revoke one."""
 from __future__ import annotations
 
-from flask import Blueprint, g
+from flask import Blueprint, current_app, g
 
 from models import ApiToken
 from routing.errors import NotFound
+from routing.live import end_streams_of
 
 from .api import errors, query, reply, responds
 from .auth import require
@@ -45,5 +46,7 @@ def revoke_token(token_id):
     row = ApiToken.revoke(token_id)
     if row is None:
         raise NotFound("token")
+    rt = current_app.extensions["baton"]
+    end_streams_of(rt.redis, rt.settings.REDIS_PREFIX, [row.id])
     return reply(row.to_dict())
 

@@ -23,6 +23,7 @@ from models import AGENT_CONTROLLED, PENDING_AGENT, Agent, ApiToken, Conversatio
 
 from .change import Change, Changes
 from .errors import NotFound
+from .live import end_streams_of
 from .presence import Presence
 from .timeouts import expire_offer
 
@@ -42,12 +43,15 @@ def deactivate_agent(changes: Changes, presence: Presence, agent_id: str) -> Dea
     if agent is None:
         raise NotFound("agent")
     now = utcnow()
+    token_ids = [t.id for t in ApiToken.select(ApiToken.id)
+                 .where((ApiToken.agent_id == agent_id) & ApiToken.revoked_at.is_null())]
     with write_transaction():
         (Agent.update(deactivated_at=now, status="offline")
          .where((Agent.id == agent_id) & Agent.deactivated_at.is_null()).execute())
         revoked = (ApiToken.update(revoked_at=now)
                    .where((ApiToken.agent_id == agent_id) & ApiToken.revoked_at.is_null()).execute())
     agent = Agent.get_by_id(agent_id)
+    end_streams_of(presence.redis, presence.prefix, token_ids)
     presence.set_status(agent_id, "offline")
     presence.redis.delete(presence.heartbeat_key(agent_id))
     offers = [row.id for row in Conversation.select(Conversation.id)
