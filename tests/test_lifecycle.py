@@ -300,3 +300,18 @@ def test_run_sh_writes_env_for_its_owner_and_an_admin_token_only_on_the_first_ru
     third = run_sh_copy("--new-admin-token")
     assert "Admin token    bt_" in third
     assert _admin_tokens(run_sh_copy.dir) == 2
+
+
+def test_nobody_can_transfer_a_conversation_to_a_deactivated_agent(desk, team, admin_token):
+    team.add("ana")
+    team.add("bo")
+    conv = waiting_customer(desk)
+    holder = "ana" if conv.offered_agent_id == team.id("ana") else "bo"
+    other = "bo" if holder == "ana" else "ana"
+    assert team.act(holder, "claim", conv.id).status_code == 200
+    desk.test_client().post(f"/api/v1/agents/{team.id(other)}/deactivate", headers=bearer(admin_token))
+    desk.extensions["baton"].presence.heartbeat(team.id(other), "online")     # a stale mirror in Redis
+    before = conversation_of()
+    refused = team.act(holder, "transfer", conv.id, {"agent_id": team.id(other)})
+    assert (refused.status_code, refused.json["error"]) == (409, "agent_unavailable")
+    assert conversation_of().version == before.version
