@@ -49,11 +49,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             db.close()
 
     from blueprints import (admin, agents, bot, console, conversations, errors, events, handoff, media, media_files, ops,
-                            templates, webhooks)
+                            templates, tokens, webhooks)
 
     errors.init_app(app)
     for blueprint in (webhooks.bp, bot.bp, conversations.bp, handoff.bp, agents.bp, events.bp, admin.bp, ops.bp,
-                      console.bp, templates.bp, media_files.bp, media.bp):
+                      console.bp, templates.bp, media_files.bp, media.bp, tokens.bp):
         app.register_blueprint(blueprint)
 
     import cli

@@ -81,6 +81,49 @@ def token_add(role, name):
     click.echo(secret)
 
 
+def _tokens(role: str | None, revoked: bool):
+    rows = ApiToken.select()
+    if role:
+        rows = rows.where(ApiToken.role == role)
+    if not revoked:
+        rows = rows.where(ApiToken.revoked_at.is_null())
+    return rows.order_by(ApiToken.created_at, ApiToken.id)
+
+
+@token.command("list")
+@click.option("--role", type=click.Choice(ROLES), help="only tokens of this role")
+@click.option("--all", "show_all", is_flag=True, help="revoked tokens too")
+def token_list(role, show_all):
+    """Tokens (never their secrets): id, role, name, agent, created, revoked."""
+    _rt()
+    for row in _tokens(role, show_all):
+        revoked = f"revoked {row.revoked_at:%Y-%m-%d %H:%M:%S}" if row.revoked_at else "active"
+        click.echo(f"{row.id}  {row.role:<10} {row.name:<24} agent={row.agent_id or '-':<14} "
+                   f"created {row.created_at:%Y-%m-%d %H:%M:%S}  {revoked}")
+
+
+@token.command("count")
+@click.option("--role", type=click.Choice(ROLES), help="only tokens of this role")
+def token_count(role):
+    """How many tokens work (not revoked); run.sh asks it whether an admin token exists yet."""
+    _rt()
+    click.echo(_tokens(role, False).count())
+
+
+@token.command("revoke")
+@click.argument("token_id")
+def token_revoke(token_id):
+    """Revoke a token: every call made with it from now on is a 401, and its live streams end."""
+    from routing.live import end_streams_of
+
+    rt = _rt()
+    row = ApiToken.revoke(token_id)
+    if row is None:
+        raise click.ClickException(f"no token {token_id} (see `flask baton token list --all`)")
+    end_streams_of(rt.redis, rt.settings.REDIS_PREFIX, [row.id])
+    click.echo(f"revoked {row.role} token {row.id} ({row.name}) at {row.revoked_at:%Y-%m-%d %H:%M:%S}")
+
+
 @baton.group("agent")
 def agent():
     """Agents."""
@@ -108,6 +151,23 @@ def agent_add(name, groups, max_concurrent, role):
     click.echo(f"created {role} {row.id} ({name}; groups {', '.join(row.groups)}; max {row.max_concurrent}); "
                "store the token now, it is not shown again:")
     click.echo(secret)
+
+
+@agent.command("deactivate")
+@click.argument("agent_id")
+def agent_deactivate(agent_id):
+    """Deactivate an agent: tokens revoked, offers moved on, conversations back to the queue."""
+    from routing.deactivation import deactivate_agent
+    from routing.errors import NotFound
+
+    rt = _rt()
+    try:
+        done = deactivate_agent(rt.changes, rt.presence, agent_id)
+    except NotFound:
+        raise click.ClickException(f"no agent {agent_id}") from None
+    click.echo(f"deactivated {done.agent.id} ({done.agent.name}): {done.tokens_revoked} token(s) revoked, "
+               f"{done.offers_moved} offer(s) moved on, {done.conversations_requeued} conversation(s) back in "
+               "the queue")
 
 
 def signed_text_webhook(settings, wa_id: str, text: str, name: str, message_id: str | None = None,

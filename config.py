@@ -67,7 +67,8 @@ class Settings:
     N8N_NOTIFY_URL: str = setting("", "n8n webhook that receives notifications for people (`handoff.offered`, "
                                       "`message.for_agent`, …); empty sends none.")
     BATON_EVENT_SECRET: str = setting("", "Key of the HMAC-SHA256 `X-Baton-Signature` on every event posted to "
-                                          "n8n.")
+                                          "n8n: at least 32 characters, and required once N8N_BOT_URL or "
+                                          "N8N_NOTIFY_URL is set (`./run.sh` writes a random one into `.env`).")
     EVENT_MAX_ATTEMPTS: int = setting(8, "Tries of one n8n delivery before it lands on the failed list.")
     EVENT_TIMEOUT: float = setting(10.0, "Seconds to wait for n8n to answer one delivery.")
 
@@ -153,9 +154,17 @@ class Settings:
                                              "today); empty turns the trigger off.")
 
     SECRET_KEY: str = setting("", "Flask's secret key (signed cookies) and the key that signs the filesystem "
-                                  "store's media links; required when MEDIA_STORAGE_URL is a `file://` URL "
-                                  "(`./run.sh` writes a random one into `.env`).")
+                                  "store's media links: at least 32 characters when set; required when "
+                                  "MEDIA_STORAGE_URL is a `file://` URL (`./run.sh` writes a random one into "
+                                  "`.env`).")
     METRICS_TOKEN: str = setting("", "When set, `GET /metrics` needs `Authorization: Bearer <METRICS_TOKEN>`.")
+    AUTH_FAILURE_LIMIT: int = setting(20, "Failed authentications (an unknown or revoked API token, a wrong "
+                                          "METRICS_TOKEN) one client address may make within "
+                                          "AUTH_FAILURE_WINDOW; past it, every token-authenticated call from "
+                                          "that address answers 429 `too_many_auth_failures` with Retry-After "
+                                          "until the window ends. Counted in Redis across processes.")
+    AUTH_FAILURE_WINDOW: int = setting(300, "Seconds over which AUTH_FAILURE_LIMIT counts failed "
+                                            "authentications (the window starts at an address's first failure).")
     MAX_WEBHOOK_BYTES: int = setting(3 * 1024 * 1024, "Largest request body accepted, in bytes; bigger gets 413.")
     SEND_MAX_ATTEMPTS: int = setting(6, "Tries of one outbound message on retryable provider errors (429, 5xx, "
                                         "130429, pair limit 131056, network) before it fails with its last error.")
@@ -264,6 +273,7 @@ def _validate(s: Settings) -> None:
         for name in ("WASENDER_WEBHOOK_SECRET", "WASENDER_API_KEY"):
             if not getattr(s, name):
                 raise ConfigError(f"{name} is required when WHATSAPP_PROVIDER=wasender")
+    _validate_secrets(s)
     if not s.DATABASE_URL.startswith(("sqlite:///", "postgres://", "postgresql://")):
         raise ConfigError("DATABASE_URL must start with sqlite:///, postgres:// or postgresql://")
     if not s.REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
@@ -272,7 +282,8 @@ def _validate(s: Settings) -> None:
                  "BOT_HISTORY", "MEDIA_URL_TTL", "MEDIA_FETCH_ATTEMPTS", "MEDIA_UPLOAD_MAX_BYTES", "MAX_WEBHOOK_BYTES", "EVENT_MAX_ATTEMPTS",
                  "SEND_MAX_ATTEMPTS",
                  "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL", "AGENT_RESPONSE_TIMEOUT", "DATABASE_POOL_SIZE",
-                 "BOT_FAILURE_LIMIT", "BOT_REPLY_TIMEOUT", "BOT_BREAKER_FAILURES", "BOT_BREAKER_COOLDOWN"):
+                 "BOT_FAILURE_LIMIT", "BOT_REPLY_TIMEOUT", "BOT_BREAKER_FAILURES", "BOT_BREAKER_COOLDOWN",
+                 "AUTH_FAILURE_LIMIT", "AUTH_FAILURE_WINDOW"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",
@@ -311,6 +322,26 @@ def _validate(s: Settings) -> None:
         parse_storage_url(s.MEDIA_STORAGE_URL)
     except ValueError as exc:
         raise ConfigError(f"MEDIA_STORAGE_URL {exc}") from None
+
+
+MIN_SECRET_LENGTH = 32
+# Secrets Baton itself chooses (run.sh writes random ones): too short is a weak setup.
+_OWN_SECRETS = ("BATON_EVENT_SECRET", "SECRET_KEY")
+
+
+def _validate_secrets(s: Settings) -> None:
+    """Refuse weak setups: events to n8n unsigned, or signed (like media links) with a guessable key."""
+    if not s.BATON_EVENT_SECRET:
+        for name in ("N8N_BOT_URL", "N8N_NOTIFY_URL"):
+            if getattr(s, name):
+                raise ConfigError(f"BATON_EVENT_SECRET is required when {name} is set: it signs every event "
+                                  f"posted to n8n (X-Baton-Signature); use at least {MIN_SECRET_LENGTH} random "
+                                  "characters")
+    for name in _OWN_SECRETS:
+        value = getattr(s, name)
+        if value and len(value) < MIN_SECRET_LENGTH:
+            raise ConfigError(f"{name} must be at least {MIN_SECRET_LENGTH} characters, got {len(value)} "
+                              "(generate one: python3 -c 'import secrets; print(secrets.token_hex(24))')")
 
 
 def validate_for_web(s: Settings) -> None:

@@ -15,6 +15,10 @@ timeout = 30
 graceful_timeout = 20
 keepalive = 5
 accesslog = os.environ.get("BATON_ACCESS_LOG") or None
+# gunicorn's default format logs the request line with its query string, which can
+# carry a secret: Meta's handshake sends WHATSAPP_VERIFY_TOKEN as `hub.verify_token`,
+# and media links carry their signature. Log the path only (%(U)s), never the query.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)s'
 
 
 def pre_request(worker, req):

@@ -5,6 +5,7 @@ from flask import Blueprint, current_app, g
 
 from models import Agent, CallbackRequest, Conversation, utcnow, write_transaction
 from routing import agents as agent_service
+from routing import deactivation
 from routing.assignment import offer_waiting
 from routing.errors import NotFound
 from routing import timeouts
@@ -14,7 +15,7 @@ from .auth import current_viewer, require
 from .conversations import decode_cursor, encode_cursor
 from .errors import ApiError
 from .idempotency import idempotent
-from .schemas import (AgentCreatedSchema, AgentCreateSchema, AgentListSchema, AgentQueryArgsSchema, AgentSchema,
+from .schemas import (AgentCreatedSchema, AgentCreateSchema, AgentListSchema, DeactivationSchema, AgentQueryArgsSchema, AgentSchema,
                       AgentStatusSchema, CallbackDoneSchema, CallbackListSchema, CallbackQueryArgsSchema,
                       CallbackRequestSchema, OnlineAgentsSchema)
 
@@ -55,7 +56,7 @@ def list_agents(args):
 @require("agent")
 def list_online_agents():
     """Who a conversation can be transferred to: the agents online now, and every group agents serve."""
-    agents = list(Agent.select().order_by(Agent.name, Agent.id))
+    agents = list(Agent.select().where(Agent.deactivated_at.is_null()).order_by(Agent.name, Agent.id))
     online = [{key: described[key] for key in ("id", "name", "groups", "max_concurrent", "active_conversations")}
               for described in agent_service.describe(_rt().presence, agents) if described["online"]]
     groups = sorted({group for agent in agents for group in agent.groups or ()})
@@ -73,6 +74,24 @@ def create_agent(data):
     agent, secret = agent_service.create_agent(data["name"], data["role"], data["groups"], data["max_concurrent"])
     (described,) = agent_service.describe(_rt().presence, [agent])
     return reply({**described, "token": secret}, 201)
+
+
+@bp.post("/agents/<agent_id>/deactivate")
+@responds(200, DeactivationSchema, "Deactivated (again: nothing left to move, counts 0)")
+@errors(401, 403, codes={404: ("not_found",), 409: ("own_agent",), 503: ("conversation_busy",)})
+@require("admin")
+@idempotent
+def deactivate_agent(agent_id):
+    """Deactivate an agent: their tokens stop working at once, offers to them move on, and the
+    conversations they hold go back to their group's queue, offered to the next agent."""
+    if agent_id == g.token.agent_id:
+        raise ApiError(409, "own_agent", "You cannot deactivate yourself; ask another admin, or use "
+                                         "`flask --app app baton agent deactivate ID`.")
+    rt = _rt()
+    done = deactivation.deactivate_agent(rt.changes, rt.presence, agent_id)
+    (described,) = agent_service.describe(rt.presence, [done.agent])
+    return reply({"agent": described, "tokens_revoked": done.tokens_revoked, "offers_moved": done.offers_moved,
+                  "conversations_requeued": done.conversations_requeued})
 
 
 @bp.get("/agents/me")

@@ -123,10 +123,11 @@ def reply(obj, status: int = 200, headers: dict | None = None) -> Response:
 
 _ERRORS = {400: "Malformed request", 401: "Missing or bad token/signature", 403: "Role or ownership",
            404: "Unknown id", 409: "State conflict", 413: "Too large", 415: "Unsupported media type", 422: "Breaks a rule",
+           429: "Too many failed authentications from this address (see Retry-After)",
            503: "A dependency is down (see Retry-After)"}
 
 # Error codes that come with a mechanism rather than with one view.
-_AUTH_CODES = {401: {"unauthorized"}, 403: {"forbidden"}}
+_AUTH_CODES = {401: {"unauthorized"}, 403: {"forbidden"}, 429: {"too_many_auth_failures"}}
 _BODY_CODES = {400: {"malformed_json"}, 422: {"validation_failed"}}
 _QUERY_CODES = {422: {"validation_failed"}}
 _IDEMPOTENCY_CODES = {400: {"bad_idempotency_key"}, 409: {"idempotency_in_progress"}}

@@ -11,11 +11,11 @@ import queue
 import time
 
 import orjson
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, g
 from marshmallow import fields, validate
 
 from models import db
-from routing.live import KINDS
+from routing.live import KINDS, TOKENS_REVOKED
 from routing.live_hub import Subscription, hub_for, shutting_down
 from routing.visibility import Viewer, may_hear
 
@@ -64,7 +64,8 @@ def stream_events(args):
     # A stream may stay open for hours: it must not keep a database connection.
     if not db.is_closed():
         db.close()
-    response = event_stream_response(event_stream(subscription, viewer, args.get("conversation_id")))
+    response = event_stream_response(event_stream(subscription, viewer, args.get("conversation_id"),
+                                                  token_id=g.token.id))
     # A stream closed before its first chunk never runs the generator's `finally`.
     response.call_on_close(subscription.close)
     return response
@@ -76,9 +77,11 @@ def event_stream_response(chunks) -> Response:
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def event_stream(subscription: Subscription, viewer: Viewer, conversation_id: str | None):
+def event_stream(subscription: Subscription, viewer: Viewer, conversation_id: str | None,
+                 token_id: str | None = None):
     """SSE chunks: a greeting, then every event `viewer` may hear, with a
-    keep-alive comment after KEEPALIVE_SECONDS of nothing sent."""
+    keep-alive comment after KEEPALIVE_SECONDS of nothing sent. The stream
+    ends as soon as its token is revoked (routing.live.end_streams_of)."""
     try:
         yield f"retry: {RETRY_MILLISECONDS}\n: connected\n\n".encode()
         quiet_until = time.monotonic() + KEEPALIVE_SECONDS
@@ -90,6 +93,8 @@ def event_stream(subscription: Subscription, viewer: Viewer, conversation_id: st
                 quiet_until = time.monotonic() + KEEPALIVE_SECONDS
                 continue
             if item is None:          # the hub lost events or the process is stopping
+                return
+            if item[1].get("type") == TOKENS_REVOKED and token_id in (item[1].get("token_ids") or ()):
                 return
             frame = sse_frame(*item, viewer=viewer, conversation_id=conversation_id)
             if frame is not None:

@@ -19,6 +19,7 @@ from routing.counters import COUNTERS
 from routing.lanes import LANES
 
 from .api import build_spec, errors, reply, responds
+from .auth import failed_authentication, refuse_if_locked_out
 from .errors import ApiError
 from .schemas import HealthSchema, ReadinessSchema
 
@@ -89,7 +90,7 @@ def _database_gauges(registry: CollectorRegistry) -> list[str] | None:
         delivery_counts = list(Delivery.select(Delivery.status, peewee.fn.COUNT(Delivery.id))
                                .group_by(Delivery.status).tuples())
         media_counts = dict(Media.select(Media.status, peewee.fn.COUNT(Media.id)).group_by(Media.status).tuples())
-        agent_ids = [a.id for a in Agent.select(Agent.id)]
+        agent_ids = [a.id for a in Agent.select(Agent.id).where(Agent.deactivated_at.is_null())]
         unoffered = Conversation.select().where((Conversation.state == PENDING_AGENT)
                                                 & Conversation.offered_agent_id.is_null()).count()
         oldest = (Conversation.select(peewee.fn.MIN(Conversation.pending_since))
@@ -166,7 +167,7 @@ def _bot_metrics(registry: CollectorRegistry, counts: dict[str, int], breaker) -
 
 @bp.get("/metrics")
 @responds(200, description="Prometheus text format", content_type=CONTENT_TYPE_LATEST)
-@errors(codes={401: ("unauthorized",)})
+@errors(codes={401: ("unauthorized",), 429: ("too_many_auth_failures",)})
 def metrics():
     """Gauges read at scrape time, so every web process reports the same truth. While the
     database (or Redis) cannot be read its gauges are absent and `baton_dependency_up`
@@ -175,8 +176,11 @@ def metrics():
     token = rt.settings.METRICS_TOKEN
     # compare_digest takes str only when both are ASCII; compare bytes so a non-ASCII header is a 401.
     sent = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if token and sent:          # a presented credential: refused while its address is locked out
+        refuse_if_locked_out()
     if token and not hmac.compare_digest(sent, f"Bearer {token}".encode()):
-        raise ApiError(401, "unauthorized", "Metrics need `Authorization: Bearer <METRICS_TOKEN>`.")
+        message = "Metrics need `Authorization: Bearer <METRICS_TOKEN>`."
+        raise failed_authentication(message) if sent else ApiError(401, "unauthorized", message)
     registry = CollectorRegistry()
     agent_ids = _database_gauges(registry)
     redis_ok = _redis_gauges(registry, rt, agent_ids)

@@ -155,6 +155,14 @@ class DeliveryQueryArgsSchema(StrictSchema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200), metadata=about("page size"))
 
 
+class TokenQueryArgsSchema(StrictSchema):
+    role = fields.String(validate=validate.OneOf(("bot", "agent", "supervisor", "admin")),
+                         metadata=about("only tokens of this role"))
+    revoked = fields.Boolean(load_default=False, metadata=about("include revoked tokens too"))
+    limit = fields.Integer(load_default=200, validate=validate.Range(min=1, max=1000),
+                           metadata=about("how many, oldest first"))
+
+
 class OutboxQueryArgsSchema(StrictSchema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200),
                            metadata=about("how many of the newest entries"))
@@ -355,6 +363,20 @@ class DeliveryListSchema(ResponseSchema):
     next_cursor = fields.String(required=True, allow_none=True, metadata=about("always null (no paging yet)"))
 
 
+class TokenSchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("token id (`tk_…`); the secret itself is never shown again"))
+    name = fields.String(required=True, metadata=about("what it is for"))
+    role = fields.String(required=True, metadata=about("`bot`, `agent`, `supervisor` or `admin`"))
+    agent_id = fields.String(required=True, allow_none=True, metadata=about("the agent it belongs to, if any"))
+    created_at = fields.String(required=True, metadata=about(TIME))
+    revoked_at = fields.String(required=True, allow_none=True, metadata=about(f"{TIME}; null while it works"))
+
+
+class TokenListSchema(ResponseSchema):
+    items = fields.List(fields.Nested(TokenSchema), required=True, metadata=about("oldest first"))
+    next_cursor = fields.String(required=True, allow_none=True, metadata=about("always null (no paging yet)"))
+
+
 class OutboxEntrySchema(ResponseSchema):
     id = fields.String(required=True, metadata=about("entry id"))
     phone_number_id = fields.String(required=True, metadata=about("the sandbox business number"))
@@ -413,10 +435,21 @@ class AgentSchema(ResponseSchema):
     online = fields.Boolean(required=True,
                             metadata=about("status online AND a heartbeat within AGENT_HEARTBEAT_TTL"))
     active_conversations = fields.Integer(required=True, metadata=about("conversations offered to or held by them"))
+    deactivated_at = fields.String(required=True, allow_none=True,
+                                   metadata=about(f"when an admin deactivated them ({TIME}); null while active"))
 
 
 class AgentCreatedSchema(AgentSchema):
     token = fields.String(required=True, metadata=about("the agent's API token; shown this once"))
+
+
+class DeactivationSchema(ResponseSchema):
+    agent = fields.Nested(AgentSchema, required=True, metadata=about("the agent, deactivated"))
+    tokens_revoked = fields.Integer(required=True, metadata=about("their tokens revoked by this call"))
+    offers_moved = fields.Integer(required=True, metadata=about("offers to them moved on to the next agent"))
+    conversations_requeued = fields.Integer(required=True,
+                                            metadata=about("conversations they held, back in their group's queue "
+                                                           "and offered to the next agent"))
 
 
 class AgentListSchema(ResponseSchema):

@@ -22,6 +22,11 @@ class Agent(BaseModel):
     status = CharField(max_length=12, default="offline")
     last_assigned_at = DateTimeField(null=True)
     created_at = DateTimeField(default=utcnow)
+    deactivated_at = DateTimeField(null=True)     # set once, by routing.deactivation; never offered again
+
+    @property
+    def active(self) -> bool:
+        return self.deactivated_at is None
 
     def in_group(self, group: str | None) -> bool:
         return group is not None and group in (self.groups or [])

@@ -4,7 +4,7 @@ import secrets
 
 from peewee import CharField, DateTimeField
 
-from .base import BaseModel, new_id, utcnow
+from .base import BaseModel, isoformat, new_id, utcnow, write_transaction
 
 ROLES = ("bot", "agent", "supervisor", "admin")
 
@@ -30,3 +30,21 @@ class ApiToken(BaseModel):
         secret = "bt_" + secrets.token_urlsafe(32)
         row = cls.create(name=name, role=role, token_hash=hash_token(secret), agent_id=agent_id)
         return row, secret
+
+    @classmethod
+    def revoke(cls, token_id: str) -> "ApiToken | None":
+        """Revoke a token (a no-op when it is already revoked); the row as it is now, None when unknown."""
+        if cls.get_or_none(cls.id == token_id) is None:
+            return None
+        with write_transaction():
+            cls.update(revoked_at=utcnow()).where((cls.id == token_id) & cls.revoked_at.is_null()).execute()
+        return cls.get_by_id(token_id)
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def to_dict(self) -> dict:
+        """What may be shown about a token: never its secret, nor its hash."""
+        return {"id": self.id, "name": self.name, "role": self.role, "agent_id": self.agent_id,
+                "created_at": isoformat(self.created_at), "revoked_at": isoformat(self.revoked_at)}

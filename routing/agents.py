@@ -1,7 +1,7 @@
 """Creating agents and changing their presence."""
 from __future__ import annotations
 
-from models import Agent, ApiToken, write_transaction
+from models import Agent, ApiToken, isoformat, write_transaction
 
 from .presence import Presence
 
@@ -31,4 +31,5 @@ def heartbeat(presence: Presence, agent: Agent) -> None:
 def describe(presence: Presence, agents: list[Agent]) -> list[dict]:
     ids = [agent.id for agent in agents]
     online, loads = presence.online(ids), presence.loads(ids)
-    return [agent.to_dict(online=online[agent.id], load=loads[agent.id]) for agent in agents]
+    return [{**agent.to_dict(online=online[agent.id], load=loads[agent.id]),
+             "deactivated_at": isoformat(agent.deactivated_at)} for agent in agents]

@@ -161,7 +161,9 @@ class Reservations:
 
 
 def agents_of_group(group: str) -> list[Agent]:
-    return [agent for agent in Agent.select().order_by(Agent.id) if agent.in_group(group)]
+    """The group's active agents (a deactivated agent is never offered anything)."""
+    return [agent for agent in Agent.select().where(Agent.deactivated_at.is_null()).order_by(Agent.id)
+            if agent.in_group(group)]
 
 
 def offer_next(changes: Changes, reservations: Reservations, conversation_id: str) -> bool:

@@ -252,6 +252,8 @@ def transfer(changes: Changes, reservations: Reservations, conversation_id: str,
             raise NotFound("agent")
         if target.id == previous:
             raise Conflict("The conversation is already with that agent.", code="wrong_state")
+        if target.deactivated_at is not None:
+            raise Conflict("That agent is deactivated.", {"agent_id": target.id}, code="agent_unavailable")
         if not reservations.presence.online([target.id])[target.id]:
             raise Conflict("That agent is not online.", {"agent_id": target.id}, code="agent_unavailable")
         if not reservations.reserve_for(target, conv.id):

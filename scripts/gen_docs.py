@@ -36,7 +36,7 @@ def openapi_document() -> dict:
     from app import create_app
 
     with tempfile.TemporaryDirectory(prefix="baton-docs-") as tmp:
-        app = create_app({"WHATSAPP_PROVIDER": "sandbox", "WHATSAPP_APP_SECRET": "docs", "SECRET_KEY": "docs",
+        app = create_app({"WHATSAPP_PROVIDER": "sandbox", "WHATSAPP_APP_SECRET": "docs", "SECRET_KEY": "docs-secret-key-0123456789abcdef-docs",
                           "DATABASE_URL": f"sqlite:///{tmp}/docs.db", "LOG_LEVEL": "WARNING"})
         response = app.test_client().get("/openapi.json")
         if response.status_code != 200:

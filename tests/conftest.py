@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.support import (TEST_APP_SECRET, TEST_EVENT_SECRET, RedisServer, ServedApp, run_jobs,
+from tests.support import (TEST_APP_SECRET, TEST_EVENT_SECRET, TEST_SECRET_KEY, RedisServer, ServedApp, run_jobs,
                            throwaway_postgres_database, using_postgres)
 
 pytest_plugins = ["tests.fakes.fixtures"]       # graph_api, wasender_api, n8n
@@ -68,7 +68,7 @@ def settings_overrides(database_url, redis_server, tmp_path):
         # test_processes.py keep the default linger.
         "PUMP_LINGER": "0",
         # Media goes to the test's own directory, its links signed with a test key.
-        "MEDIA_STORAGE_URL": f"file://{tmp_path / 'media'}", "SECRET_KEY": "test-secret-key",
+        "MEDIA_STORAGE_URL": f"file://{tmp_path / 'media'}", "SECRET_KEY": TEST_SECRET_KEY,
     }
 
 

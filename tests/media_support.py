@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from integrations.storage import StorageUnavailable
 from integrations.storage.filesystem import FilesystemStorage
+from tests.support import TEST_SECRET_KEY
 
 
 class TestStorage(FilesystemStorage):
@@ -20,7 +21,7 @@ class TestStorage(FilesystemStorage):
     __test__ = False
 
     def __init__(self, root):
-        super().__init__(Path(root).resolve(), "test-secret-key")      # conftest's SECRET_KEY
+        super().__init__(Path(root).resolve(), TEST_SECRET_KEY)      # conftest's SECRET_KEY
         self.down = False
         self.puts: list[str] = []
         self.deleted: list[str] = []

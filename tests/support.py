@@ -21,7 +21,8 @@ from models import Contact, Conversation, Event, OutboxEntry, utcnow
 from routing.agents import create_agent, set_status
 
 TEST_APP_SECRET = "test-app-secret"          # WHATSAPP_APP_SECRET: signs the webhooks
-TEST_EVENT_SECRET = "event-secret"            # BATON_EVENT_SECRET: signs Baton's events to n8n
+TEST_EVENT_SECRET = "event-secret-for-tests-0123456789abcdef"   # BATON_EVENT_SECRET (≥ 32 characters, as config requires)
+TEST_SECRET_KEY = "secret-key-for-tests-0123456789abcdef"       # SECRET_KEY (≥ 32 characters): signs media links
 PHONE_NUMBER_ID = "sandbox-1"
 PG_ADMIN_DSN = os.environ.get("BATON_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 T = TypeVar("T")

@@ -344,6 +344,32 @@ def test_streams_end_when_redis_drops_the_live_channel_and_can_be_reopened(liste
     assert again.next_event(timeout=1.0)["json"]["conversation_id"] == "c_after_reconnect"
 
 
+def test_a_revoked_token_or_a_deactivated_agent_loses_its_open_stream_at_once(live_server, consoles, agent_token,
+                                                                             rt, app):
+    from models import ApiToken
+    from routing.deactivation import deactivate_agent
+
+    admin = ApiToken.issue("root", "admin")[1]
+    ana, ana_token = agent_token(name="ana")
+    _, bo_token = agent_token(name="bo")
+    _, cy_token = agent_token(name="cy")
+    ana_console, bo_console, cy_console = (consoles(live_server, t) for t in (ana_token, bo_token, cy_token))
+    for console in (ana_console, bo_console, cy_console):
+        console.wait_connected()
+
+    deactivate_agent(rt.changes, rt.presence, ana.id)
+    assert ana_console.ended.wait(2), f"ana's stream stayed open; received: {ana_console.raw!r}"
+    [bo_row] = ApiToken.select().where(ApiToken.name == "bo")
+    answer = requests.delete(f"{live_server}/api/v1/tokens/{bo_row.id}", headers=bearer(admin))
+    assert answer.status_code == 200
+    assert bo_console.ended.wait(2), f"bo's stream stayed open; received: {bo_console.raw!r}"
+    # everyone else keeps listening, and never sees the notice
+    broadcast(rt, conversation_waiting_in("support", "c_still_heard"))
+    assert cy_console.next_event(timeout=1.0)["json"]["conversation_id"] == "c_still_heard"
+    assert "tokens.revoked" not in cy_console.raw
+    assert consoles(live_server, ana_token).response.status_code == 401
+
+
 def test_a_stopping_server_ends_its_streams_and_sends_new_consoles_elsewhere(
         listening, live_server, consoles, rt, monkeypatch):
     from routing import live_hub

@@ -575,6 +575,44 @@ def _create_agent(w: World):
     w.post("/api/v1/agents", 403, token=created.json["token"], json={"name": "Eve"})
 
 
+@scenario("/api/v1/agents/<agent_id>/deactivate", "POST")
+def _deactivate_agent(w: World):
+    ana, ana_token = w.agent("ana")
+    held = w.held_by(ana_token, "15551230031")
+    w.agent("bo")
+    done = w.post(f"/api/v1/agents/{ana.id}/deactivate", token=w.admin).json
+    assert done["agent"]["deactivated_at"] and done["tokens_revoked"] == 1
+    assert done["conversations_requeued"] == 1 and Conversation.get_by_id(held.id).assigned_agent_id != ana.id
+    again = w.post(f"/api/v1/agents/{ana.id}/deactivate", token=w.admin).json
+    assert (again["tokens_revoked"], again["conversations_requeued"]) == (0, 0)
+    w.post("/api/v1/agents/a_nope/deactivate", 404, token=w.admin)
+    boss, boss_token = w.agent("boss", role="admin")
+    w.post(f"/api/v1/agents/{boss.id}/deactivate", 409, token=boss_token)
+    w.post(f"/api/v1/agents/{ana.id}/deactivate", 403, token=w.bot)
+
+
+@scenario("/api/v1/tokens", "GET")
+def _list_tokens(w: World):
+    assert {t["role"] for t in w.get("/api/v1/tokens", token=w.admin).json["items"]} >= {"admin", "bot"}
+    w.get("/api/v1/tokens?role=bot&revoked=true&limit=1", token=w.admin)
+    w.get("/api/v1/tokens?role=root", 422, token=w.admin)
+    w.get("/api/v1/tokens", 403, token=w.bot)
+
+
+@scenario("/api/v1/tokens/<token_id>", "DELETE")
+def _revoke_token(w: World):
+    from models import ApiToken
+
+    row, secret = ApiToken.issue("spare", "bot")
+    assert w.call("DELETE", f"/api/v1/tokens/{row.id}", 200, token=w.admin).json["revoked_at"]
+    w.call("DELETE", f"/api/v1/tokens/{row.id}", 200, token=w.admin)
+    w.get("/api/v1/conversations", 401, token=secret)
+    w.call("DELETE", "/api/v1/tokens/tk_nope", 404, token=w.admin)
+    own = ApiToken.select().where(ApiToken.role == "admin").get()
+    w.call("DELETE", f"/api/v1/tokens/{own.id}", 409, token=w.admin)
+    w.call("DELETE", f"/api/v1/tokens/{row.id}", 403, token=w.bot)
+
+
 @scenario("/api/v1/agents/me", "GET")
 def _get_me(w: World):
     _, ana = w.agent("ana")
