@@ -39,6 +39,14 @@ class _Recorder(FakeServer):
         with self._messages_lock:
             return list(self._messages)
 
+    def clear(self) -> None:
+        """Forget the messages and requests so far, and any scripted failures."""
+        with self._messages_lock:
+            self._messages.clear()
+        with self._lock:
+            self._requests.clear()
+            self._failures.clear()
+
 
 class FakeSlackApi(_Recorder):
     """`POST /api/chat.postMessage` with `Authorization: Bearer <token>`; use

@@ -41,6 +41,10 @@ class FakeSmtpServer:
         with self._lock:
             return list(self._messages)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._messages.clear()
+
     def start(self) -> "FakeSmtpServer":
         self.port = _free_port()
         self._controller = Controller(self, hostname=self.host, port=self.port)
