@@ -32,10 +32,14 @@ MAX_TYPE_VERSIONS = {
     "n8n-nodes-base.slack": 2.4,
     "n8n-nodes-base.emailSend": 2.1,
     "n8n-nodes-base.telegram": 1.2,
-    "n8n-nodes-base.stickyNote": 1,
     "@n8n/n8n-nodes-langchain.agent": 3.1,
     "@n8n/n8n-nodes-langchain.lmChatOpenAi": 1.3,
+    "@n8n/n8n-nodes-langchain.memoryBufferWindow": 1.3,
+    "@n8n/n8n-nodes-langchain.memoryManager": 1.1,
+    "n8n-nodes-base.stickyNote": 1,
 }
+STICKY_NOTE = "n8n-nodes-base.stickyNote"
+SIGNATURE_CHECK = "Signature valid?"
 
 # CONTRACT.md "Events out": everything except bot.turn goes to the notify branch,
 # and so does Baton's `callback.requested` (routing/timeouts.py), which came later.
@@ -52,7 +56,6 @@ CHANNELS = {
     "Post to Slack": ("n8n-nodes-base.httpRequest", "slackApi", "Slack"),
     "Send to Telegram": ("n8n-nodes-base.telegram", "telegramApi", "Telegram"),
 }
-STICKY = "n8n-nodes-base.stickyNote"
 
 
 def load(name):
@@ -73,9 +76,8 @@ def node_named(workflow, name):
 
 
 def after_signature_check(workflow, output):
-    """The node the signature check (the only If node) feeds on `output`: 0 valid, 1 not."""
-    (check,) = nodes_of_type(workflow, "n8n-nodes-base.if")
-    (following,) = targets(workflow, check["name"], output=output)
+    """The node the signature check feeds on `output`: 0 valid, 1 not."""
+    (following,) = targets(workflow, SIGNATURE_CHECK, output=output)
     return node_named(workflow, following)
 
 
@@ -84,11 +86,6 @@ def targets(workflow, source, output=None, kind="main"):
     outputs = workflow["connections"].get(source, {}).get(kind, [])
     chosen = outputs if output is None else (outputs[output:output + 1])
     return {link["node"] for group in chosen for link in (group or [])}
-
-
-def working_nodes(workflow):
-    """Every node but the sticky notes (comments on the canvas, never run)."""
-    return [n for n in workflow["nodes"] if n["type"] != STICKY]
 
 
 def reachable(workflow, start):
@@ -153,6 +150,13 @@ def test_every_node_has_the_fields_n8n_needs(name):  # sticky notes too
 
 
 @pytest.mark.parametrize("name", FILES)
+def test_the_crypto_node_feeds_the_signature_check(name):
+    workflow = load(name)
+    crypto = only_node(workflow, "n8n-nodes-base.crypto")["name"]
+    assert targets(workflow, crypto) == {SIGNATURE_CHECK}
+
+
+@pytest.mark.parametrize("name", FILES)
 def test_connections_reference_existing_nodes(name):
     workflow = load(name)
     names = {n["name"] for n in workflow["nodes"]}
@@ -206,7 +210,8 @@ def test_every_node_is_reachable_from_the_webhook(name):
     hook = only_node(workflow, "n8n-nodes-base.webhook")["name"]
     sub_nodes = {source for source, outputs in workflow["connections"].items()
                  if "main" not in outputs}
-    assert reachable(workflow, hook) | sub_nodes == {n["name"] for n in working_nodes(workflow)}
+    notes = {n["name"] for n in nodes_of_type(workflow, STICKY_NOTE)}
+    assert reachable(workflow, hook) | sub_nodes | notes == {n["name"] for n in workflow["nodes"]}
 
 
 @pytest.mark.parametrize("name", FILES)
@@ -232,8 +237,8 @@ def test_webhook_feeds_the_signature_check_first(name):
 
 @pytest.mark.parametrize("name", FILES)
 def test_signature_compared_with_the_x_baton_signature_header(name):
-    workflow = load(name)
-    (check,) = nodes_of_type(workflow, "n8n-nodes-base.if")
+    check = node_named(load(name), SIGNATURE_CHECK)
+    assert check["type"] == "n8n-nodes-base.if"
     (condition,) = check["parameters"]["conditions"]["conditions"]
     assert ("x-baton-signature" in condition["leftValue"]
             and condition["rightValue"].startswith("=sha256=")
@@ -281,7 +286,7 @@ def test_no_secret_is_written_into_parameters(name):
     assert not re.search(r"Bearer [A-Za-z0-9]|sk-[A-Za-z0-9]|xox[bp]-", text)
 
 
-def test_ai_agent_uses_an_openai_chat_model():
+def test_ai_agent_uses_an_openai_compatible_chat_model():
     workflow = load(AI_BRANCH)
     model = only_node(workflow, "@n8n/n8n-nodes-langchain.lmChatOpenAi")
     agent = only_node(workflow, "@n8n/n8n-nodes-langchain.agent")
@@ -293,72 +298,166 @@ def test_openai_credential_is_named_openai():
     assert model["credentials"]["openAiApi"]["name"] == "OpenAI"
 
 
-def test_system_prompt_asks_for_brief_json_with_text_escalate_intent():
-    agent = only_node(load(AI_BRANCH), "@n8n/n8n-nodes-langchain.agent")
-    prompt = agent["parameters"]["options"]["systemMessage"]
-    assert all(word in prompt for word in ('"text"', '"escalate"', '"intent"', "short", "JSON"))
+def test_the_model_name_is_one_parameter_of_bot_settings():
+    # The base URL lives in the credential (`url`), the model in *Bot settings*.
+    workflow = load(AI_BRANCH)
+    model = only_node(workflow, "@n8n/n8n-nodes-langchain.lmChatOpenAi")["parameters"]["model"]
+    settings = {a["name"]: a["value"] for a in node_named(workflow, "Bot settings")["parameters"]["assignments"]["assignments"]}
+    assert model["mode"] == "id" and model["value"].startswith("={{") and "http" not in json.dumps(model)
+    assert settings["model"] and "vision_model" in settings
+    assert "settings.model" in node_named(workflow, "Turn for the model")["parameters"]["jsCode"]
 
 
-def test_agent_prompt_comes_from_the_event():
+def test_the_prompts_live_only_in_bot_settings():
+    workflow = load(AI_BRANCH)
+    settings = {a["name"]: a["value"] for a in node_named(workflow, "Bot settings")["parameters"]["assignments"]["assignments"]}
+    assert {"system_prompt", "collect_callback_prompt"} <= settings.keys()
+    others = json.dumps([n["parameters"] for n in workflow["nodes"] if n["name"] != "Bot settings"])
+    for prompt in (settings["system_prompt"], settings["collect_callback_prompt"]):
+        assert prompt.splitlines()[0] not in others
+    agent = only_node(workflow, "@n8n/n8n-nodes-langchain.agent")
+    assert agent["parameters"]["options"]["systemMessage"] == "={{ $('Turn for the model').first().json.system }}"
+
+
+def test_bot_settings_is_marked_for_editing():
+    workflow = load(AI_BRANCH)
+    notes = " ".join(n["parameters"]["content"] for n in nodes_of_type(workflow, STICKY_NOTE))
+    assert "Bot settings" in notes and "Edit here" in notes and "EDIT HERE" in node_named(workflow, "Bot settings")["notes"]
+
+
+def test_the_collect_callback_prompt_asks_for_name_time_and_topic():
+    settings = {a["name"]: a["value"] for a in
+                node_named(load(AI_BRANCH), "Bot settings")["parameters"]["assignments"]["assignments"]}
+    assert all(word in settings["collect_callback_prompt"] for word in ("name", "best_time", "topic", "callback"))
+
+
+def test_the_reply_format_asks_for_json_with_text_escalate_intent():
+    code = node_named(load(AI_BRANCH), "Turn for the model")["parameters"]["jsCode"]
+    assert all(word in code for word in ('"text"', '"escalate"', '"intent"', '"callback"', "JSON"))
+
+
+def test_memory_is_seeded_per_turn_and_shared_with_the_agent():
+    workflow = load(AI_BRANCH)
+    memory = only_node(workflow, "@n8n/n8n-nodes-langchain.memoryBufferWindow")
+    assert targets(workflow, memory["name"], kind="ai_memory") == {"Seed memory", "AI Agent"}
+    assert memory["parameters"]["sessionKey"] == "={{ $('Receive bot turn').first().json.body.turn_id }}"
+    seed = node_named(workflow, "Seed memory")["parameters"]
+    assert (seed["mode"], seed["insertMode"]) == ("insert", "insert")
+
+
+def test_the_new_message_is_left_out_of_the_seeded_history():
+    code = node_named(load(AI_BRANCH), "Turn for the model")["parameters"]["jsCode"]
+    assert ".filter((m) => m.id !== message.id)" in code and "const prompt = shown(message)" in code
+
+
+def test_agent_prompt_comes_from_the_turn():
     agent = only_node(load(AI_BRANCH), "@n8n/n8n-nodes-langchain.agent")
-    assert agent["parameters"]["promptType"] == "define" and agent["parameters"]["text"].startswith("={{")
+    assert (agent["parameters"]["promptType"], agent["parameters"]["text"]) == (
+        "define", "={{ $('Turn for the model').first().json.prompt }}")
 
 
 def test_agent_runs_only_after_baton_got_its_answer():
     workflow = load(AI_BRANCH)
     agent = only_node(workflow, "@n8n/n8n-nodes-langchain.agent")["name"]
-    (check,) = nodes_of_type(workflow, "n8n-nodes-base.if")
-    (accepted,) = targets(workflow, check["name"], output=0)
+    accepted = after_signature_check(workflow, output=0)["name"]
     assert agent in reachable(workflow, accepted)
 
 
+def test_only_bot_turns_reach_the_model():
+    workflow = load(AI_BRANCH)
+    check = node_named(workflow, "Is it a bot turn?")
+    (condition,) = check["parameters"]["conditions"]["conditions"]
+    assert (condition["leftValue"], condition["rightValue"]) == (
+        "={{ $('Receive bot turn').first().json.body.event }}", "bot.turn")
+    (ignored,) = targets(workflow, check["name"], output=1)
+    assert node_named(workflow, ignored)["type"] == "n8n-nodes-base.noOp" and not targets(workflow, ignored)
+
+
+def test_an_image_is_downloaded_for_the_agent_only_with_a_vision_model():
+    workflow = load(AI_BRANCH)
+    agent = only_node(workflow, "@n8n/n8n-nodes-langchain.agent")
+    download = node_named(workflow, "Download image")
+    assert targets(workflow, "Image for the model?", output=0) == {"Download image"}
+    assert targets(workflow, "Image for the model?", output=1) == {agent["name"]}
+    assert targets(workflow, "Download image") == {agent["name"]}
+    assert agent["parameters"]["options"]["passthroughBinaryImages"] is True
+    assert download["parameters"]["options"]["response"]["response"]["responseFormat"] == "file"
+    assert download["credentials"]["httpHeaderAuth"]["name"] == "Baton bot token"
+    code = node_named(workflow, "Turn for the model")["parameters"]["jsCode"]
+    assert "visionModel && message.type === 'image'" in code
+
+
+def test_a_model_error_posts_an_explicit_escalation():
+    workflow = load(AI_BRANCH)
+    agent = only_node(workflow, "@n8n/n8n-nodes-langchain.agent")
+    assert agent["onError"] == "continueErrorOutput"
+    (failed,) = targets(workflow, agent["name"], output=1)
+    code = node_named(workflow, failed)["parameters"]["jsCode"]
+    assert "escalate: true, reason: 'bot'" in code
+    assert targets(workflow, failed) == {"Post reply to Baton"}
+
+
+def post_reply():
+    return node_named(load(AI_BRANCH), "Post reply to Baton")
+
+
 def test_reply_is_posted_to_the_events_reply_url():
-    http = only_node(load(AI_BRANCH), "n8n-nodes-base.httpRequest")["parameters"]
+    http = post_reply()["parameters"]
     assert http["method"] == "POST" and "reply_url" in http["url"] and http["url"].startswith("={{")
 
 
 def test_reply_body_quotes_conversation_and_turn_from_the_event():
-    body = only_node(load(AI_BRANCH), "n8n-nodes-base.httpRequest")["parameters"]["jsonBody"]
+    body = post_reply()["parameters"]["jsonBody"]
     assert ("conversation_id: $('Receive bot turn').first().json.body.conversation.id" in body
             and "turn_id: $('Receive bot turn').first().json.body.turn_id" in body)
 
 
-@pytest.mark.parametrize("field", ["text", "escalate", "intent"])
-def test_reply_body_carries_the_models_answer(field):
-    body = only_node(load(AI_BRANCH), "n8n-nodes-base.httpRequest")["parameters"]["jsonBody"]
-    assert f"{field}: $json.{field}" in body
+@pytest.mark.parametrize("field", ["text", "escalate", "intent", "reason", "language", "metadata"])
+def test_reply_body_carries_the_shaped_answer(field):
+    assert f"{field}: $json.{field}" in post_reply()["parameters"]["jsonBody"]
 
 
 def test_reply_is_sent_with_the_bot_token_credential():
-    http = only_node(load(AI_BRANCH), "n8n-nodes-base.httpRequest")
+    http = post_reply()
     assert (http["parameters"]["authentication"], http["parameters"]["genericAuthType"],
             http["credentials"]["httpHeaderAuth"]["name"]) == (
         "genericCredentialType", "httpHeaderAuth", "Baton bot token")
 
 
-def test_reply_request_never_errors_on_a_non_2xx_answer():
-    options = only_node(load(AI_BRANCH), "n8n-nodes-base.httpRequest")["parameters"]["options"]
-    assert options["response"]["response"] == {"fullResponse": True, "neverError": True}
+def test_reply_carries_an_idempotency_key_per_turn():
+    # A retried reply that Baton did take the first time is not sent twice.
+    (header,) = post_reply()["parameters"]["headerParameters"]["parameters"]
+    assert header == {"name": "Idempotency-Key",
+                      "value": "=bot-reply-{{ $('Receive bot turn').first().json.body.turn_id }}"}
+
+
+def test_a_failed_reply_is_retried_by_the_node_at_most_three_times():
+    http = post_reply()
+    assert http["retryOnFail"] is True and 1 < http["maxTries"] <= 3 and http["onError"] == "continueErrorOutput"
+    assert "neverError" not in json.dumps(http["parameters"]["options"])
 
 
 def test_stale_turn_409_ends_the_run_quietly():
     workflow = load(AI_BRANCH)
-    http = only_node(workflow, "n8n-nodes-base.httpRequest")["name"]
-    (switch,) = [n for n in nodes_of_type(workflow, "n8n-nodes-base.switch")
-                 if n["name"] in targets(workflow, http)]
-    index = next(i for i, rule in enumerate(switch["parameters"]["rules"]["values"])
-                 if rule["conditions"]["conditions"][0]["rightValue"] == 409)
-    (stale,) = targets(workflow, switch["name"], output=index)
+    (switch,) = targets(workflow, "Post reply to Baton", output=1)
+    rules = node_named(workflow, switch)["parameters"]["rules"]["values"]
+    index = next(i for i, rule in enumerate(rules) if rule["conditions"]["conditions"][0]["rightValue"] == 409)
+    (stale,) = targets(workflow, switch, output=index)
     assert node_named(workflow, stale)["type"] == "n8n-nodes-base.noOp"
 
 
 def test_other_refusals_fail_the_run_visibly():
     workflow = load(AI_BRANCH)
-    (switch,) = nodes_of_type(workflow, "n8n-nodes-base.switch")
-    fallback = len(switch["parameters"]["rules"]["values"])
-    (refused,) = targets(workflow, switch["name"], output=fallback)
-    assert node_named(workflow, refused)["type"] == (
-        "n8n-nodes-base.stopAndError")
+    (switch,) = targets(workflow, "Post reply to Baton", output=1)
+    fallback = len(node_named(workflow, switch)["parameters"]["rules"]["values"])
+    (refused,) = targets(workflow, switch, output=fallback)
+    assert node_named(workflow, refused)["type"] == "n8n-nodes-base.stopAndError"
+
+
+def test_an_accepted_reply_ends_the_run():
+    workflow = load(AI_BRANCH)
+    (accepted,) = targets(workflow, "Post reply to Baton", output=0)
+    assert node_named(workflow, accepted)["type"] == "n8n-nodes-base.noOp"
 
 
 @pytest.mark.parametrize("event", NOTIFY_EVENTS)
@@ -457,7 +556,7 @@ def test_every_channel_sends_the_composed_message():
 
 
 def test_a_sticky_note_says_how_to_turn_each_channel_on():
-    notes = " ".join(n["parameters"]["content"] for n in nodes_of_type(load(NOTIFY_BRANCH), STICKY))
+    notes = " ".join(n["parameters"]["content"] for n in nodes_of_type(load(NOTIFY_BRANCH), STICKY_NOTE))
     assert all(f"`{credential_name}`" in notes for _, _, credential_name in CHANNELS.values())
 
 
