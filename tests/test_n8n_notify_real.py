@@ -7,8 +7,9 @@ branch's (its model is the session's fake OpenAI server), `Baton event secret`,
 Slack and Telegram are fakes speaking the real Web API / Bot API over HTTP
 (tests/fakes/chat_apis.py): Telegram's credential has a Base URL, and Slack goes
 through *Notify settings*' Slack API base, the one edit made to the file on import.
-A second copy of the workflow (`baton-notify-no-telegram`) refers to a Telegram
-credential that does not exist: a team without Telegram.
+A second copy of the workflow (`baton-notify-email-only`) is a team with email
+only: its Telegram node refers to a credential that does not exist, and its Slack
+node is deactivated.
 
 The stories with Baton run it as real processes (gunicorn, RQ workers, cron) with
 `N8N_NOTIFY_URL` at n8n; the others post events signed exactly as Baton signs them
@@ -39,16 +40,16 @@ from tests.support import conversation_of, text_webhook, wait_until
 pytestmark = pytest.mark.processes
 
 NOTIFY_WORKFLOW = RealN8n.workflow_id(NOTIFY_BRANCH)
-NO_TELEGRAM_WORKFLOW = "BatonNotifyNoTg1"
-NO_TELEGRAM_PATH = "baton-notify-no-telegram"
+EMAIL_ONLY_WORKFLOW = "BatonNotifyEmail"
+EMAIL_ONLY_PATH = "baton-notify-email-only"
 EMAIL_TO = "support-team@example.test"
 TELEGRAM_CHAT = "-1009876543210"
 
 
-def notify_branch_copy(folder, *, slack_api_url: str, without_telegram: bool = False):
+def notify_branch_copy(folder, *, slack_api_url: str, email_only: bool = False):
     """The notify branch as a team imports it, with *Notify settings* filled in; or, with
-    `without_telegram`, a second workflow whose Telegram node names a credential that
-    does not exist."""
+    `email_only`, a second workflow whose Telegram node names a credential that does
+    not exist and whose Slack node is deactivated."""
     workflow = json.loads(NOTIFY_BRANCH.read_text(encoding="utf-8"))
     settings = next(n for n in workflow["nodes"] if n["name"] == "Notify settings")
     values = {"slack_api_url": slack_api_url, "email_to": EMAIL_TO, "telegram_chat_id": TELEGRAM_CHAT,
@@ -56,16 +57,18 @@ def notify_branch_copy(folder, *, slack_api_url: str, without_telegram: bool = F
     for field in settings["parameters"]["assignments"]["assignments"]:
         field["value"] = values.get(field["name"], field["value"])
     name = NOTIFY_BRANCH.name
-    if without_telegram:
-        workflow.update(id=NO_TELEGRAM_WORKFLOW, name="Baton – notify branch (no Telegram)")
+    if email_only:
+        workflow.update(id=EMAIL_ONLY_WORKFLOW, name="Baton – notify branch (email only)")
         for node in workflow["nodes"]:
-            node["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "no-telegram/" + node["id"]))
+            node["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "email-only/" + node["id"]))
             if node["type"] == "n8n-nodes-base.webhook":
-                node["parameters"]["path"] = NO_TELEGRAM_PATH
-                node["webhookId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "no-telegram/" + node["webhookId"]))
+                node["parameters"]["path"] = EMAIL_ONLY_PATH
+                node["webhookId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, "email-only/" + node["webhookId"]))
             if "telegramApi" in node.get("credentials", {}):
                 node["credentials"]["telegramApi"] = {"id": "NO_SUCH_TELEGRAM_CRED", "name": "Telegram (none)"}
-        name = "baton_notify_branch_no_telegram.json"
+            if node["name"] == "Post to Slack":
+                node["disabled"] = True
+        name = "baton_notify_branch_email_only.json"
     path = folder / name
     path.write_text(json.dumps(workflow), encoding="utf-8")
     return path
@@ -102,7 +105,7 @@ def notify_n8n(channels, fake_model, tmp_path_factory):
                    *notify_credentials(channels)]
     workflows = [ai_branch_with(folder, model=MODEL),
                  notify_branch_copy(folder, slack_api_url=slack.api_url),
-                 notify_branch_copy(folder, slack_api_url=slack.api_url, without_telegram=True)]
+                 notify_branch_copy(folder, slack_api_url=slack.api_url, email_only=True)]
     with RealN8n(binary, folder, credentials=credentials, workflows=workflows) as n8n:
         yield n8n
 
@@ -349,16 +352,16 @@ def test_a_forged_signature_is_rejected_and_nobody_is_told(n8n, channels, forger
     assert not (channels["email"].messages or channels["slack"].messages or channels["telegram"].messages)
 
 
-def test_a_channel_without_its_credential_stays_quiet_and_the_others_are_told(n8n, channels):
+def test_channels_without_a_credential_or_deactivated_stay_quiet_and_email_is_sent(n8n, channels):
     body, headers = signed_event("handoff.offered", a_conversation(), agent={"id": "a_1", "name": "Ana"},
                                  reason="explicit_request", console_url=CONSOLE)
-    assert post(n8n, body, headers, path=NO_TELEGRAM_PATH).status_code == 200
-    (execution,) = ended_executions(n8n, NO_TELEGRAM_WORKFLOW, 1)
+    assert post(n8n, body, headers, path=EMAIL_ONLY_PATH).status_code == 200
+    (execution,) = ended_executions(n8n, EMAIL_ONLY_WORKFLOW, 1)
     outcome = n8n.node_outcome(execution["id"])
     assert execution["status"] == "success" and outcome["last_node"] == "Check channels", outcome
     assert wait_for(channels["email"], 1)[0]["Subject"] == "[Baton] Maria Lopez (+15550001111) was offered to Ana"
-    assert len(wait_for(channels["slack"], 1)) == 1
-    assert channels["telegram"].messages == []
+    time.sleep(0.5)
+    assert channels["slack"].requests == [] and channels["telegram"].requests == []
 
 
 def test_a_channel_that_fails_fails_the_execution_after_the_others_were_told(n8n, channels):
