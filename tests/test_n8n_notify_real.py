@@ -281,16 +281,16 @@ def test_nobody_takes_the_customer_in_time_the_timeout_and_the_callback_request_
     emails = {m["Subject"]: body_text(m) for m in wait_for(channels["email"], 3)}
     assert set(emails) == {f"[Baton] Tom Weber (+{wa_id}) is waiting for a person",
                            f"[Baton] Handoff timed out: Tom Weber (+{wa_id}) is still waiting",
-                           f"[Baton] Tom Weber (+{wa_id}) asked to be called back"}
+                           f"[Baton] Call Tom Weber (+{wa_id}) back: nobody was free in time"}
     timed_out = emails[f"[Baton] Handoff timed out: Tom Weber (+{wa_id}) is still waiting"]
-    callback = emails[f"[Baton] Tom Weber (+{wa_id}) asked to be called back"]
+    callback = emails[f"[Baton] Call Tom Weber (+{wa_id}) back: nobody was free in time"]
     assert "Why: nobody took the conversation in time (pending_timeout)" in timed_out
     assert "Urgency: high" in timed_out and f"Open in Baton: {console}" in timed_out
     assert f"Callback request: {request.id} (open)" in callback
     assert "Why: asked for a person (explicit_request)" in callback       # why they were waiting
     assert re.search(r"Waiting since: \S+Z \(\d+ min\)", callback) and f"Open in Baton: {console}" in callback
     assert len(wait_for(channels["slack"], 3)) == 3 and len(wait_for(channels["telegram"], 3)) == 3
-    assert any("asked to be called back" in m["text"] for m in channels["telegram"].messages)
+    assert any("back: nobody was free in time" in m["text"] for m in channels["telegram"].messages)
     assert [e["status"] for e in ended_executions(n8n, NOTIFY_WORKFLOW, 3)] == ["success"] * 3
 
 
