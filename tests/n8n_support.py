@@ -137,20 +137,22 @@ class RealN8n:
     def start(self) -> None:
         """Import the credentials and workflows with the CLI, publish every workflow, then
         `n8n start` and wait for "Editor is now accessible" (webhooks answer from then)."""
-        creds = self.workdir / "credentials.json"
-        creds.write_text(json.dumps(self.credentials), encoding="utf-8")
-        try:
-            self.cli("import:credentials", f"--input={creds}")
-        finally:
-            creds.unlink()
         staged = self.workdir / "workflows"
         staged.mkdir(exist_ok=True)
         for workflow in self.workflows:
             shutil.copyfile(workflow, staged / workflow.name)
+        # Every CLI run boots n8n (3-20 s on a busy machine). The first one creates the
+        # database; after it the credentials and the publishing run side by side.
         self.cli("import:workflow", "--separate", f"--input={staged}")
-        # Each CLI run boots n8n (~3-8 s); the database exists by now, so publish all at once.
-        with ThreadPoolExecutor(len(self.workflows) or 1) as pool:
-            list(pool.map(lambda w: self.cli("publish:workflow", f"--id={self.workflow_id(w)}"), self.workflows))
+        creds = self.workdir / "credentials.json"
+        creds.write_text(json.dumps(self.credentials), encoding="utf-8")
+        commands = [("import:credentials", f"--input={creds}"),
+                    *[("publish:workflow", f"--id={self.workflow_id(w)}") for w in self.workflows]]
+        try:
+            with ThreadPoolExecutor(len(commands)) as pool:
+                list(pool.map(lambda args: self.cli(*args), commands))
+        finally:
+            creds.unlink()
         self._log_file = open(self.log_path, "ab", buffering=0)
         self.proc = subprocess.Popen([str(self.binary), "start"], cwd=self.workdir, env=self.env,
                                      stdout=self._log_file, stderr=subprocess.STDOUT,
