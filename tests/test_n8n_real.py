@@ -49,14 +49,16 @@ def new_executions(n8n: RealN8n, count: int, timeout: float = 30.0) -> list[dict
 
 @pytest.fixture
 def baton(app, settings_overrides, live_n8n, tmp_path, request):
-    """gunicorn (2) + RQ workers (2) + cron, `N8N_BOT_URL` at real live_n8n, PUBLIC_BASE_URL at
-    themselves (n8n replies there), and the bot token n8n's credential holds."""
+    """gunicorn (2) + RQ workers (2) + cron, `N8N_BOT_URL` at real n8n, PUBLIC_BASE_URL at
+    themselves (n8n replies there), the bot token n8n's credential holds, and
+    BOT_FAILURE_LIMIT 2."""
     from models import ApiToken
     from models.token import hash_token
 
     ApiToken.create(name="n8n", role="bot", token_hash=hash_token(BOT_TOKEN))
     procs = BatonProcesses({**settings_overrides, **SHORT_LEASES, "N8N_BOT_URL": live_n8n.webhook_url("baton-bot"),
-                            "BATON_EVENT_SECRET": EVENT_SECRET, "SENTIMENT_LANGUAGES": ""},
+                            "BATON_EVENT_SECRET": EVENT_SECRET, "SENTIMENT_LANGUAGES": "",
+                            "BOT_FAILURE_LIMIT": "2"},
                            log_dir=tmp_path / "processes", start=False)
     procs.env["PUBLIC_BASE_URL"] = procs.url
     failed_before = request.session.testsfailed
@@ -123,6 +125,23 @@ def test_the_model_says_escalate_and_the_conversation_waits_for_a_person(baton, 
     assert conv.escalation_reason == "bot"
     assert wait_for_outbox(baton, rt, wa_id, 1) == ["I'm passing you to a colleague."]
     assert [e["status"] for e in new_executions(live_n8n, 1)] == ["success"]
+
+
+def test_answers_the_model_marks_as_fallback_count_until_a_person_takes_over(baton, rt, model, live_n8n):
+    from models import PENDING_AGENT
+
+    wa_id = "15557000005"
+    model.answer(answer("Sorry, I did not get that.", intent="fallback"),
+                 answer("Sorry, could you say it differently?", intent="fallback"))
+    customer_writes(baton, wa_id, "blorp")
+    wait_for_outbox(baton, rt, wa_id, 1)
+    assert conversation_of(wa_id).bot_failures == 1
+    customer_writes(baton, wa_id, "blorp blorp")
+    baton.wait_until(lambda: conversation_of(wa_id).state == PENDING_AGENT, 30, what="PENDING_AGENT",
+                     describe=lambda: f"state: {state_summary(rt)}")
+    assert conversation_of(wa_id).escalation_reason == "bot_failures"
+    assert wait_for_outbox(baton, rt, wa_id, 2)[:2] == ["Sorry, I did not get that.",
+                                                        "Sorry, could you say it differently?"]
 
 
 def test_the_model_is_down_and_the_customer_gets_a_person_not_silence(baton, rt, model, live_n8n):
