@@ -115,7 +115,7 @@ class RealN8n:
             "N8N_TEMPLATES_ENABLED": "false", "N8N_SECURE_COOKIE": "false",
             "WEBHOOK_URL": f"{self.url}/", "N8N_LOG_LEVEL": "info", "N8N_LOG_OUTPUT": "console",
             "DB_TYPE": "sqlite", "EXECUTIONS_DATA_SAVE_ON_SUCCESS": "all", "EXECUTIONS_DATA_SAVE_ON_ERROR": "all",
-            "N8N_RUNNERS_ENABLED": "true", "NODE_ENV": "production", "NO_COLOR": "1",
+            "NODE_ENV": "production", "NO_COLOR": "1",
             **(extra_env or {}),
         }
         for inherited in ("N8N_DISABLED_MODULES", "DB_POSTGRESDB_DATABASE", "NODE_OPTIONS"):
