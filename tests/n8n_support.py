@@ -98,7 +98,7 @@ class N8nFailed(AssertionError):
 
 
 class RealN8n:
-    START_TIMEOUT = 90.0
+    START_TIMEOUT = 180.0
     CLI_TIMEOUT = 120.0
 
     def __init__(self, binary: Path, workdir: Path, *, credentials: list[dict], workflows: list[Path],
@@ -238,7 +238,7 @@ class RealN8n:
     def finished_executions(self, workflow_id: str | None = None) -> list[dict]:
         return [e for e in self.executions(workflow_id) if e["status"] not in ("new", "running", "waiting")]
 
-    def wait_for_executions(self, workflow_id: str, count: int, timeout: float = 30.0) -> list[dict]:
+    def wait_for_executions(self, workflow_id: str, count: int, timeout: float = 60.0) -> list[dict]:
         """Until at least `count` executions of the workflow have ended; returns them all."""
         return wait_until(lambda: (lambda done: done if len(done) >= count else None)(
             self.finished_executions(workflow_id)), timeout, f"{count} finished n8n execution(s) of {workflow_id}",
@@ -342,7 +342,7 @@ def model(fake_model, real_n8n):
     fake_model.reset()
 
 
-def new_executions(n8n: RealN8n, workflow_id: str, count: int, timeout: float = 30.0) -> list[dict]:
+def new_executions(n8n: RealN8n, workflow_id: str, count: int, timeout: float = 60.0) -> list[dict]:
     """Until `count` executions of the workflow started during this test have ended; returns them."""
     def ended():
         done = [e for e in n8n.finished_executions(workflow_id) if e["id"] not in n8n.seen]

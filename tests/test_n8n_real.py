@@ -40,7 +40,7 @@ AI_WORKFLOW = RealN8n.workflow_id(AI_BRANCH)
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
 
 
-def new_executions(n8n: RealN8n, count: int, timeout: float = 30.0) -> list[dict]:
+def new_executions(n8n: RealN8n, count: int, timeout: float = 60.0) -> list[dict]:
     """Until `count` executions of the AI branch started in this test have ended."""
     return ended_executions(n8n, AI_WORKFLOW, count, timeout)
 
@@ -85,7 +85,7 @@ def customer_writes(procs: BatonProcesses, wa_id: str, text: str) -> None:
     assert answer.status_code == 200, answer.text
 
 
-def wait_for_outbox(procs, rt, wa_id: str, count: int, timeout: float = 30.0) -> list:
+def wait_for_outbox(procs, rt, wa_id: str, count: int, timeout: float = 60.0) -> list:
     return procs.wait_until(lambda: (lambda texts: texts if len(texts) >= count else None)(outbox_texts(wa_id)),
                             timeout, what=f"{count} message(s) in the outbox",
                             describe=lambda: f"outbox: {outbox_texts(wa_id)}; state: {state_summary(rt)}")
@@ -126,7 +126,7 @@ def test_the_model_says_escalate_and_the_conversation_waits_for_a_person(baton, 
     wa_id = "15557000002"
     model.answer(answer("I'm passing you to a colleague.", escalate=True, intent="human_requested"))
     customer_writes(baton, wa_id, "this is the third time my parcel went missing")
-    baton.wait_until(lambda: conversation_of(wa_id).state == PENDING_AGENT, 30, what="PENDING_AGENT",
+    baton.wait_until(lambda: conversation_of(wa_id).state == PENDING_AGENT, 60, what="PENDING_AGENT",
                      describe=lambda: f"state: {state_summary(rt)}")
     conv = conversation_of(wa_id)
     assert conv.escalation_reason == "bot"
@@ -144,7 +144,7 @@ def test_answers_the_model_marks_as_fallback_count_until_a_person_takes_over(bat
     wait_for_outbox(baton, rt, wa_id, 1)
     assert conversation_of(wa_id).bot_failures == 1
     customer_writes(baton, wa_id, "blorp blorp")
-    baton.wait_until(lambda: conversation_of(wa_id).state == PENDING_AGENT, 30, what="PENDING_AGENT",
+    baton.wait_until(lambda: conversation_of(wa_id).state == PENDING_AGENT, 60, what="PENDING_AGENT",
                      describe=lambda: f"state: {state_summary(rt)}")
     assert conversation_of(wa_id).escalation_reason == "bot_failures"
     assert wait_for_outbox(baton, rt, wa_id, 2)[:2] == ["Sorry, I did not get that.",
@@ -180,11 +180,11 @@ def test_a_reply_after_a_claim_gets_409_and_no_error_execution(baton, rt, model,
 
     def slow_answer(_body):
         thinking.set()
-        release.wait(30)
+        release.wait(60)
         return answer("Late: your parcel is on its way.")
     model.answer(slow_answer)
     customer_writes(baton, wa_id, "where is my parcel?")
-    wait_until(thinking.is_set, 30, "the model to be asked")
+    wait_until(thinking.is_set, 60, "the model to be asked")
     supervisor = agent_add_with_cli(baton, "Sam", role="supervisor")
     conversation_id = conversation_of(wa_id).id
     claimed = requests.post(f"{baton.url}/api/v1/conversations/{conversation_id}/claim", headers=bearer(supervisor),
