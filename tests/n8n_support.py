@@ -3,22 +3,32 @@ published, and run by `n8n start` on 127.0.0.1, offline.
 
     binary = n8n_binary()                       # skips (or, with CI=true, fails) without n8n
     with RealN8n(binary, tmp_dir, credentials=[...], workflows=[AI_BRANCH, NOTIFY_BRANCH]) as n8n:
-        n8n.webhook_url("baton-bot")            # POST Baton's events here
-        n8n.wait_for_executions(AI_WORKFLOW_ID, 1)   # what n8n recorded (its own SQLite database)
+        n8n.webhook_url("baton-bot")            # N8N_BOT_URL for Baton, or POST signed events here
+        n8n.wait_for_executions(workflow_id, 1) # what n8n recorded (its own SQLite database)
+        n8n.node_outcome(execution_id)          # {"nodes": [...that ran], "last_node", "error"}
+
+As pytest fixtures (this module is a plugin listed in tests/conftest.py): `real_n8n`, one
+n8n for the whole session, started at first use with both workflows and the credentials of
+`n8n_credentials`; `live_n8n`, the same with `seen` set to the executions before the test
+(`new_executions(live_n8n, workflow_id, count)` waits for the test's own); `fake_model`
+(session) and `model` (reset per test), the OpenAI-compatible server the `OpenAI`
+credential points at. Fakes for other channels join `n8n_credentials` (session-scoped: their
+URLs go into n8n's credentials once).
 
 n8n comes from `ensure_n8n` in scripts/lib.sh (test.sh calls it): n8n 2.8.4, the newest
 release that runs on Node 20, installed once into ~/.cache/baton/n8n-<version> and
 named by BATON_N8N_BIN. Every RealN8n has its own N8N_USER_FOLDER (database, encryption
 key, settings), its own N8N_PORT and its own task-broker port (N8N_RUNNERS_BROKER_PORT),
-so two can run at once. Start-up takes ~6 s after the CLI imports (~3 s each): start
-one per test module (or session) and reset the fakes it talks to between tests.
+so two can run at once. Each CLI run boots n8n (3-20 s, by the machine's load) and
+`n8n start` needs ~6 s more: start one per session and reset the fakes between tests.
 
 `baton_credentials()` builds the credentials both workflows reference by name (see
 n8n_workflows/README.md), plain text; `import:credentials` encrypts them with the
-instance's N8N_ENCRYPTION_KEY. Add your own (an SMTP server, ...) to the list.
+instance's N8N_ENCRYPTION_KEY.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -88,7 +98,7 @@ class N8nFailed(AssertionError):
 
 
 class RealN8n:
-    START_TIMEOUT = 90.0
+    START_TIMEOUT = 180.0
     CLI_TIMEOUT = 120.0
 
     def __init__(self, binary: Path, workdir: Path, *, credentials: list[dict], workflows: list[Path],
@@ -105,6 +115,7 @@ class RealN8n:
         self.proc: subprocess.Popen | None = None
         self._log_file = None
         self._cli_log_lock = threading.Lock()
+        self._stopped = False
         self.seen: set = set()
         self.env = {
             **os.environ,
@@ -115,7 +126,7 @@ class RealN8n:
             "N8N_TEMPLATES_ENABLED": "false", "N8N_SECURE_COOKIE": "false",
             "WEBHOOK_URL": f"{self.url}/", "N8N_LOG_LEVEL": "info", "N8N_LOG_OUTPUT": "console",
             "DB_TYPE": "sqlite", "EXECUTIONS_DATA_SAVE_ON_SUCCESS": "all", "EXECUTIONS_DATA_SAVE_ON_ERROR": "all",
-            "N8N_RUNNERS_ENABLED": "true", "NODE_ENV": "production", "NO_COLOR": "1",
+            "NODE_ENV": "production", "NO_COLOR": "1",
             **(extra_env or {}),
         }
         for inherited in ("N8N_DISABLED_MODULES", "DB_POSTGRESDB_DATABASE", "NODE_OPTIONS"):
@@ -137,21 +148,24 @@ class RealN8n:
     def start(self) -> None:
         """Import the credentials and workflows with the CLI, publish every workflow, then
         `n8n start` and wait for "Editor is now accessible" (webhooks answer from then)."""
-        creds = self.workdir / "credentials.json"
-        creds.write_text(json.dumps(self.credentials), encoding="utf-8")
-        try:
-            self.cli("import:credentials", f"--input={creds}")
-        finally:
-            creds.unlink()
         staged = self.workdir / "workflows"
         staged.mkdir(exist_ok=True)
         for workflow in self.workflows:
             shutil.copyfile(workflow, staged / workflow.name)
+        # Every CLI run boots n8n (3-20 s on a busy machine). The first one creates the
+        # database; after it the credentials and the publishing run side by side.
         self.cli("import:workflow", "--separate", f"--input={staged}")
-        # Each CLI run boots n8n (~3-8 s); the database exists by now, so publish all at once.
-        with ThreadPoolExecutor(len(self.workflows) or 1) as pool:
-            list(pool.map(lambda w: self.cli("publish:workflow", f"--id={self.workflow_id(w)}"), self.workflows))
+        creds = self.workdir / "credentials.json"
+        creds.write_text(json.dumps(self.credentials), encoding="utf-8")
+        commands = [("import:credentials", f"--input={creds}"),
+                    *[("publish:workflow", f"--id={self.workflow_id(w)}") for w in self.workflows]]
+        try:
+            with ThreadPoolExecutor(len(commands)) as pool:
+                list(pool.map(lambda args: self.cli(*args), commands))
+        finally:
+            creds.unlink()
         self._log_file = open(self.log_path, "ab", buffering=0)
+        atexit.register(self.stop)          # even when pytest is interrupted
         self.proc = subprocess.Popen([str(self.binary), "start"], cwd=self.workdir, env=self.env,
                                      stdout=self._log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -164,6 +178,10 @@ class RealN8n:
         return READY_LINE in self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> None:
+        """SIGTERM n8n's process group (n8n and its task runner), SIGKILL what is left; once."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -220,7 +238,7 @@ class RealN8n:
     def finished_executions(self, workflow_id: str | None = None) -> list[dict]:
         return [e for e in self.executions(workflow_id) if e["status"] not in ("new", "running", "waiting")]
 
-    def wait_for_executions(self, workflow_id: str, count: int, timeout: float = 30.0) -> list[dict]:
+    def wait_for_executions(self, workflow_id: str, count: int, timeout: float = 60.0) -> list[dict]:
         """Until at least `count` executions of the workflow have ended; returns them all."""
         return wait_until(lambda: (lambda done: done if len(done) >= count else None)(
             self.finished_executions(workflow_id)), timeout, f"{count} finished n8n execution(s) of {workflow_id}",
@@ -324,7 +342,7 @@ def model(fake_model, real_n8n):
     fake_model.reset()
 
 
-def new_executions(n8n: RealN8n, workflow_id: str, count: int, timeout: float = 30.0) -> list[dict]:
+def new_executions(n8n: RealN8n, workflow_id: str, count: int, timeout: float = 60.0) -> list[dict]:
     """Until `count` executions of the workflow started during this test have ended; returns them."""
     def ended():
         done = [e for e in n8n.finished_executions(workflow_id) if e["id"] not in n8n.seen]

@@ -40,35 +40,44 @@ AI_WORKFLOW = RealN8n.workflow_id(AI_BRANCH)
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
 
 
-def new_executions(n8n: RealN8n, count: int, timeout: float = 30.0) -> list[dict]:
+def new_executions(n8n: RealN8n, count: int, timeout: float = 60.0) -> list[dict]:
     """Until `count` executions of the AI branch started in this test have ended."""
     return ended_executions(n8n, AI_WORKFLOW, count, timeout)
 
 
 # -- Baton as real processes --------------------------------------------------------------------------
 
-@pytest.fixture
-def baton(app, settings_overrides, live_n8n, tmp_path, request):
-    """gunicorn (2) + RQ workers (2) + cron, `N8N_BOT_URL` at real live_n8n, PUBLIC_BASE_URL at
-    themselves (n8n replies there), and the bot token n8n's credential holds."""
+def start_processes(request, settings_overrides, n8n: RealN8n, tmp_path, **settings) -> BatonProcesses:
+    """gunicorn (2) + RQ workers (2) + cron, `N8N_BOT_URL` at real n8n, PUBLIC_BASE_URL at
+    themselves (n8n replies there), the bot token n8n's credential holds, and
+    BOT_FAILURE_LIMIT 2. Stopped after the test; their logs and n8n's printed when it failed."""
     from models import ApiToken
     from models.token import hash_token
 
-    ApiToken.create(name="n8n", role="bot", token_hash=hash_token(BOT_TOKEN))
-    procs = BatonProcesses({**settings_overrides, **SHORT_LEASES, "N8N_BOT_URL": live_n8n.webhook_url("baton-bot"),
-                            "BATON_EVENT_SECRET": EVENT_SECRET, "SENTIMENT_LANGUAGES": ""},
+    if not ApiToken.select().where(ApiToken.token_hash == hash_token(BOT_TOKEN)).exists():
+        ApiToken.create(name="n8n", role="bot", token_hash=hash_token(BOT_TOKEN))
+    procs = BatonProcesses({**settings_overrides, **SHORT_LEASES, "N8N_BOT_URL": n8n.webhook_url("baton-bot"),
+                            "BATON_EVENT_SECRET": EVENT_SECRET, "SENTIMENT_LANGUAGES": "",
+                            "BOT_FAILURE_LIMIT": "2", **settings},
                            log_dir=tmp_path / "processes", start=False)
     procs.env["PUBLIC_BASE_URL"] = procs.url
     failed_before = request.session.testsfailed
-    try:
-        procs.start()
-        yield procs
-    finally:
+
+    def finish():
         procs.stop()
         if request.session.testsfailed > failed_before:
             capture = request.config.pluginmanager.getplugin("capturemanager")
             with capture.global_and_fixture_disabled():
-                print(f"\n===== Baton process logs =====\n{procs.logs()}\n===== n8n log =====\n{live_n8n.log_tail()}")
+                print(f"\n===== Baton process logs =====\n{procs.logs()}\n===== n8n log =====\n{n8n.log_tail()}")
+    request.addfinalizer(finish)
+    procs.start()
+    return procs
+
+
+@pytest.fixture
+def baton(app, settings_overrides, live_n8n, tmp_path, request):
+    """Baton's real processes on the sandbox provider (see start_processes)."""
+    return start_processes(request, settings_overrides, live_n8n, tmp_path)
 
 
 def customer_writes(procs: BatonProcesses, wa_id: str, text: str) -> None:
@@ -76,7 +85,7 @@ def customer_writes(procs: BatonProcesses, wa_id: str, text: str) -> None:
     assert answer.status_code == 200, answer.text
 
 
-def wait_for_outbox(procs, rt, wa_id: str, count: int, timeout: float = 30.0) -> list:
+def wait_for_outbox(procs, rt, wa_id: str, count: int, timeout: float = 60.0) -> list:
     return procs.wait_until(lambda: (lambda texts: texts if len(texts) >= count else None)(outbox_texts(wa_id)),
                             timeout, what=f"{count} message(s) in the outbox",
                             describe=lambda: f"outbox: {outbox_texts(wa_id)}; state: {state_summary(rt)}")
@@ -117,12 +126,29 @@ def test_the_model_says_escalate_and_the_conversation_waits_for_a_person(baton, 
     wa_id = "15557000002"
     model.answer(answer("I'm passing you to a colleague.", escalate=True, intent="human_requested"))
     customer_writes(baton, wa_id, "this is the third time my parcel went missing")
-    baton.wait_until(lambda: conversation_of(wa_id).state == PENDING_AGENT, 30, what="PENDING_AGENT",
+    baton.wait_until(lambda: conversation_of(wa_id).state == PENDING_AGENT, 60, what="PENDING_AGENT",
                      describe=lambda: f"state: {state_summary(rt)}")
     conv = conversation_of(wa_id)
     assert conv.escalation_reason == "bot"
     assert wait_for_outbox(baton, rt, wa_id, 1) == ["I'm passing you to a colleague."]
     assert [e["status"] for e in new_executions(live_n8n, 1)] == ["success"]
+
+
+def test_answers_the_model_marks_as_fallback_count_until_a_person_takes_over(baton, rt, model, live_n8n):
+    from models import PENDING_AGENT
+
+    wa_id = "15557000005"
+    model.answer(answer("Sorry, I did not get that.", intent="fallback"),
+                 answer("Sorry, could you say it differently?", intent="fallback"))
+    customer_writes(baton, wa_id, "blorp")
+    wait_for_outbox(baton, rt, wa_id, 1)
+    assert conversation_of(wa_id).bot_failures == 1
+    customer_writes(baton, wa_id, "blorp blorp")
+    baton.wait_until(lambda: conversation_of(wa_id).state == PENDING_AGENT, 60, what="PENDING_AGENT",
+                     describe=lambda: f"state: {state_summary(rt)}")
+    assert conversation_of(wa_id).escalation_reason == "bot_failures"
+    assert wait_for_outbox(baton, rt, wa_id, 2)[:2] == ["Sorry, I did not get that.",
+                                                        "Sorry, could you say it differently?"]
 
 
 def test_the_model_is_down_and_the_customer_gets_a_person_not_silence(baton, rt, model, live_n8n):
@@ -154,11 +180,11 @@ def test_a_reply_after_a_claim_gets_409_and_no_error_execution(baton, rt, model,
 
     def slow_answer(_body):
         thinking.set()
-        release.wait(30)
+        release.wait(60)
         return answer("Late: your parcel is on its way.")
     model.answer(slow_answer)
     customer_writes(baton, wa_id, "where is my parcel?")
-    wait_until(thinking.is_set, 30, "the model to be asked")
+    wait_until(thinking.is_set, 60, "the model to be asked")
     supervisor = agent_add_with_cli(baton, "Sam", role="supervisor")
     conversation_id = conversation_of(wa_id).id
     claimed = requests.post(f"{baton.url}/api/v1/conversations/{conversation_id}/claim", headers=bearer(supervisor),
@@ -174,6 +200,30 @@ def test_a_reply_after_a_claim_gets_409_and_no_error_execution(baton, rt, model,
     assert conversation_of(wa_id).state == AGENT_CONTROLLED
     assert Message.select().where(Message.text.startswith("Late:")).count() == 0
     assert "Late: your parcel is on its way." not in outbox_texts(wa_id)
+
+
+def test_a_customers_photo_reaches_the_vision_model_through_batons_media_link(
+        app, settings_overrides, graph_api, live_n8n, model, tmp_path, request):
+    """On the Cloud API (the fake Graph API): Baton stores the photo, the bot.turn names
+    its API address, n8n fetches it with the bot token (302 to a signed link on Baton),
+    and the vision model gets it with the caption as the prompt."""
+    from tests.media_support import cloud_media_webhook
+
+    graph_api.add_media("990001", PNG, "image/png")
+    model.answer(answer("Yes, that is the right cable."))
+    procs = start_processes(request, settings_overrides, live_n8n, tmp_path, WHATSAPP_PROVIDER="cloud_api",
+                            WHATSAPP_ACCESS_TOKEN=graph_api.access_token, WHATSAPP_API_BASE=graph_api.api_base)
+    wa_id = "15557000006"
+    (sent,) = post_all(procs.url, [cloud_media_webhook(wa_id, "image", "990001", PNG, mime="image/png",
+                                                       caption="is this the right cable?")])
+    assert sent.status_code == 200, sent.text
+    procs.wait_until(lambda: [a for a in graph_api.accepted if a.text == "Yes, that is the right cable."], 60,
+                     what="the model's answer sent through the Graph API",
+                     describe=lambda: f"accepted: {graph_api.accepted}; n8n: {live_n8n.executions(AI_WORKFLOW)}")
+    (completion,) = model.completions
+    assert completion["model"] == VISION_MODEL
+    assert images(completion) == ["data:image/png;base64," + base64.b64encode(PNG).decode()]
+    assert "is this the right cable?" in user_texts(completion)[-1]
 
 
 # -- stories straight to n8n (a signed bot.turn, the reply to a recording server) ----------------------------
