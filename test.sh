@@ -31,6 +31,16 @@ if ! pg_answers; then
   pg_answers || { say "PostgreSQL does not answer at 127.0.0.1:5432 (trust auth for user postgres is expected)"; exit 1; }
 fi
 
+# Real n8n for tests/test_n8n_real.py (once, into a cache outside the repository).
+# When npm cannot install it, ensure_n8n says why and exports nothing: those
+# tests then skip, except in CI (CI=true), where they fail.
+# (apt_install exits when it cannot install, so npm is looked for first.)
+if command -v npm >/dev/null 2>&1 || can_apt; then
+  ensure_n8n || say "the real-n8n tests will be skipped (CI=true makes them fail)"
+else
+  say "npm is missing (apt-get install npm): the real-n8n tests will be skipped (CI=true makes them fail)"
+fi
+
 alone=$(mktemp -d)
 trap 'rm -rf "$alone"' EXIT
 tar --exclude=./.venv --exclude=./.git --exclude=./.env --exclude=./instance --exclude=./bench/results --exclude='*/__pycache__' -cf - . \

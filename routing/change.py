@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Callable, TypeVar
 
 from config import Settings
-from models import BOT_CONTROLLED, Agent, Channel, Contact, Conversation, Event, Message, new_id, utcnow
+from models import BOT_CONTROLLED, Agent, CallbackRequest, Channel, Contact, Conversation, Event, Message, new_id, utcnow
 from models.base import epoch_seconds
 from models.prepared import PreparedSelect
 
@@ -95,10 +95,11 @@ class Change:
         self.effects.counts.append(counters.field(name, label))
 
     def notify(self, event_type: str, *, message: Message | None = None, reason: str | None = None,
-               by: dict | None = None, agent: Agent | None = None) -> None:
+               by: dict | None = None, agent: Agent | None = None, callback: CallbackRequest | None = None,
+               waiting_since: str | None = None) -> None:
         """An event for the notification branch (N8N_NOTIFY_URL)."""
         fields = notification_fields(self.settings, self.conv, event_type, message=message, reason=reason,
-                                     by=by, agent=agent)
+                                     by=by, agent=agent, callback=callback, waiting_since=waiting_since)
         queue_event(self.settings.N8N_NOTIFY_URL, fields, event_type, self.effects, self.conv.id)
 
     def deliver(self, url: str, event_type: str, fields: dict) -> None:

@@ -9,7 +9,7 @@ and follows the 302 to the file; until the file is stored it answers 409
 from __future__ import annotations
 
 from config import Settings
-from models import Agent, BotTurn, Conversation, Message
+from models import Agent, BotTurn, CallbackRequest, Conversation, Message
 from models.prepared import PreparedSelect
 
 _HISTORY = PreparedSelect(lambda conversation_id, limit: (
@@ -25,15 +25,22 @@ def console_url(settings: Settings, conversation_id: str) -> str:
 
 def notification_fields(settings: Settings, conv: Conversation, event_type: str, *,
                         message: Message | None = None, reason: str | None = None, by: dict | None = None,
-                        agent: Agent | None = None) -> dict:
+                        agent: Agent | None = None, callback: CallbackRequest | None = None,
+                        waiting_since: str | None = None) -> dict:
     """`handoff.*` events name the agent, the reason and the console page;
-    `message.for_agent` carries the message; the others say who acted (`by`)."""
+    `callback.requested` carries the callback request, the reason, since when
+    the customer has waited and the console page; `message.for_agent` carries
+    the message, the agent and the console page; the others say who acted (`by`)."""
     fields: dict = {"conversation": conv.to_dict()}
     agent_dict = agent.to_dict() if agent is not None else None
     if event_type == "message.for_agent":
-        fields.update(message=message.to_dict(media_url_always=True), agent=agent_dict)
+        fields.update(message=message.to_dict(media_url_always=True), agent=agent_dict,
+                      console_url=console_url(settings, conv.id))
     elif event_type.startswith("handoff."):
         fields.update(agent=agent_dict, reason=reason, console_url=console_url(settings, conv.id))
+    elif event_type == "callback.requested":
+        fields.update(callback=callback.to_dict(), reason=reason, waiting_since=waiting_since,
+                      console_url=console_url(settings, conv.id))
     else:
         fields["by"] = by
     return fields

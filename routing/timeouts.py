@@ -7,6 +7,7 @@ Every outcome is an audit event and a notification.
 
   offer expiry          the offered agent did not accept in OFFER_TIMEOUT → next agent
   pending timeout       nobody took it in PENDING_TIMEOUT → PENDING_TIMEOUT_POLICY
+                        (collect_callback also sends `callback.requested`)
   agent unresponsive    the assigned agent left the customer waiting AGENT_RESPONSE_TIMEOUT → re-offer
   typing hold expiry    the typing agent never answered → held messages go to the bot, in order
   idle close            no activity for IDLE_CLOSE_AFTER → CLOSED
@@ -19,7 +20,7 @@ from datetime import datetime, timedelta
 
 from config import Settings
 from models import (AGENT_CONTROLLED, BOT_CONTROLLED, CLOSED, PENDING_AGENT, Agent, CallbackRequest,
-                    Conversation, new_id, utcnow)
+                    Conversation, isoformat, new_id, utcnow)
 
 from .change import Change, Changes
 from .decide import cleared_handoff
@@ -134,6 +135,7 @@ def pending_timeout(changes: Changes, conversation_id: str) -> bool:
             # Nowhere left to reroute to (or already rerouted): collect a callback instead.
             policy = "collect_callback"
         change.free_seat(conv.offered_agent_id)
+        waited_from = conv.pending_since
         details = {"policy": policy, "waited_seconds": int((now - conv.pending_since).total_seconds()),
                    "from_group": conv.group}
         if policy == "reroute":
@@ -155,6 +157,8 @@ def pending_timeout(changes: Changes, conversation_id: str) -> bool:
                          {**details, "callback_request_id": request.id})
             say_notice(change, "CALLBACK_NOTICE")
             change.notify("handoff.timeout", reason="pending_timeout")
+            change.notify("callback.requested", reason=request.reason, callback=request,
+                          waiting_since=isoformat(waited_from))
         else:
             change.audit("system", PENDING_AGENT, PENDING_AGENT, "pending_timeout", details)
             change.notify("handoff.timeout", reason="pending_timeout")

@@ -12,7 +12,8 @@ import pytest
 from tests.support import (TEST_APP_SECRET, TEST_EVENT_SECRET, TEST_SECRET_KEY, RedisServer, ServedApp, run_jobs,
                            throwaway_postgres_database, using_postgres)
 
-pytest_plugins = ["tests.fakes.fixtures"]       # graph_api, wasender_api, n8n
+pytest_plugins = ["tests.fakes.fixtures",     # graph_api, wasender_api, n8n
+                  "tests.n8n_support"]        # real_n8n, fake_model, model (tests/test_n8n_real.py)
 
 
 @pytest.fixture(scope="session")

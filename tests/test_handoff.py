@@ -48,6 +48,7 @@ def test_the_offered_agent_claims_and_then_receives_the_customers_messages(desk,
     for_agent = [e["json"] for e in n8n.received("message.for_agent")]
     assert for_agent[-1]["message"]["text"] == "my order 123 never came"
     assert for_agent[-1]["agent"]["id"] == team.id("ana")
+    assert for_agent[-1]["console_url"] == f"http://baton.test/console/conversations/{for_agent[-1]['conversation']['id']}"
     assert BotTurn.select().count() == 0
 
 

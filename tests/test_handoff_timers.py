@@ -59,6 +59,12 @@ def test_pending_timeout_collect_callback_hands_the_customer_back_to_the_bot(mak
     assert (request.conversation_id, request.status, request.group) == (conv.id, "open", "support")
     assert "Leave your name" in outbox_texts()[-1]
     assert [e["json"]["reason"] for e in n8n.received("handoff.timeout")] == ["pending_timeout"]
+    [callback] = [e["json"] for e in n8n.received("callback.requested")]
+    assert (callback["callback"]["id"], callback["callback"]["status"], callback["reason"],
+            callback["conversation"]["contact"]["wa_id"], callback["console_url"]) == (
+        request.id, "open", request.reason, conv.contact.wa_id,
+        f"http://baton.test/console/conversations/{conv.id}")
+    assert callback["waiting_since"] < callback["callback"]["created_at"]
     team.add("sue", role="supervisor")
     listed = team.call("sue", "GET", "/api/v1/callbacks").json["items"]
     assert [c["id"] for c in listed] == [request.id]
