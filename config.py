@@ -88,6 +88,17 @@ class Settings:
     MEDIA_RETENTION_DAYS: int = setting(0, "Days a stored media file is kept; 0 keeps them forever. Older files "
                                            "are deleted (unless a younger record holds the same file) and their "
                                            "records become `expired`.")
+    RETENTION_DAYS_MESSAGES: int = setting(0, "Days a message is kept (counted from when Baton received or queued it); 0 keeps them "
+                                              "forever. Only routed inbound and finished outbound messages are "
+                                              "deleted: nothing waiting to be routed or sent.")
+    RETENTION_DAYS_EVENTS: int = setting(0, "Days an audit event is kept; 0 keeps them forever.")
+    RETENTION_DAYS_DELIVERIES: int = setting(30, "Days an event delivered to n8n (or failed for good) is kept, body "
+                                                 "included (bodies carry the conversation's history); 0 keeps them "
+                                                 "forever. Pending deliveries are never deleted.")
+    RETENTION_DAYS_BOT_TURNS: int = setting(90, "Days a bot turn record is kept; 0 keeps them forever.")
+    RETENTION_DAYS_OUTBOX: int = setting(30, "Days a sandbox outbox row is kept; 0 keeps them forever.")
+    RETENTION_DAYS_UNSUPPORTED: int = setting(30, "Days an unsupported provider update (kept raw, secrets stripped) "
+                                                  "is kept; 0 keeps them forever.")
 
     PENDING_TIMEOUT: int = setting(300, "Seconds a customer may wait for a human before PENDING_TIMEOUT_POLICY "
                                         "applies.")
@@ -242,7 +253,9 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",
                  "PUMP_LINGER", "SEND_CONCURRENCY", "SEND_RECONCILE_SECONDS", "SEND_MAX_AGE",
-                 "MEDIA_RETENTION_DAYS"):
+                 "MEDIA_RETENTION_DAYS", "RETENTION_DAYS_MESSAGES", "RETENTION_DAYS_EVENTS",
+                 "RETENTION_DAYS_DELIVERIES", "RETENTION_DAYS_BOT_TURNS", "RETENTION_DAYS_OUTBOX",
+                 "RETENTION_DAYS_UNSUPPORTED"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must not be negative, got {getattr(s, name)}")
     if not -1 <= s.SENTIMENT_THRESHOLD < 0:

@@ -22,6 +22,10 @@ For each --mps value:
    start (the first second is a burst the moving window allows; after the last
    customer starts, only conversations under way are left, one send in flight
    each). Ratio = rate / WHATSAPP_MPS; goal >= 0.95.
+4. The machine's ceiling, Baton frozen: a bare sender (threads, requests, the
+   same body, paced at WHATSAPP_MPS, nothing else) against the same fake. On a
+   small machine that ceiling can sit below WHATSAPP_MPS: then it, not the
+   limit, is what Baton's rate is compared with ("Baton / bare").
 
     .venv/bin/python bench/outbound.py                        # --mps 80 1000
     .venv/bin/python bench/outbound.py --mps 80 --customers 200 --per-customer 5
@@ -197,6 +201,39 @@ def throughput(baton: dict, fake: str, token: str, conversations: dict[str, str]
             "cpu_pct_while_sending": cpu}
 
 
+def ceiling(fake: str, mps: int, args, seconds: float = 8.0) -> dict:
+    """The machine's own ceiling, measured against the same fake right after Baton:
+    the least a sender can do — one process, a thread per send in flight, a kept-alive
+    session each, the same JSON body, paced at WHATSAPP_MPS, no database, no Redis.
+    Baton cannot beat it; Baton's rate over it says what Baton's own work costs."""
+    url = f"{fake}/v23.0/{bl.PHONE_NUMBER_ID}/messages"
+    in_flight = max(4, int(mps * args.latency * 1.5))
+    total = int(mps * seconds)
+    start = time.monotonic() + 0.5
+    local = threading.local()
+    results: list[tuple[float, int]] = []
+    lock = threading.Lock()
+
+    def send(i: int):
+        delay = start + i / mps - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        response = session.post(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60, json={
+            "messaging_product": "whatsapp", "to": f"1666{i % 1000:07d}", "type": "text",
+            "text": {"body": f"ceiling {i}"}})
+        with lock:
+            results.append((time.monotonic(), response.status_code))
+
+    with ThreadPoolExecutor(in_flight) as pool:
+        list(pool.map(send, range(total)))
+    ok = sorted(at for at, status in results if status == 200)
+    rate = (len(ok) - 1) / (ok[-1] - ok[0]) if len(ok) > 1 else None
+    return {"sent": total, "accepted": len(ok), "rate": rate, "threads": in_flight,
+            "ratio": rate / mps if rate else None}
+
+
 def run(args, mps: int) -> dict:
     with bl.Stack(keep_tmp=args.keep_tmp) as stack:
         tmp = stack.tempdir(f"baton-bench-outbound-{mps}-")
@@ -208,6 +245,12 @@ def run(args, mps: int) -> dict:
         print(f"  {len(conversations)} customers waiting; measuring idle latency", flush=True)
         latencies = sorted(idle_latency(baton, fake, token, conversations, args.probes))
         result = throughput(baton, fake, token, conversations, args, mps, fake_proc)
+        for proc in baton["procs"].values():
+            proc.send_signal(signal.SIGSTOP)            # the ceiling runs alone
+        print("  measuring the machine's ceiling: a bare sender against the same fake", flush=True)
+        result["ceiling"] = ceiling(fake, mps, args)
+        for proc in baton["procs"].values():
+            proc.send_signal(signal.SIGCONT)
         result.update({"mps": mps, "customers": len(conversations),
                        "idle_ms": {"n": len(latencies), "p50": bl.percentile(latencies, 50),
                                    "p99": bl.percentile(latencies, 99), "max": latencies[-1]}})
@@ -238,9 +281,11 @@ def main(argv=None) -> int:
     print(f"Outbound — fake Graph API at {args.latency * 1000:.0f} ms a send in its own process, "
           f"{args.rq_workers} RQ workers, {os.cpu_count()} CPUs")
     print(bl.table(["WHATSAPP_MPS", "texts", "customers", "steady msg/s", "ratio", "overall msg/s", "130429s",
-                    "idle p50 ms", "idle p99 ms", "API queued/s"],
+                    "idle p50 ms", "idle p99 ms", "API queued/s", "bare sender msg/s", "Baton / bare"],
                    [[r["mps"], r["texts"], r["customers"], r["steady_rate"], bl.fmt(r["ratio"], 3), r["overall_rate"],
-                     r["violations"], r["idle_ms"]["p50"], r["idle_ms"]["p99"], r["queue_api_rate"]]
+                     r["violations"], r["idle_ms"]["p50"], r["idle_ms"]["p99"], r["queue_api_rate"],
+                     r["ceiling"]["rate"], bl.fmt(r["steady_rate"] / r["ceiling"]["rate"], 3)
+                     if r["steady_rate"] and r["ceiling"]["rate"] else None]
                     for r in results]))
     for r in results:
         goal = r["ratio"] is not None and r["ratio"] >= 0.95

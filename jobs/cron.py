@@ -9,6 +9,7 @@ from config import Settings
 from runtime import queue_name
 
 from .media import expire_media
+from .retention import forget_old_records
 from .timers import handoff_timers, sweep, tick
 
 TICK_SECONDS = 1
@@ -51,3 +52,5 @@ def register_timers(scheduler: rq_cron.CronScheduler, settings: Settings) -> Non
     scheduler.register(handoff_timers, queue_name=queue, interval=TICK_SECONDS, job_timeout=60, result_ttl=0)
     scheduler.register(sweep, queue_name=queue, interval=SWEEP_SECONDS, job_timeout=300, result_ttl=0)
     scheduler.register(expire_media, queue_name=queue, interval=RETENTION_SECONDS, job_timeout=900, result_ttl=0)
+    scheduler.register(forget_old_records, queue_name=queue, interval=RETENTION_SECONDS, job_timeout=300,
+                       result_ttl=0)

@@ -7,7 +7,8 @@ the database. A signed webhook is the provider's word, so nothing in it earns a
 - a message or status whose identifiers are longer than their columns cannot be
   told apart from others by what fits, so it is recorded as unsupported
   (`oversized:message`, `oversized:status`) and the rest of the batch goes on;
-- a display name longer than its column is cut.
+- a display name longer than its column is cut, and one that is not a string
+  is dropped.
 """
 from __future__ import annotations
 
@@ -50,8 +51,10 @@ def clean(value):
     return value
 
 
-def _cut(value: str | None, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) else value
+def _cut(value, limit: int) -> str | None:
+    """A display string cut to its column; anything but a string (a provider
+    never sends one, and its text form could be any length) is dropped."""
+    return value[:limit] if isinstance(value, str) else None
 
 
 def _fit_message(message: InboundMessage) -> InboundMessage:

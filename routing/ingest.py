@@ -28,6 +28,7 @@ from .fit import fit_webhook
 from .identity import conversation_for
 from .live import live_event, publish
 from .media import media_values
+from .retention import strip_secrets
 from .visibility import snapshot
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def _record(provider: str, parsed: ParsedWebhook, cache: IngestCache, media_grac
             result.statuses += 1
         for item in parsed.ignored:
             UnsupportedUpdate.create(provider=provider, kind=item.kind[:80],
-                                     phone_number_id=item.phone_number_id, payload=item.raw)
+                                     phone_number_id=item.phone_number_id, payload=strip_secrets(item.raw))
             result.ignored += 1
     return result
 

@@ -5,6 +5,7 @@ header. And the answers say what the HTTP spec wants (a 405 carries `Allow`)."""
 from __future__ import annotations
 
 import base64
+import json
 
 import orjson
 import pytest
@@ -192,3 +193,36 @@ def test_the_bot_reply_rule_in_the_document_matches_the_servers(client, body, ac
     from blueprints.schemas import BotReplySchema
     refused = {k: v for k, v in BotReplySchema().validate({"conversation_id": "c_1", "turn_id": "t_1", **body}).items()}
     assert valid == accepted == (not refused), refused
+
+
+# -- found by the webhook fuzzer (tests/test_webhook_fuzz.py) ---------------------------------------------
+
+def _signed_post(app, body: dict):
+    raw = json.dumps(body).encode()                       # the stdlib writes integers of any size
+    return app.test_client().post("/webhooks/whatsapp", data=raw, headers=cloud_headers(raw, TEST_APP_SECRET))
+
+
+def test_a_profile_name_that_is_not_a_string_is_dropped_not_a_500(app):
+    """A dict as the profile name became its long text form: 500 on PostgreSQL
+    (longer than the column) and a nonsense name on SQLite."""
+    customer_says(app, "hello", wa_id="5551230001")            # a known customer: the cached update path
+    for name in ({"first": "x" * 300}, ["a"] * 100, 10 ** 300):
+        body = orjson.loads(text_webhook("5551230001", "again", name="placeholder")[0])
+        body["entry"][0]["changes"][0]["value"]["contacts"][0]["profile"]["name"] = name
+        response = _signed_post(app, body)
+        assert response.status_code == 200, response.json
+    assert conversation_of("5551230001").contact.name == "Test Customer"
+
+
+def test_a_shared_contact_card_with_a_structured_name_is_kept_as_unsupported(app):
+    """A `contacts` message whose formatted_name is not a string broke the
+    whole webhook (500); now that message is kept apart and the rest routed."""
+    body = orjson.loads(text_webhook("5551230002", "hello")[0])
+    value = body["entry"][0]["changes"][0]["value"]
+    card = dict(value["messages"][0], id="wamid.CARD", type="contacts",
+                contacts=[{"name": {"formatted_name": {"not": "a string"}}}])
+    value["messages"].append(card)
+    response = _signed_post(app, body)
+    assert response.status_code == 200, response.json
+    assert response.json["messages"] == 1 and response.json["ignored"] == 1
+    assert UnsupportedUpdate.get().kind == "malformed:message"

@@ -6,6 +6,8 @@ webhook blueprint and the jobs do that with what the adapter returns.
 """
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping, Protocol
@@ -49,6 +51,30 @@ class StatusUpdate:
     timestamp: datetime
     error: dict | None = None     # {"code": int, "title": str, "details": str | None}
     reference: str | None = None  # the OutboundMessage.reference it was sent with, when echoed
+
+
+_MALFORMED = (TypeError, ValueError, AttributeError, KeyError, IndexError)
+
+
+def tolerant(what: str):
+    """For an adapter's per-item parser `(self, item, ..., parsed)`: an item whose
+    fields have types the provider never sends is kept as an unsupported update
+    (`malformed:<what>`, with the reason) and the rest of the webhook is parsed
+    as usual, instead of the whole signed webhook answering 500."""
+    def wrap(method):
+        @functools.wraps(method)
+        def guarded(self, item, *args):
+            parsed = args[-1]
+            try:
+                return method(self, item, *args)
+            except _MALFORMED as exc:
+                raw = item if isinstance(item, dict) else next(
+                    (a for a in reversed(args[:-1]) if isinstance(a, dict)), {})
+                logging.getLogger(method.__module__).warning("malformed %s kept as unsupported: %s", what, exc)
+                parsed.ignored.append(IgnoredUpdate(f"malformed:{what}", None,
+                                                    {"error": f"{type(exc).__name__}: {exc}"[:300], "item": raw}))
+        return guarded
+    return wrap
 
 
 @dataclass(frozen=True)

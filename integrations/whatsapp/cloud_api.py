@@ -21,6 +21,7 @@ from .base import (
     MEDIA_TYPES,
     NOT_SENT,
     IgnoredUpdate,
+    tolerant,
     InboundMessage,
     MediaDownload,
     OutboundMessage,
@@ -170,6 +171,7 @@ class CloudApiAdapter:
         for error in _list(value.get("errors")):
             parsed.ignored.append(IgnoredUpdate("errors", phone_number_id, _dict(error)))
 
+    @tolerant("message")
     def _add_message(self, message: Any, phone_number_id: str | None, contacts: list[dict],
                      from_me: bool, now: datetime, parsed: ParsedWebhook) -> None:
         if not isinstance(message, dict) or not message.get("id"):
@@ -205,6 +207,7 @@ class CloudApiAdapter:
             new_user_id=_text(new_user_id),
         ))
 
+    @tolerant("status")
     def _add_status(self, status: Any, phone_number_id: str | None, now: datetime,
                     parsed: ParsedWebhook) -> None:
         status = _dict(status)

@@ -17,6 +17,7 @@ from .base import (
     MEDIA_TYPES,
     NOT_SENT,
     IgnoredUpdate,
+    tolerant,
     InboundMessage,
     MediaDownload,
     OutboundMessage,
@@ -201,6 +202,7 @@ class WasenderAdapter:
             parsed.ignored.append(IgnoredUpdate(f"event:{event}", channel, payload))
         return parsed
 
+    @tolerant("message")
     def _add_message(self, item: dict, channel: str, envelope_time: datetime,
                      parsed: ParsedWebhook) -> None:
         key = _dict(item.get("key"))
@@ -243,6 +245,7 @@ class WasenderAdapter:
             raw=item,
         ))
 
+    @tolerant("status")
     def _add_status(self, event: str, key: dict, status: str | None, at: datetime,
                     channel: str, raw: dict, parsed: ParsedWebhook) -> None:
         chat_kind = _chat_kind(key.get("remoteJid"))
