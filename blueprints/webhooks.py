@@ -115,7 +115,9 @@ def _receive(path_provider: str):
         if not unavailable(exc):
             raise
         _database_failed(rt, exc)
-        return _spool(rt, adapter.name, raw, parsed, database_down=True, cause=exc)
+        # Spooled either way; the customer is told only when the database is unreachable
+        # (not for a lock timeout or a full pool, which pass within seconds).
+        return _spool(rt, adapter.name, raw, parsed, database_down=connection_lost(exc), cause=exc)
     breaker.succeeded()
     # Durable from here on; the hand-off to the inbound lane happens in the
     # background (and, should it fail, through the cron sweep).

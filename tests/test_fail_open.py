@@ -355,3 +355,94 @@ def test_the_breaker_opens_probes_and_closes_and_readyz_and_metrics_show_it(clou
     assert_routed_once("15550001212", [f"wamid.BRK{n}" for n in range(5)])
     ready = client.get("/readyz").get_json()
     assert (ready["breaker"], ready["spool"]) == ("closed", 0)
+
+
+def test_the_cron_tick_leaves_the_spool_alone_while_the_database_is_down(cloud, outage):
+    from jobs import fail_open
+
+    rt = cloud.extensions["baton"]
+    with outage.during():
+        post_cloud(cloud, "15550001313", "hello", "wamid.TICK0", int(time.time()))
+        assert fail_open.tick()["replayed"] == 0
+        assert rt.spool.length() == 1
+    assert fail_open.tick()["replayed"] == 1
+    assert rt.spool.length() == 0
+
+
+def test_one_replayer_at_a_time_across_processes(cloud, app_factory, outage):
+    """Two processes (two runtimes on one Redis) replaying at once: the lock lets one
+    in, and every entry is stored once, in order."""
+    import threading
+
+    from routing.spool import replay
+
+    rt = cloud.extensions["baton"]
+    base = int(time.time()) - 100
+    with outage.during():
+        for n in range(30):
+            post_cloud(cloud, "15550001414", f"m{n}", f"wamid.LOCK{n:02d}", base + n)
+    held = rt.spool.lock()                         # another process is replaying
+    assert replay(rt)["locked"] is True and rt.spool.length() == 30
+    rt.spool.unlock(held)
+    other = app_factory(DATABASE_URL=rt.settings.DATABASE_URL, REDIS_PREFIX=rt.settings.REDIS_PREFIX,
+                        WHATSAPP_PROVIDER="cloud_api", WHATSAPP_ACCESS_TOKEN="t",
+                        WHATSAPP_API_BASE=rt.settings.WHATSAPP_API_BASE).extensions["baton"]
+    outcomes = []
+
+    def replayer(runtime):
+        from models import db as database
+
+        try:
+            for _ in range(100):
+                outcomes.append(replay(runtime))
+                if runtime.spool.length() == 0:
+                    return
+        finally:
+            database.close()
+    threads = [threading.Thread(target=replayer, args=(r,)) for r in (rt, other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sum(o["replayed"] for o in outcomes) == 30
+    run_jobs(rt)
+    assert_routed_once("15550001414", [f"wamid.LOCK{n:02d}" for n in range(30)])
+
+
+def test_an_entry_that_cannot_be_recorded_is_set_aside_and_does_not_block_the_rest(cloud, outage):
+    from routing.spool import replay
+
+    rt = cloud.extensions["baton"]
+    with outage.during():
+        post_cloud(cloud, "15550001515", "before", "wamid.POISON0", int(time.time()))
+        rt.redis.xadd(rt.spool.key, {"provider": "cloud_api", "body": b"not json", "at": "0"})
+        post_cloud(cloud, "15550001515", "after", "wamid.POISON1", int(time.time()) + 1)
+    counts = replay(rt)
+    assert (counts["replayed"], counts["buried"]) == (2, 1)
+    assert rt.spool.length() == 0 and rt.spool.dead_length() == 1
+    [(_, dead)] = rt.redis.xrange(rt.spool.dead_key)
+    assert dead[b"body"] == b"not json" and dead[b"error"].startswith(b"WebhookRejected")
+    run_jobs(rt)
+    assert_routed_once("15550001515", ["wamid.POISON0", "wamid.POISON1"])
+    assert "baton_spool_dead_entries 1.0" in cloud.test_client().get("/metrics").text
+
+
+def test_the_breaker_counts_failures_in_a_row_and_probes_once():
+    from routing.breaker import PASS, PROBE, REJECT, CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker(failures=2, open_seconds=5, clock=lambda: now[0])
+    assert (breaker.failed(), breaker.state) == (False, "closed")
+    breaker.succeeded()                            # a success in between: the count starts over
+    assert breaker.failed() is False and breaker.failed() is True
+    assert (breaker.state, breaker.attempt()) == ("open", REJECT)
+    now[0] = 5.0
+    assert breaker.state == "half_open"
+    assert breaker.attempt() == PROBE
+    assert breaker.attempt() == REJECT             # one probe at a time
+    breaker.failed()                               # the probe failed: open for another 5 s
+    assert (breaker.state, breaker.attempt()) == ("open", REJECT)
+    now[0] = 10.0
+    assert breaker.attempt() == PROBE
+    assert breaker.succeeded() is True
+    assert (breaker.state, breaker.attempt()) == ("closed", PASS)
