@@ -12,6 +12,7 @@ send_notice(pnid, address)    — send MAINTENANCE_NOTICE to one customer, throu
 from __future__ import annotations
 
 from integrations.whatsapp.base import OutboundMessage
+from models.base import discard_connection
 from routing.spool import replay, unavailable
 
 from .context import job_logger, runtime
@@ -32,6 +33,7 @@ def tick() -> dict:
         except Exception as exc:
             if not unavailable(exc):
                 raise
+            discard_connection()
             log.info("spool waits: the database is still unreachable (%s)", exc)
     return outcome
 
@@ -39,6 +41,7 @@ def tick() -> dict:
 def replay_spool() -> dict:
     rt = runtime(connect=False)
     counts = replay(rt, REPLAY_BUDGET_SECONDS)
+    log.info("spool replay: %s", counts)
     if rt.spool.length() and not counts["locked"]:
         rt.replay_spool_soon()      # the budget ran out: go on in a fresh job
     return counts

@@ -446,3 +446,27 @@ def test_the_breaker_counts_failures_in_a_row_and_probes_once():
     assert breaker.attempt() == PROBE
     assert breaker.succeeded() is True
     assert (breaker.state, breaker.attempt()) == ("closed", PASS)
+
+
+def test_wasender_statuses_go_through_the_spool(wasender, wasender_api, outage):
+    """The bot's reply holds WASender's msgId; its first status (spooled) gives it the
+    key id, the next one moves it forward, both once the database is back."""
+    rt = wasender.extensions["baton"]
+    assert post_wasender(wasender, "5551234567", "hello", "3EB0HELLO", int(time.time())).status_code == 200
+    run_jobs(rt)
+    reply = Message.get((Message.direction == "out") & (Message.sender == "bot"))
+    assert reply.status == "sent" and reply.provider_message_id.isdigit()
+    key = {"id": "3EB0REPLY", "fromMe": True, "remoteJid": "5551234567@s.whatsapp.net"}
+    with outage.during():
+        for status in (2, 4):                      # server ack, then read
+            body = orjson.dumps({"event": "messages.update", "timestamp": int(time.time() * 1000),
+                                 "data": {"update": {"status": status}, "key": key}})
+            answer = wasender.test_client().post("/webhooks/wasender", data=body, headers={
+                "Content-Type": "application/json", "X-Webhook-Signature": WASENDER_SECRET})
+            assert answer.status_code == 200 and answer.get_json()["spooled"] is True
+            assert answer.get_json()["statuses"] == 1
+        run_default_queue(rt)
+    assert notices_to(wasender_api, "5551234567") == []
+    assert replay_now(rt)["replayed"] == 2
+    row = Message.get_by_id(reply.id)
+    assert (row.provider_message_id, row.status) == ("3EB0REPLY", "read")
