@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # Errors that mean "the database cannot record this now" (what a webhook answered 503 for).
 DATABASE_UNAVAILABLE = (peewee.OperationalError, peewee.InterfaceError, MaxConnectionsExceeded)
 PENDING_RECHECK_SECONDS = 1.0
-REPLAY_BATCH = 100
+REPLAY_BATCH = 50
 REPLAY_LOCK_SECONDS = 30.0
 
 _APPEND = """
@@ -119,8 +119,9 @@ class Spool:
         entries = self.redis.xrange(self.key, "-", "+", count=count)
         return [(_text(entry_id), {_text(k): v for k, v in fields.items()}) for entry_id, fields in entries]
 
-    def acknowledge(self, entry_id: str) -> None:
-        self.redis.xdel(self.key, entry_id)
+    def acknowledge(self, *entry_ids: str) -> None:
+        if entry_ids:
+            self.redis.xdel(self.key, *entry_ids)
 
     def bury(self, entry_id: str, fields: dict, error: str) -> None:
         """Set aside an entry that cannot be recorded (kept, with its error, in the dead stream)."""
@@ -138,7 +139,7 @@ def replay(rt, budget_seconds: float = 5.0) -> dict:
     """Record the spool's entries, oldest first, until it is empty or the budget is
     spent. Returns counts; `locked` when another process is replaying. Raises when
     the database is unreachable (the entries stay for the next try)."""
-    from .ingest import IngestCache, record_webhook
+    from .ingest import IngestCache
 
     spool: Spool = rt.spool
     counts = {"replayed": 0, "buried": 0, "locked": False}
@@ -154,30 +155,46 @@ def replay(rt, budget_seconds: float = 5.0) -> dict:
         deadline = time.monotonic() + budget_seconds
         while time.monotonic() < deadline:
             entries = spool.head(REPLAY_BATCH)
-            if not entries:
+            if not entries or not spool.renew(token):
                 break
-            for entry_id, fields in entries:
-                if time.monotonic() >= deadline or not spool.renew(token):
-                    return counts
-                provider = _text(fields.get("provider", b""))
-                try:
-                    parsed = _adapter_for(rt, provider).parse(fields["body"])
-                    result = record_webhook(provider, parsed, cache, media_grace=rt.settings.REQUEUE_AFTER)
-                except Exception as exc:
-                    if unavailable(exc) or connection_lost(exc):
-                        raise              # the database went away again: this entry waits
-                    log.exception("spool entry %s cannot be recorded; set aside in %s", entry_id, spool.dead_key)
-                    spool.bury(entry_id, fields, f"{type(exc).__name__}: {exc}")
-                    counts["buried"] += 1
-                    continue
-                rt.after_ingest(result)       # committed: hand it to the lanes, then forget the entry
-                spool.acknowledge(entry_id)
-                counts["replayed"] += 1
+            committed: list[str] = []
+            try:
+                for entry_id, fields in entries:
+                    if time.monotonic() >= deadline:
+                        break
+                    if _replay_entry(rt, spool, cache, entry_id, fields):
+                        committed.append(entry_id)
+                        counts["replayed"] += 1
+                    else:
+                        counts["buried"] += 1
+            finally:
+                # Forgotten only once committed (one call per batch: should this process
+                # die before it, those entries are recorded again, which stores nothing twice).
+                spool.acknowledge(*committed)
     finally:
         spool.unlock(token)
     if counts["replayed"] or counts["buried"]:
         log.info("spool replayed: %s", counts)
     return counts
+
+
+def _replay_entry(rt, spool: Spool, cache, entry_id: str, fields: dict) -> bool:
+    """Record one entry and hand it on; False when it was set aside. Raises when the
+    database is unreachable (the entry stays)."""
+    from .ingest import record_webhook
+
+    provider = _text(fields.get("provider", b""))
+    try:
+        parsed = _adapter_for(rt, provider).parse(fields["body"])
+        result = record_webhook(provider, parsed, cache, media_grace=rt.settings.REQUEUE_AFTER)
+    except Exception as exc:
+        if unavailable(exc) or connection_lost(exc):
+            raise              # the database went away again: this entry waits
+        log.exception("spool entry %s cannot be recorded; set aside in %s", entry_id, spool.dead_key)
+        spool.bury(entry_id, fields, f"{type(exc).__name__}: {exc}")
+        return False
+    rt.after_ingest(result)       # committed: hand it to the lanes
+    return True
 
 
 def _adapter_for(rt, provider: str):

@@ -470,3 +470,35 @@ def test_wasender_statuses_go_through_the_spool(wasender, wasender_api, outage):
     assert replay_now(rt)["replayed"] == 2
     row = Message.get_by_id(reply.id)
     assert (row.provider_message_id, row.status) == ("3EB0REPLY", "read")
+
+
+def test_an_entry_leaves_the_spool_only_once_committed(cloud, outage, monkeypatch):
+    """The database goes away in the middle of a replay: what was committed leaves the
+    spool, what was not stays, and the next replay records the rest, in order."""
+    import peewee
+
+    import routing.ingest
+    from routing.spool import replay
+
+    rt = cloud.extensions["baton"]
+    base = int(time.time()) - 30
+    with outage.during():
+        for n in range(3):
+            post_cloud(cloud, "15550001616", f"m{n}", f"wamid.MID{n}", base + n)
+    real = routing.ingest.record_webhook
+    calls = []
+
+    def fails_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise peewee.OperationalError("server closed the connection unexpectedly")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(routing.ingest, "record_webhook", fails_second)
+    with pytest.raises(peewee.OperationalError):
+        replay(rt)
+    assert rt.spool.length() == 2
+    assert [m.provider_message_id for m in inbound_of("15550001616")] == ["wamid.MID0"]
+    monkeypatch.undo()
+    assert replay(rt)["replayed"] == 2
+    run_jobs(rt)
+    assert_routed_once("15550001616", ["wamid.MID0", "wamid.MID1", "wamid.MID2"])
