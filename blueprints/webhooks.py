@@ -107,7 +107,9 @@ def _receive(path_provider: str):
             _database_failed(rt, exc)
             return _spool(rt, adapter.name, raw, parsed, database_down=True, cause=exc)
         breaker.succeeded()
-        return _spool(rt, adapter.name, raw, parsed, database_down=False)
+        if _append(rt, adapter.name, raw, cause=None) is not None:
+            return _spooled(rt, parsed, database_down=False)
+        # The spool cannot take it (Redis just went away) but the database can: record it now.
     cache = rt.caches.setdefault("ingest", IngestCache())
     try:
         result = record_webhook(adapter.name, parsed, cache, media_grace=rt.settings.REQUEUE_AFTER)
@@ -154,15 +156,25 @@ def _probe(rt) -> str:
 
 def _spool(rt, provider: str, raw: bytes, parsed: ParsedWebhook, *, database_down: bool, cause=None):
     """Keep a verified webhook in the spool and answer 200; 503 when the spool cannot take it."""
+    if _append(rt, provider, raw, cause) is None:
+        raise ApiError(503, "database_unavailable", "The database is unavailable and the webhook could not be "
+                       "spooled; retry shortly.", headers={"Retry-After": SPOOL_RETRY_AFTER})
+    return _spooled(rt, parsed, database_down)
+
+
+def _append(rt, provider: str, raw: bytes, cause) -> str | None:
+    """The spool entry's id; None when Redis is unreachable or the spool is full."""
     try:
         entry_id = rt.spool.append(provider, raw)
     except Exception as exc:
-        log.error("webhook not recorded: the database (%s) and the spool (%s) are both unavailable",
-                  cause or "breaker open", exc)
-        entry_id = None
+        log.error("the spool (Redis) cannot take a webhook (%s); the database: %s", exc, cause or "not tried")
+        return None
     if entry_id is None:
-        raise ApiError(503, "database_unavailable", "The database is unavailable and the webhook could not be "
-                       "spooled; retry shortly.", headers={"Retry-After": SPOOL_RETRY_AFTER})
+        log.error("the spool is full (SPOOL_MAX_ENTRIES=%d)", rt.settings.SPOOL_MAX_ENTRIES)
+    return entry_id
+
+
+def _spooled(rt, parsed: ParsedWebhook, database_down: bool):
     if database_down and rt.settings.MAINTENANCE_NOTICE:
         _notify_customers(rt, parsed)
     return reply({"messages": sum(m.type != "unsupported" for m in parsed.messages),

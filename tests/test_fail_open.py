@@ -502,3 +502,22 @@ def test_an_entry_leaves_the_spool_only_once_committed(cloud, outage, monkeypatc
     assert replay(rt)["replayed"] == 2
     run_jobs(rt)
     assert_routed_once("15550001616", ["wamid.MID0", "wamid.MID1", "wamid.MID2"])
+
+
+def test_while_entries_wait_a_webhook_the_spool_cannot_take_goes_to_the_database(cloud, outage, monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    rt = cloud.extensions["baton"]
+    with outage.during():
+        post_cloud(cloud, "15550001717", "first", "wamid.FALL0", int(time.time()) - 5)
+    assert rt.spool.pending()
+
+    def unreachable(*args, **kwargs):
+        raise RedisConnectionError("Connection refused.")
+    monkeypatch.setattr(rt.spool, "_append", unreachable)
+    answer = post_cloud(cloud, "15550001717", "second", "wamid.FALL1", int(time.time()))
+    assert answer.status_code == 200 and "spooled" not in answer.get_json()
+    assert [m.provider_message_id for m in inbound_of("15550001717")] == ["wamid.FALL1"]
+    monkeypatch.undo()
+    replay_now(rt)
+    assert {m.provider_message_id for m in inbound_of("15550001717")} == {"wamid.FALL0", "wamid.FALL1"}
