@@ -31,13 +31,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from flask import request
 
     from blueprints.ops import WITHOUT_DATABASE
+    from blueprints.webhooks import CONNECTS_ITSELF
+
+    no_upfront_connection = WITHOUT_DATABASE | CONNECTS_ITSELF
 
     @app.before_request
     def _connect():
         # One connection per thread, kept open across requests (peewee is
         # thread-local); reconnects itself after a database restart. Health,
-        # readiness, metrics and the OpenAPI document answer without it.
-        if request.endpoint not in WITHOUT_DATABASE:
+        # readiness, metrics and the OpenAPI document answer without it; the
+        # webhooks connect themselves (they answer without it too: fail open).
+        if request.endpoint not in no_upfront_connection:
             db.connect(reuse_if_open=True)
 
     @app.teardown_request

@@ -206,6 +206,22 @@ class Settings:
     TIMEOUT_CLOSE_NOTICE: str = setting("Sorry, nobody from our team is available right now. Please write to us "
                                         "again later — we'll be glad to help.",
                                         "What the customer is told when the `close` policy ends a wait.")
+    MAINTENANCE_NOTICE: str = setting("Sorry, we're doing some maintenance. We have your message and will "
+                                      "reply as soon as we're back.",
+                                      "What a customer who writes while the database is down is told (at most "
+                                      "once per MAINTENANCE_NOTICE_WINDOW); their message is kept in the spool "
+                                      "and answered once the database is back. Empty sends none.")
+    MAINTENANCE_NOTICE_WINDOW: int = setting(3600, "Least seconds between two MAINTENANCE_NOTICE messages to one "
+                                                   "customer; a notice the provider could not take is tried again "
+                                                   "until this window ends.")
+    BREAKER_FAILURES: int = setting(3, "Webhooks in a row that find the database unreachable before the circuit "
+                                       "breaker opens: from then on webhooks go straight to the spool.")
+    BREAKER_OPEN_SECONDS: float = setting(5.0, "Seconds an open circuit breaker waits before one webhook probes "
+                                               "the database (`SELECT 1`); an answer closes it and starts the "
+                                               "spool's replay.")
+    SPOOL_MAX_ENTRIES: int = setting(100000, "Most webhooks the spool (a Redis stream used while the database is "
+                                             "down) holds; beyond it a webhook answers 503 with Retry-After, as "
+                                             "when Redis is down too.")
     HANDOFF_NOTICE_TEMPLATE: str = setting("", "The template HANDOFF_NOTICE is sent as when the customer last "
                                                "wrote over 24 hours ago: `name` (or `name:language`) of a "
                                                "TEMPLATES_FILE entry that takes no parameters. Empty: outside "
@@ -283,7 +299,8 @@ def _validate(s: Settings) -> None:
                  "SEND_MAX_ATTEMPTS",
                  "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL", "AGENT_RESPONSE_TIMEOUT", "DATABASE_POOL_SIZE",
                  "BOT_FAILURE_LIMIT", "BOT_REPLY_TIMEOUT", "BOT_BREAKER_FAILURES", "BOT_BREAKER_COOLDOWN",
-                 "AUTH_FAILURE_LIMIT", "AUTH_FAILURE_WINDOW"):
+                 "AUTH_FAILURE_LIMIT", "AUTH_FAILURE_WINDOW", "MAINTENANCE_NOTICE_WINDOW", "BREAKER_FAILURES",
+                 "BREAKER_OPEN_SECONDS", "SPOOL_MAX_ENTRIES"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",

@@ -28,6 +28,9 @@ from routing.escalation import load_phrases
 from routing.assignment import Reservations
 from routing.lanes import LANES, Lanes, PumpClaim
 from routing.send_rate import SendRate
+from routing.breaker import CircuitBreaker
+from routing.maintenance import MaintenanceNotices
+from routing.spool import Spool
 from routing.presence import Presence
 from models.media import set_public_base
 
@@ -106,6 +109,9 @@ class Runtime:
     reservations: Reservations | None = None
     changes: Changes | None = None
     send_rate: SendRate | None = None
+    breaker: CircuitBreaker | None = None
+    spool: Spool | None = None
+    notices: MaintenanceNotices | None = None
     _storage: object = None
     _storage_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -115,6 +121,10 @@ class Runtime:
         self.reservations = Reservations(self.presence)
         self.changes = Changes(self.settings, dispatch=self.dispatch)
         self.send_rate = SendRate(self.redis, self.settings.REDIS_PREFIX, self.settings.WHATSAPP_MPS)
+        self.breaker = CircuitBreaker(self.settings.BREAKER_FAILURES, self.settings.BREAKER_OPEN_SECONDS)
+        self.spool = Spool(self.redis, self.settings.REDIS_PREFIX, self.settings.SPOOL_MAX_ENTRIES)
+        self.notices = MaintenanceNotices(self.redis, self.settings.REDIS_PREFIX,
+                                          self.settings.MAINTENANCE_NOTICE_WINDOW)
         set_public_base(self.settings.PUBLIC_BASE_URL)
         if hasattr(self.adapter, "media_files"):      # agents' uploads, sent by the adapter
             from integrations.storage.outbound import ProviderFiles
@@ -177,6 +187,28 @@ class Runtime:
                                                  result_ttl=0, failure_ttl=7 * 86400)
             except Exception:
                 log.warning("could not queue the fetch of media %s; the cron tick will", media_id, exc_info=True)
+
+    def after_ingest(self, result) -> None:
+        """What follows a committed `routing.ingest.record_webhook` (a webhook's, or the
+        spool's replay): announce changed statuses, let reconciled sends go on, hand the new
+        messages to the inbound lane (in the background; the cron sweep covers a lost
+        hand-off) and start media fetches."""
+        from routing.ingest import announce_updates
+
+        announce_updates(self.redis, self.settings.REDIS_PREFIX, result.updated)
+        for conversation_id in result.reconciled:
+            self.schedule("outbound", conversation_id)      # its next message no longer waits
+        self.feeder.submit(result.to_route)
+        self.fetch_media(result.media)           # routing never waits for media
+
+    def enqueue_notice(self, phone_number_id: str, address: str) -> None:
+        """Send MAINTENANCE_NOTICE to one customer (jobs.fail_open.send_notice)."""
+        self.queues["default"].enqueue("jobs.fail_open.send_notice", phone_number_id, address,
+                                       job_timeout=60, result_ttl=0, failure_ttl=86400)
+
+    def replay_spool_soon(self) -> None:
+        """Replay the spool now, on a worker (jobs.fail_open.replay_spool)."""
+        self.queues["default"].enqueue("jobs.fail_open.replay_spool", job_timeout=120, result_ttl=0)
 
     def schedule(self, lane: str, key: str) -> None:
         self.start_pump(self.lanes.schedule(lane, key))

@@ -14,7 +14,8 @@ from models.base import ensure_connection, parse_time
 from models.media import STATUSES as MEDIA_STATUSES
 from models.message import UNSENT, is_unsent
 from routing import counters
-from routing.bot_breaker import STATES as BREAKER_STATES
+from routing.bot_breaker import STATES as BOT_BREAKER_STATES
+from routing.breaker import STATES as BREAKER_STATES
 from routing.counters import COUNTERS
 from routing.lanes import LANES
 
@@ -69,10 +70,18 @@ def _storage_status(rt) -> str:
 @responds(503, ReadinessSchema, "A dependency is down")
 def readyz():
     """Readiness: each dependency Baton needs (the database, Redis, the media store),
-    `ok` or `down: <error>`; 503 when one is down, never a 500."""
+    `ok` or `down: <error>`; 503 when one is down, never a 500. Also this process's circuit
+    breaker around the database and the webhooks waiting in the spool (while the database is
+    down, webhooks are still answered 200: they are spooled)."""
     rt = current_app.extensions["baton"]
     status = {"database": _database_status(), "redis": _redis_status(rt), "storage": _storage_status(rt)}
-    if all(value == "ok" for value in status.values()):
+    healthy = all(value == "ok" for value in status.values())
+    status["breaker"] = rt.breaker.state
+    try:
+        status["spool"] = rt.spool.length()
+    except Exception:
+        status["spool"] = None
+    if healthy:
         return reply(status)
     return reply(status, 503, headers={"Retry-After": "5"})
 
@@ -131,9 +140,16 @@ def _redis_gauges(registry: CollectorRegistry, rt, agent_ids: list[str] | None) 
         online = rt.presence.online(agent_ids) if agent_ids is not None else None
         counts = counters.read(rt.redis, rt.settings.REDIS_PREFIX)
         breaker = rt.policy.breaker.read() if rt.policy.breaker is not None else None
+        spooled, dead, notices = rt.spool.length(), rt.spool.dead_length(), rt.notices.waiting()
     except Exception as exc:
         log.warning("metrics: Redis could not be read (%s)", exc)
         return False
+    Gauge("baton_spool_entries", "Webhooks kept in the spool while the database was down, not yet recorded",
+          registry=registry).set(spooled)
+    Gauge("baton_spool_dead_entries", "Spooled webhooks that could not be recorded (set aside with their error)",
+          registry=registry).set(dead)
+    Gauge("baton_maintenance_notices_waiting", "Maintenance notices scheduled or waiting for a retry",
+          registry=registry).set(notices)
     depth = Gauge("baton_lane_ready", "Keys waiting in a work lane", ["lane"], registry=registry)
     for lane, value in depths.items():
         depth.labels(lane).set(value)
@@ -159,7 +175,7 @@ def _bot_metrics(registry: CollectorRegistry, counts: dict[str, int], breaker) -
     state = Gauge("baton_bot_breaker_state", "The circuit breaker on deliveries to N8N_BOT_URL: 1 for the state "
                   "it is in (`closed`: turns go to the AI branch; `open`: new turns go to BOT_FALLBACK; "
                   "`half_open`: one probe turn is out)", ["state"], registry=registry)
-    for name in BREAKER_STATES:
+    for name in BOT_BREAKER_STATES:
         state.labels(name).set(1 if breaker.state == name else 0)
     Gauge("baton_bot_breaker_failures", "Deliveries to N8N_BOT_URL that failed in a row",
           registry=registry).set(breaker.failures)
@@ -188,6 +204,12 @@ def metrics():
                "(its gauges are then absent)", ["dependency"], registry=registry)
     up.labels("database").set(agent_ids is not None)
     up.labels("redis").set(redis_ok)
+    breaker = Gauge("baton_database_breaker", "This process's circuit breaker around the database on the webhook "
+                    "path: 1 for its current state (closed, half_open, open), 0 for the others", ["state"],
+                    registry=registry)
+    current = rt.breaker.state
+    for state in BREAKER_STATES:
+        breaker.labels(state).set(state == current)
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 

@@ -343,6 +343,9 @@ class WebhookAckSchema(ResponseSchema):
     statuses = fields.Integer(required=True, metadata=about("delivery status updates applied"))
     duplicates = fields.Integer(required=True, metadata=about("messages or statuses seen before"))
     ignored = fields.Integer(required=True, metadata=about("entries Baton has no use for"))
+    spooled = fields.Boolean(metadata=about(
+        "present (true) when the database was down and the webhook was kept in the spool instead, to be "
+        "recorded once it is back; the counts are then the webhook's own (duplicates are found on replay)"))
 
 
 class DeliverySchema(ResponseSchema):
@@ -396,6 +399,11 @@ class ReadinessSchema(ResponseSchema):
     redis = fields.String(required=True, metadata=about("`ok`, or `down: <error>`"))
     storage = fields.String(required=True, metadata=about("The media store (MEDIA_STORAGE_URL): `ok`, or "
                                                            "`down: <what failed>`"))
+    breaker = fields.String(required=True, metadata=about(
+        "This process's circuit breaker around the database on the webhook path: `closed` (webhooks go to "
+        "the database), `open` (they go to the spool) or `half_open` (the next webhook probes the database)"))
+    spool = fields.Integer(required=True, allow_none=True, metadata=about(
+        "Webhooks waiting in the spool to be recorded (null while Redis cannot be read)"))
 
 
 # -- agents and handoff -------------------------------------------------------------

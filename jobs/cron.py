@@ -8,6 +8,7 @@ from rq import cron as rq_cron
 from config import Settings
 from runtime import queue_name
 
+from . import fail_open
 from .media import expire_media
 from .retention import forget_old_records
 from .timers import handoff_timers, sweep, tick
@@ -49,6 +50,7 @@ class CronScheduler(rq_cron.CronScheduler):
 def register_timers(scheduler: rq_cron.CronScheduler, settings: Settings) -> None:
     queue = queue_name(settings, "default")
     scheduler.register(tick, queue_name=queue, interval=TICK_SECONDS, job_timeout=60, result_ttl=0)
+    scheduler.register(fail_open.tick, queue_name=queue, interval=TICK_SECONDS, job_timeout=60, result_ttl=0)
     scheduler.register(handoff_timers, queue_name=queue, interval=TICK_SECONDS, job_timeout=60, result_ttl=0)
     scheduler.register(sweep, queue_name=queue, interval=SWEEP_SECONDS, job_timeout=300, result_ttl=0)
     scheduler.register(expire_media, queue_name=queue, interval=RETENTION_SECONDS, job_timeout=900, result_ttl=0)

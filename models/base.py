@@ -101,6 +101,9 @@ CONNECTION_LOST = (
     "ssl connection has been closed", "the database system is starting up",
     "the database system is shutting down", "the database system is in recovery mode",
     "cannot operate on a closed database", "unable to open database file", "disk i/o error",
+    # libpq's words when connecting fails in other ways than a refusal (a reset during
+    # the handshake: "connection to server at … failed: Broken pipe / Is the server running …")
+    "is the server running", "broken pipe",
 )
 
 

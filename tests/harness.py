@@ -387,6 +387,7 @@ def state_summary(rt) -> dict:
         "outbox": OutboxEntry.select().count(),
         "lanes_ready": {lane: rt.lanes.depth(lane) for lane in LANE_NAMES},
         "inboxes": sum(1 for _ in rt.redis.scan_iter(f"{rt.settings.REDIS_PREFIX}:inbox:*")),
+        "spooled": rt.redis.xlen(f"{rt.settings.REDIS_PREFIX}:spool"),
         "rq_queued": {lane: rt.queues[lane].count for lane in LANE_NAMES},
         "delayed": {lane: rt.redis.zrange(f"{rt.settings.REDIS_PREFIX}:lane:{lane}:delayed", 0, -1, withscores=True)
                     for lane in LANE_NAMES},
@@ -402,7 +403,7 @@ def quiet(rt) -> bool:
     """Nothing recorded waits for routing, sending or delivery, and no lane has work."""
     s = state_summary(rt)
     return (s["unrouted"] == 0 and s["outbound_queued"] == 0 and s["deliveries_pending"] == 0
-            and not any(s["lanes_ready"].values()) and s["inboxes"] == 0
+            and not any(s["lanes_ready"].values()) and s["inboxes"] == 0 and s["spooled"] == 0
             and not any(s["rq_queued"].values())
             and not any(rt.redis.zcard(f"{rt.settings.REDIS_PREFIX}:lane:{lane}:delayed")
                         for lane in LANE_NAMES))

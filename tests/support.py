@@ -177,17 +177,19 @@ class InProcessWorker(SimpleWorker):
 def run_jobs(rt, rounds: int = 50) -> None:
     """Run every queued job in this process (SimpleWorker, burst) until the
     lanes are quiet: the production job code, minus the separate process."""
-    from jobs import timers
+    from jobs import fail_open, timers
     from jobs.context import set_runtime
 
     set_runtime(rt)
     rt.feeder.flush()
     queues = [rt.queues[name] for name in ("inbound", "outbound", "events", "media", "default")]
     for _ in range(rounds):
+        fail_open.tick()           # the spool's replay and due maintenance notices, as the cron runs them
+        rt.feeder.flush()
         timers.tick()
         InProcessWorker(queues, connection=rt.redis).work(burst=True, logging_level="WARNING")
         busy = any(rt.lanes.depth(lane) for lane in ("inbound", "outbound", "events")) or \
-            any(q.count for q in queues)
+            any(q.count for q in queues) or rt.spool.length()
         delayed_due = any(rt.redis.zrangebyscore(f"{rt.settings.REDIS_PREFIX}:lane:{lane}:delayed",
                                                  "-inf", time.time())
                           for lane in ("inbound", "outbound", "events"))

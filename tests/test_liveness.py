@@ -34,9 +34,12 @@ def test_while_the_database_is_down_liveness_metrics_and_the_api_document_answer
     assert not gauges(text) & {"baton_conversations", "baton_messages_unrouted", "baton_pending_unoffered",
                                "baton_agents_online"}, text
     assert "baton_lane_ready" in gauges(text)
-    # Everything else still needs the database, and says so.
+    # A webhook fails open: it is spooled (Redis) and answered 200 (tests/test_fail_open.py).
     raw, headers = text_webhook("15551230001", "hello")
     answer = client.post("/webhooks/whatsapp", data=raw, headers=headers)
+    assert answer.status_code == 200 and answer.json["spooled"] is True
+    # Everything else still needs the database, and says so.
+    answer = client.get("/api/v1/conversations", headers={"Authorization": "Bearer bt_whatever"})
     assert answer.status_code == 503 and answer.json["error"] == "database_unavailable"
 
 

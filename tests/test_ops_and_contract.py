@@ -74,7 +74,8 @@ def test_healthz(client):
 
 def test_readyz_reports_both_dependencies(client):
     response = client.get("/readyz")
-    assert response.status_code == 200 and response.json == {"database": "ok", "redis": "ok", "storage": "ok"}
+    assert response.status_code == 200 and response.json == {"database": "ok", "redis": "ok", "storage": "ok",
+                                                              "breaker": "closed", "spool": 0}
 
 
 def test_readyz_is_503_when_redis_is_down(app_factory):

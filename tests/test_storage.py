@@ -307,7 +307,8 @@ def test_readyz_is_503_when_the_store_is_down(app_factory, tmp_path, moto_server
     for url in (f"file://{tmp_path / 'not-a-directory'}", s3_url(moto_server, "no-such-bucket")):
         response = app_factory(MEDIA_STORAGE_URL=url).test_client().get("/readyz")
         assert response.status_code == 503 and response.headers["Retry-After"]
-        assert response.json == {"database": "ok", "redis": "ok", "storage": "down: StorageUnavailable"}
+        assert response.json == {"database": "ok", "redis": "ok", "storage": "down: StorageUnavailable",
+                                 "breaker": "closed", "spool": 0}
     up = app_factory(MEDIA_STORAGE_URL=s3_url(moto_server, s3_bucket(moto_server))).test_client().get("/readyz")
     assert up.status_code == 200 and up.json["storage"] == "ok"
 

@@ -189,8 +189,9 @@ def test_the_wasender_path_is_closed_when_another_provider_runs(client):
     assert response.json["error"] == "provider_not_enabled"
 
 
-def test_when_the_database_cannot_record_the_webhook_answers_503_with_retry_after(app_factory):
-    app = app_factory(DATABASE_URL="postgresql://baton@127.0.0.1:1/nowhere")
+def test_when_neither_the_database_nor_the_spool_can_record_the_webhook_answers_503_with_retry_after(app_factory):
+    # (The database alone down: the webhook is spooled and answered 200, tests/test_fail_open.py.)
+    app = app_factory(DATABASE_URL="postgresql://baton@127.0.0.1:1/nowhere", REDIS_URL="redis://127.0.0.1:1/0")
     raw, headers = text_webhook("15551230001", "hello")
     response = app.test_client().post("/webhooks/whatsapp", data=raw, headers=headers)
     assert response.status_code == 503
