@@ -145,6 +145,10 @@ class Settings:
                                     "frees itself after this long.")
     REQUEUE_AFTER: int = setting(10, "Seconds after which the cron sweep re-queues a message recorded but not "
                                      "routed (Redis lost the inbox, or a worker died mid-drain).")
+    ROUTE_MAX_ATTEMPTS: int = setting(5, "Times Baton tries to route an inbound message whose routing raises "
+                                         "(about 5 s apart) before it sets the message aside as a dead letter "
+                                         "(GET /api/v1/admin/dead-letters) and its conversation moves on to the "
+                                         "next message.")
     PUMP_BUDGET_SECONDS: float = setting(2.0, "How long one pump job keeps draining before handing over to a fresh "
                                               "job.")
     PUMP_CONCURRENCY: int = setting(1, "Pump jobs running at once per lane; raise it when you run more RQ workers "
@@ -237,7 +241,7 @@ def _validate(s: Settings) -> None:
                  "BOT_HISTORY", "MEDIA_URL_TTL", "MEDIA_FETCH_ATTEMPTS", "MEDIA_UPLOAD_MAX_BYTES", "MAX_WEBHOOK_BYTES", "EVENT_MAX_ATTEMPTS",
                  "SEND_MAX_ATTEMPTS",
                  "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL", "AGENT_RESPONSE_TIMEOUT", "DATABASE_POOL_SIZE",
-                 "BOT_FAILURE_LIMIT"):
+                 "BOT_FAILURE_LIMIT", "ROUTE_MAX_ATTEMPTS"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",

@@ -36,7 +36,7 @@ from functools import reduce
 from typing import TYPE_CHECKING
 
 from integrations.whatsapp.base import InboundMessage
-from models import (AGENT_CONTROLLED, CLOSED, PENDING_AGENT, BotTurn, CallbackRequest, Contact, Conversation,
+from models import (AGENT_CONTROLLED, CLOSED, PENDING_AGENT, BotTurn, CallbackRequest, DeadLetter, Contact, Conversation,
                     Delivery, Event, new_id)
 from models.base import utcnow
 from models.message import move_messages
@@ -169,6 +169,7 @@ def merge(channel_id: str, rows: list[Contact], wa_id: str | None, user_id: str 
         BotTurn.update(conversation=keep_conv.id).where(BotTurn.conversation == old.id).execute()
         CallbackRequest.update(conversation=keep_conv.id).where(CallbackRequest.conversation == old.id).execute()
         Delivery.update(conversation_id=keep_conv.id).where(Delivery.conversation_id == old.id).execute()
+        DeadLetter.update(conversation=keep_conv.id).where(DeadLetter.conversation == old.id).execute()
         metadata.update(old.metadata or {})
         Conversation.delete().where(Conversation.id == old.id).execute()
         Contact.delete().where(Contact.id == row.id).execute()
