@@ -81,7 +81,11 @@ def _receive(path_provider: str):
     result = record_webhook(adapter.name, parsed, cache, media_grace=rt.settings.REQUEUE_AFTER)
     announce_updates(rt.redis, rt.settings.REDIS_PREFIX, result.updated)
     for conversation_id in result.reconciled:
-        rt.schedule("outbound", conversation_id)      # its next message no longer waits
+        try:
+            rt.schedule("outbound", conversation_id)      # its next message no longer waits
+        except Exception:       # recorded: the sweep schedules the lane (a 503 now would undo nothing)
+            log.warning("could not schedule the outbound lane of %s; the sweep will", conversation_id,
+                        exc_info=True)
     # Durable from here on; the hand-off to the inbound lane happens in the
     # background (and, should it fail, through the cron sweep).
     rt.feeder.submit(result.to_route)
