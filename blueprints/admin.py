@@ -11,8 +11,8 @@ from .api import errors, query, reply, responds
 from .auth import require
 from .errors import ApiError
 from .idempotency import idempotent
-from .schemas import DeadLetterListSchema, DeadLetterQueryArgsSchema, DeadLetterSchema, DeliveryListSchema, DeliveryQueryArgsSchema, DeliverySchema, OutboxListSchema, \
-    OutboxQueryArgsSchema
+from .schemas import (DeadLetterListSchema, DeadLetterQueryArgsSchema, DeadLetterSchema, DeliveryListSchema,
+                      DeliveryQueryArgsSchema, DeliverySchema, OutboxListSchema, OutboxQueryArgsSchema)
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1/admin")
 

@@ -36,8 +36,8 @@ from functools import reduce
 from typing import TYPE_CHECKING
 
 from integrations.whatsapp.base import InboundMessage
-from models import (AGENT_CONTROLLED, CLOSED, PENDING_AGENT, BotTurn, CallbackRequest, DeadLetter, Contact, Conversation,
-                    Delivery, Event, new_id)
+from models import (AGENT_CONTROLLED, CLOSED, PENDING_AGENT, BotTurn, CallbackRequest, Contact, Conversation,
+                    DeadLetter, Delivery, Event, Message, new_id)
 from models.base import utcnow
 from models.message import move_messages
 from models.prepared import PreparedSelect
@@ -164,6 +164,10 @@ def merge(channel_id: str, rows: list[Contact], wa_id: str | None, user_id: str 
     metadata = {}
     for row in gone:
         old = conversations[row.conversation.id]
+        # Held for an agent typing on the merged conversation: that hold ends here,
+        # so they go back to routing (in the survivor, in the customer's order).
+        Message.update(routed_to=None).where((Message.conversation == old.id) & (Message.routed_to == "held")) \
+            .execute()
         moved = move_messages(old.id, keep_conv.id)      # renumbers the survivor's history (seq)
         Event.update(conversation=keep_conv.id).where(Event.conversation == old.id).execute()
         BotTurn.update(conversation=keep_conv.id).where(BotTurn.conversation == old.id).execute()
