@@ -17,6 +17,7 @@ from models import (
     Channel,
     Contact,
     Conversation,
+    DeadLetter,
     Delivery,
     Message,
     OutboxEntry,
@@ -274,6 +275,44 @@ def deliveries(failed, replay_id, limit):
     for row in rows.order_by(Delivery.created_at.desc()).limit(limit):
         click.echo(f"{row.id}  {row.status:9}  {row.event_type:20} attempts={row.attempts} "
                    f"{row.last_error or ''}".rstrip())
+
+
+@baton.group("dead-letters")
+def dead_letters_group():
+    """Inbound messages set aside after ROUTE_MAX_ATTEMPTS failed routing attempts."""
+
+
+@dead_letters_group.command("list")
+@click.option("--all", "show_all", is_flag=True, help="retried ones too")
+@click.option("--limit", default=20, show_default=True)
+def dead_letters_list(show_all, limit):
+    """The dead letters waiting to be retried, newest first."""
+    _rt()
+    rows = DeadLetter.select()
+    if not show_all:
+        rows = rows.where(DeadLetter.retried_at.is_null())
+    rows = list(rows.order_by(DeadLetter.created_at.desc(), DeadLetter.id.desc()).limit(limit))
+    for row in rows:
+        retried = f"  retried {row.retried_at:%Y-%m-%d %H:%M:%S}" if row.retried_at else ""
+        click.echo(f"{row.id}  {row.created_at:%Y-%m-%d %H:%M:%S}  message {row.message_id} of "
+                   f"{row.conversation_id}  attempts={row.attempts}{retried}  {row.error.splitlines()[0]}")
+    if not rows:
+        click.echo("no dead letters")
+
+
+@dead_letters_group.command("retry")
+@click.argument("dead_letter_id")
+def dead_letters_retry(dead_letter_id):
+    """Send a dead letter's message back to routing."""
+    from routing import dead_letters
+    from routing.errors import DomainError
+
+    rt = _rt()
+    try:
+        row = dead_letters.retry(rt.changes, dead_letter_id)
+    except DomainError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{row.id}: message {row.message_id} goes back to routing")
 
 
 WORKER_QUEUES = ("inbound", "outbound", "events", "media", "default")

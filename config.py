@@ -180,6 +180,10 @@ class Settings:
                                     "frees itself after this long.")
     REQUEUE_AFTER: int = setting(10, "Seconds after which the cron sweep re-queues a message recorded but not "
                                      "routed (Redis lost the inbox, or a worker died mid-drain).")
+    ROUTE_MAX_ATTEMPTS: int = setting(5, "Times Baton tries to route an inbound message whose routing raises "
+                                         "(about 5 s apart) before it sets the message aside as a dead letter "
+                                         "(GET /api/v1/admin/dead-letters) and its conversation moves on to the "
+                                         "next message.")
     PUMP_BUDGET_SECONDS: float = setting(2.0, "How long one pump job keeps draining before handing over to a fresh "
                                               "job.")
     PUMP_CONCURRENCY: int = setting(1, "Pump jobs running at once per lane; raise it when you run more RQ workers "
@@ -300,7 +304,7 @@ def _validate(s: Settings) -> None:
                  "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL", "AGENT_RESPONSE_TIMEOUT", "DATABASE_POOL_SIZE",
                  "BOT_FAILURE_LIMIT", "BOT_REPLY_TIMEOUT", "BOT_BREAKER_FAILURES", "BOT_BREAKER_COOLDOWN",
                  "AUTH_FAILURE_LIMIT", "AUTH_FAILURE_WINDOW", "MAINTENANCE_NOTICE_WINDOW", "BREAKER_FAILURES",
-                 "BREAKER_OPEN_SECONDS", "SPOOL_MAX_ENTRIES"):
+                 "BREAKER_OPEN_SECONDS", "SPOOL_MAX_ENTRIES", "ROUTE_MAX_ATTEMPTS"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",

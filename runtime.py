@@ -195,9 +195,18 @@ class Runtime:
         hand-off) and start media fetches."""
         from routing.ingest import announce_updates
 
-        announce_updates(self.redis, self.settings.REDIS_PREFIX, result.updated)
+        # Recorded already: a Redis failure here must not turn the 200 into an error (the
+        # sweep schedules the lanes; a status update is shown on the next read).
+        try:
+            announce_updates(self.redis, self.settings.REDIS_PREFIX, result.updated)
+        except Exception:
+            log.warning("could not announce %d status update(s)", len(result.updated), exc_info=True)
         for conversation_id in result.reconciled:
-            self.schedule("outbound", conversation_id)      # its next message no longer waits
+            try:
+                self.schedule("outbound", conversation_id)      # its next message no longer waits
+            except Exception:
+                log.warning("could not schedule the outbound lane of %s; the sweep will", conversation_id,
+                            exc_info=True)
         self.feeder.submit(result.to_route)
         self.fetch_media(result.media)           # routing never waits for media
 

@@ -108,6 +108,7 @@ def get_me():
 @responds(200, AgentSchema)
 @errors(400, 401, 422, codes={403: ("not_an_agent",), 503: ("conversation_busy",)})
 @require("agent")
+@idempotent
 @body(AgentStatusSchema)
 def set_my_status(data):
     """Go online, away or offline (online also counts as a heartbeat)."""
@@ -126,6 +127,7 @@ def set_my_status(data):
 @responds(200, AgentSchema)
 @errors(401, codes={403: ("not_an_agent",), 503: ("conversation_busy",)})
 @require("agent")
+@idempotent
 def heartbeat():
     """Keep the caller online for assignment for another AGENT_HEARTBEAT_TTL seconds."""
     rt = _rt()

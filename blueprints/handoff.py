@@ -66,6 +66,7 @@ def send_message(conversation_id, data):
 @errors(400, 401, 422, codes={403: ("forbidden", "not_an_agent", "not_assigned"), 404: ("not_found",),
                               409: ("wrong_state",), 503: ("conversation_busy",)})
 @require("agent")
+@idempotent
 @body(TypingSchema)
 def typing(conversation_id, data):
     """Show the customer's watchers that you are typing; on a bot conversation it holds the bot."""

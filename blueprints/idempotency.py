@@ -3,6 +3,7 @@ answer and does nothing again. Answers are kept in Redis per token."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from functools import wraps
 
 import orjson
@@ -13,6 +14,15 @@ from .errors import ApiError
 
 TTL_SECONDS = 24 * 3600
 IN_FLIGHT_SECONDS = 60
+log = logging.getLogger(__name__)
+
+
+def _forget(rt, redis_key: str) -> None:
+    """Nothing was done: a repeat may run the call again."""
+    try:
+        rt.redis.delete(redis_key)
+    except Exception:
+        log.warning("could not clear an Idempotency-Key; it lapses in %d s", IN_FLIGHT_SECONDS, exc_info=True)
 
 
 def idempotent(view):
@@ -40,13 +50,19 @@ def idempotent(view):
         try:
             response = current_app.make_response(view(*args, **kwargs))
         except Exception:
-            rt.redis.delete(redis_key)
+            _forget(rt, redis_key)
             raise
-        if response.status_code < 500:
+        if response.status_code >= 500:
+            _forget(rt, redis_key)
+            return response
+        try:
             rt.redis.set(redis_key, orjson.dumps({"status": response.status_code,
                                                   "body": response.get_data(as_text=True)}), ex=TTL_SECONDS)
-        else:
-            rt.redis.delete(redis_key)
+        except Exception:
+            # The change has happened: answer it (a 5xx would invite the very
+            # retry that duplicates it). A repeat meets the in-flight mark (409)
+            # for as long as Redis kept it.
+            log.warning("could not keep the answer for Idempotency-Key %s", key, exc_info=True)
         return response
     view_meta(wrapper)["idempotent"] = True     # documents the header and its error codes
     return wrapper

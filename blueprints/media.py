@@ -40,6 +40,7 @@ from routing.visibility import may_see
 from .api import errors, raw_body, reply, responds
 from .auth import current_viewer, require
 from .errors import ApiError
+from .idempotency import idempotent
 from .schemas import MediaLinkSchema, MediaSchema
 
 bp = Blueprint("media", __name__, url_prefix="/api/v1/media")
@@ -119,6 +120,7 @@ def _may_see(row) -> bool:
 @errors(401, 403, codes={413: ("payload_too_large",), 415: ("unsupported_media_type",),
                          422: ("validation_failed",), 503: ("storage_unavailable",)})
 @require("bot", "agent")
+@idempotent
 def upload_media():
     """Upload a file to send (multipart/form-data: `file`, and optionally `type`: image, audio, video,
     document or sticker). Its type is read from its first bytes and must match the part's Content-Type."""

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, Delivery, Media, Message, utcnow
+from models import PENDING_AGENT, Agent, CallbackRequest, Conversation, DeadLetter, Delivery, Media, Message, utcnow
 from models.base import ensure_connection, parse_time
 from models.media import STATUSES as MEDIA_STATUSES
 from models.message import UNSENT, is_unsent
@@ -105,6 +105,7 @@ def _database_gauges(registry: CollectorRegistry) -> list[str] | None:
         oldest = (Conversation.select(peewee.fn.MIN(Conversation.pending_since))
                   .where(Conversation.state == PENDING_AGENT).scalar())
         callbacks = CallbackRequest.select().where(CallbackRequest.status == "open").count()
+        dead = DeadLetter.select().where(DeadLetter.retried_at.is_null()).count()
     except Exception as exc:
         log.warning("metrics: the database could not be read (%s)", exc)
         return None
@@ -130,6 +131,8 @@ def _database_gauges(registry: CollectorRegistry) -> list[str] | None:
           registry=registry).set((utcnow() - parse_time(oldest)).total_seconds() if oldest else 0)
     Gauge("baton_callback_requests_open", "Callback requests nobody has handled yet",
           registry=registry).set(callbacks)
+    Gauge("baton_dead_letters", "Inbound messages set aside after ROUTE_MAX_ATTEMPTS failed routing attempts, "
+          "not retried yet (GET /api/v1/admin/dead-letters)", registry=registry).set(dead)
     return agent_ids
 
 

@@ -8,7 +8,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_du
 
 from models import STATES
 
-ROUTED_TO = ("bot", "agent", "held", "queued_for_agent", "none")
+ROUTED_TO = ("bot", "agent", "held", "queued_for_agent", "none", "dead_letter")
 ESCALATION_REASONS = ("explicit_request", "bot", "sentiment", "bot_failures", "bot_unavailable",
                       "agent_takeover", "timeout_reroute")
 TIME = "an ISO 8601 UTC time with milliseconds and `Z`"
@@ -161,6 +161,13 @@ class TokenQueryArgsSchema(StrictSchema):
     revoked = fields.Boolean(load_default=False, metadata=about("include revoked tokens too"))
     limit = fields.Integer(load_default=200, validate=validate.Range(min=1, max=1000),
                            metadata=about("how many, oldest first"))
+
+
+class DeadLetterQueryArgsSchema(StrictSchema):
+    status = fields.String(load_default="waiting", validate=validate.OneOf(("waiting", "retried", "all")),
+                           metadata=about("`waiting` (set aside, not retried yet; the default), `retried`, or "
+                                          "`all`"))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200), metadata=about("page size"))
 
 
 class OutboxQueryArgsSchema(StrictSchema):
@@ -377,6 +384,23 @@ class TokenSchema(ResponseSchema):
 
 class TokenListSchema(ResponseSchema):
     items = fields.List(fields.Nested(TokenSchema), required=True, metadata=about("oldest first"))
+
+
+class DeadLetterSchema(ResponseSchema):
+    id = fields.String(required=True, metadata=about("dead letter id (`dlq_…`)"))
+    message_id = fields.String(required=True, metadata=about("the inbound message set aside"))
+    conversation_id = fields.String(required=True, metadata=about("its conversation"))
+    attempts = fields.Integer(required=True, metadata=about("routing attempts that failed before it was set aside"))
+    error = fields.String(required=True, metadata=about("the last attempt's error: its type and text, then the "
+                                                        "end of its traceback"))
+    created_at = fields.String(required=True, metadata=about(f"when it was set aside: {TIME}"))
+    retried_at = fields.String(required=True, allow_none=True,
+                               metadata=about(f"when an admin sent it back to routing (null: not yet): {TIME}"))
+    message = fields.Nested(MessageSchema, required=True, allow_none=True, metadata=about("the message"))
+
+
+class DeadLetterListSchema(ResponseSchema):
+    items = fields.List(fields.Nested(DeadLetterSchema), required=True, metadata=about("newest first"))
     next_cursor = fields.String(required=True, allow_none=True, metadata=about("always null (no paging yet)"))
 
 

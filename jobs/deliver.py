@@ -70,5 +70,8 @@ def replay_delivery(delivery_id: str, rt) -> Delivery:
     """Put a delivery back in line with a fresh retry budget (not a job: the
     admin API and CLI call it)."""
     _update(delivery_id, status=PENDING, attempts=0, next_attempt_at=None)
-    rt.schedule("events", delivery_id)
+    try:
+        rt.schedule("events", delivery_id)
+    except Exception:           # committed: the sweep schedules pending deliveries
+        log.warning("could not schedule delivery %s; the sweep will", delivery_id, exc_info=True)
     return Delivery.get_by_id(delivery_id)

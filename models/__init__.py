@@ -14,6 +14,8 @@ from .unsupported_update import UnsupportedUpdate
 from .agent import Agent
 from .callback_request import CallbackRequest
 from .media import Media
+from .dead_letter import DeadLetter
 
 ALL_MODELS = [Channel, Contact, Conversation, Message, Event, BotTurn, Delivery, OutboxEntry,
-              ApiToken, UnsupportedUpdate, Agent, CallbackRequest, Media]
+              ApiToken, UnsupportedUpdate, Agent, CallbackRequest, Media,
+              DeadLetter]

@@ -122,13 +122,19 @@ class Change:
         self.effects.live.append(live_event("message.created", self.conv.id, message.to_dict(),
                                             snapshot(self.conv)))
 
-    def settle_held(self, routed_to: str, columns: dict) -> None:
-        """Messages held for a typing agent belong to whoever now answers
-        (`agent`, `queued_for_agent`, or `none` when the conversation closes);
-        the hold ends in `columns`."""
+    def settle_held(self, routed_to: str | None, columns: dict) -> None:
+        """End a typing hold (in `columns`). Its messages belong to whoever now
+        answers (`agent`, `queued_for_agent`); with `routed_to` None nobody took
+        them (the conversation is closed, released, transferred or timed out):
+        they go back to routing, in the customer's order, under the state this
+        change leaves (routing.decide: a closed conversation reopens to the bot).
+        A held message is never left unanswered."""
         if self.conv.held_since is None:
             return
-        self.hand_held_messages_to(routed_to)
+        if routed_to is None:
+            self._route_held_messages_again()
+        else:
+            self.hand_held_messages_to(routed_to)
         columns.update(held_since=None, typing_agent_id=None, typing_until=None)
 
     def hand_held_messages_to(self, routed_to: str) -> None:
@@ -139,12 +145,16 @@ class Change:
         """The typing agent stopped (or the lock expired) without answering:
         the held messages go back to routing, in the customer's order, under
         whatever state the conversation has then. Returns how many."""
+        count = self._route_held_messages_again()
+        self.set({"typing_agent_id": None, "typing_until": None, "held_since": None})
+        return count
+
+    def _route_held_messages_again(self) -> int:
         conv = self.conv
         held = list(Message.select(Message.id, Message.sent_at)
                     .where((Message.conversation == conv.id) & (Message.routed_to == "held"))
                     .order_by(Message.seq))
         self.effects.update(Message, {"routed_to": None}, {"conversation": conv.id, "routed_to": "held"})
-        self.set({"typing_agent_id": None, "typing_until": None, "held_since": None})
         self.effects.inbox.extend((conv.id, m.id, epoch_seconds(m.sent_at)) for m in held)
         return len(held)
 

@@ -198,6 +198,11 @@ def _complete(conv: ConversationView, msg: InboundView, d: Decision, now: dateti
         if conv.held_since is not None:
             held_to = "agent"
             columns.update(held_since=None, typing_agent_id=None, typing_until=None)
+    elif d.new_state == PENDING_AGENT and conv.state != PENDING_AGENT and conv.held_since is not None:
+        # The hold lapsed (its timer not run yet) and the customer now asks for a
+        # human: what was held goes to the humans' queue with this message.
+        held_to = "queued_for_agent"
+        columns["held_since"] = None
     if d.send_pending_notice:
         columns["last_pending_notice_at"] = now
     audits = []

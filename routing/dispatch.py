@@ -3,8 +3,13 @@ outcomes, publish live events, and offer newly waiting conversations to agents.
 
 `routing.change.Changes` calls this once for each change it commits; a
 second call with the same effects does nothing. The change has committed by
-then, so an offer that cannot be made now (its conversation keeps changing)
-is left to the timers' next tick rather than failing what already happened."""
+then, so nothing here may turn it into an error: each step is best effort,
+and what a step could not do (Redis away, a worker killed) the cron picks up
+from the database. The sweep (jobs/timers.py) re-dispatches unrouted
+messages, unsent outbound messages and pending deliveries, and repairs
+capacity reservations; the handoff timers offer waiting conversations nobody
+was offered. So a write call whose change committed answers as committed, and
+a client never retries (and duplicates) a change that happened."""
 from __future__ import annotations
 
 import logging
@@ -26,20 +31,47 @@ def dispatch(rt, effects: Effects) -> None:
     if effects.dispatched:
         return
     effects.dispatched = True
+    for step in (_free_reservations, _show_typing, _schedule_lanes, _count, _publish_live, _offer):
+        try:
+            step(rt, effects)
+        except Exception:
+            log.warning("after a commit, %s failed; the cron sweep and timers take it over",
+                        step.__doc__, exc_info=True)
+
+
+def _free_reservations(rt, effects: Effects) -> None:
+    """freeing capacity reservations"""
     for agent_id, conversation_id in effects.releases:
         rt.reservations.release(agent_id, conversation_id)
+
+
+def _show_typing(rt, effects: Effects) -> None:
+    """noting a typing indicator"""
     for conversation_id, provider_message_id in effects.typing:     # before the lane is scheduled
         rt.redis.set(typing_key(rt.settings.REDIS_PREFIX, conversation_id), provider_message_id,
                      ex=TYPING_SECONDS)
+
+
+def _schedule_lanes(rt, effects: Effects) -> None:
+    """scheduling work lanes"""
     for lane, key in effects.schedules:
         rt.schedule(lane, key)
     if effects.inbox:
         rt.start_pump(rt.lanes.schedule_inbound_many(effects.inbox))
+
+
+def _count(rt, effects: Effects) -> None:
+    """counting outcomes (the metrics' counters)"""
     counters.increment(rt.redis, rt.settings.REDIS_PREFIX, effects.counts)
-    try:
-        publish(rt.redis, rt.settings.REDIS_PREFIX, effects.live)
-    except Exception:           # live events are best effort: consoles re-read over REST
-        log.warning("could not publish %d live event(s)", len(effects.live), exc_info=True)
+
+
+def _publish_live(rt, effects: Effects) -> None:
+    """publishing live events (consoles re-read over REST)"""
+    publish(rt.redis, rt.settings.REDIS_PREFIX, effects.live)
+
+
+def _offer(rt, effects: Effects) -> None:
+    """offering waiting conversations (the handoff timers offer them on their next tick)"""
     for conversation_id in effects.offers:
         from .assignment import offer_next
 

@@ -8,6 +8,7 @@ from config import Settings
 from models import Message
 
 from .change import Changes
+from .dead_letters import count_failure, describe, is_routing_failure, set_aside
 from .decide import Policy
 from .inbound import route_message
 from .lanes import Lanes
@@ -45,7 +46,19 @@ def drain_conversation(settings: Settings, changes: Changes, policy: Policy, lan
                 # Committed and dispatched before the message leaves the inbox:
                 # a crash in between re-routes nothing (the row is marked
                 # routed) and loses nothing (the sweep re-dispatches rows).
-                route_message(changes, policy, conversation_id, message_id)
+                try:
+                    route_message(changes, policy, conversation_id, message_id)
+                except Exception as exc:
+                    if not is_routing_failure(exc):
+                        raise
+                    # Counted; past ROUTE_MAX_ATTEMPTS it is set aside (routing.dead_letters)
+                    # and the customer's later messages go on, in order.
+                    attempts = count_failure(message_id)
+                    if attempts < settings.ROUTE_MAX_ATTEMPTS:
+                        raise
+                    log.error("message %s of %s failed to route %d times; set aside as a dead letter",
+                              message_id, conversation_id, attempts, exc_info=exc)
+                    set_aside(changes, conversation_id, message_id, attempts, describe(exc))
                 routed.append(message_id)
         finally:
             # Redis away (a restart) must not leave the lock to block this

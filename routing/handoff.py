@@ -217,9 +217,11 @@ def release(changes: Changes, conversation_id: str, actor: Actor, note: str | No
         before = conv.state
         change.free_seat(conv.capacity_holder)
         metadata = {**(conv.metadata or {}), "mode": "normal"}
-        change.set({**cleared_handoff(), "state": BOT_CONTROLLED, "control_epoch": conv.control_epoch + 1,
-                    "cooldown_remaining": change.settings.COOLDOWN_INTERACTIONS, "metadata": metadata,
-                    "last_activity_at": utcnow()})
+        columns = {**cleared_handoff(), "state": BOT_CONTROLLED, "control_epoch": conv.control_epoch + 1,
+                   "cooldown_remaining": change.settings.COOLDOWN_INTERACTIONS, "metadata": metadata,
+                   "last_activity_at": utcnow()}
+        change.settle_held(None, columns)
+        change.set(columns)
         change.audit(actor.label, before, BOT_CONTROLLED, "released", {"note": note})
         change.notify("conversation.released", by=actor.by)
         return ActionResult(conv)
@@ -239,6 +241,7 @@ def transfer(changes: Changes, reservations: Reservations, conversation_id: str,
         base = {"state": PENDING_AGENT, "assigned_agent_id": None, "offered_agent_id": None,
                 "offer_expires_at": None, "pending_since": now, "awaiting_agent_since": None,
                 "last_activity_at": now, "control_epoch": conv.control_epoch + 1}
+        change.settle_held(None, base)
         if agent_id is None:
             change.free_seat(previous)
             change.set({**base, "group": group, "offers_lapsed": [previous] if previous else []})
@@ -283,13 +286,14 @@ def close(changes: Changes, conversation_id: str, actor: Actor, reason: str | No
 
 
 def plan_close(change: Change, *, actor: str, reason: str, by: dict) -> None:
-    """Close the conversation: nobody holds it, held messages are nobody's."""
+    """Close the conversation: nobody holds it. Messages held for a typing
+    agent go back to routing after the close (they reopen it to the bot)."""
     conv = change.conv
     before = conv.state
     change.free_seat(conv.capacity_holder)
     columns = {**cleared_handoff(), "state": CLOSED, "control_epoch": conv.control_epoch + 1,
                "cooldown_remaining": 0, "metadata": {**(conv.metadata or {}), "mode": "normal"}}
-    change.settle_held("none", columns)
+    change.settle_held(None, columns)
     change.set(columns)
     change.audit(actor, before, CLOSED, reason)
     change.notify("conversation.closed", by=by)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from integrations.whatsapp.base import InboundMessage
 from models import (AGENT_CONTROLLED, CLOSED, PENDING_AGENT, BotTurn, CallbackRequest, Contact, Conversation,
-                    Delivery, Event, new_id)
+                    DeadLetter, Delivery, Event, Message, new_id)
 from models.base import utcnow
 from models.message import move_messages
 from models.prepared import PreparedSelect
@@ -164,11 +164,16 @@ def merge(channel_id: str, rows: list[Contact], wa_id: str | None, user_id: str 
     metadata = {}
     for row in gone:
         old = conversations[row.conversation.id]
+        # Held for an agent typing on the merged conversation: that hold ends here,
+        # so they go back to routing (in the survivor, in the customer's order).
+        Message.update(routed_to=None).where((Message.conversation == old.id) & (Message.routed_to == "held")) \
+            .execute()
         moved = move_messages(old.id, keep_conv.id)      # renumbers the survivor's history (seq)
         Event.update(conversation=keep_conv.id).where(Event.conversation == old.id).execute()
         BotTurn.update(conversation=keep_conv.id).where(BotTurn.conversation == old.id).execute()
         CallbackRequest.update(conversation=keep_conv.id).where(CallbackRequest.conversation == old.id).execute()
         Delivery.update(conversation_id=keep_conv.id).where(Delivery.conversation_id == old.id).execute()
+        DeadLetter.update(conversation=keep_conv.id).where(DeadLetter.conversation == old.id).execute()
         metadata.update(old.metadata or {})
         Conversation.delete().where(Conversation.id == old.id).execute()
         Contact.delete().where(Contact.id == row.id).execute()

@@ -189,30 +189,56 @@ def _insert_message(values: dict) -> bool:
 
 def _is_our_own_echo(provider: str, channel_id: str, conversation_id: str, message: InboundMessage,
                      result: IngestResult) -> bool:
-    """WASender echoes Baton's own sends back as `fromMe` with an id that does
-    not match the one its send API returned; recognise them by conversation
-    and text so they are not taken for a human replying from the phone. The
-    echo's id is the one its status webhooks carry: the message adopts it.
-    A send whose answer was lost (status `unknown`) is reconciled the same way:
-    its echo proves WASender took it."""
-    if not message.text:
+    """Is this `fromMe` message Baton's own send coming back? Decided by provider
+    ids, never by text alone: a person replying from the business phone with
+    the very words Baton sent a minute ago is a person replying.
+
+    An id Baton already knows is its own (the insert would skip it anyway).
+    Cloud API reports as echoes only what was sent from the WhatsApp Business
+    app, never Baton's API sends, so any other Cloud API echo is a person. A
+    WASender echo carries the WhatsApp key id while Baton's send holds
+    WASender's msgId (nothing ties the two): it is Baton's only while one of
+    this conversation's sends still waits for its key id (msgId not yet
+    exchanged, or an outcome not yet known); the oldest such send with the same
+    content takes the echo's id, so each send is matched at most once and a
+    send whose id is known can never swallow a later message."""
+    if _known_id(channel_id, message.provider_message_id):
+        return True
+    if provider != WASENDER:
         return False
-    echoed = (Message.select(Message.id, Message.sender, Message.provider_message_id, Message.status,
-                             Message.conversation)
-              .where((Message.conversation == conversation_id) & (Message.direction == "out")
-                     & (Message.text == message.text) & (Message.received_at >= utcnow() - ECHO_WINDOW))
-              .order_by(Message.sent_at, Message.id))
-    rows = list(echoed)
-    if provider == WASENDER and not _known_id(channel_id, message.provider_message_id):
-        for row in rows:
-            if _is_wasender_send_id(row.provider_message_id):
-                _adopt_id(row.id, row.provider_message_id, message.provider_message_id)
-                return True
-            if row.provider_message_id is None and row.status in UNSENT:
-                if _reconcile(row.id, message.provider_message_id, {Message.status: "sent"}):
-                    result.reconciled.append(row.conversation_id)
-                    return True
-    return any(row.sender != "agent" for row in rows)
+    waiting = (Message.select(Message.id, Message.provider_message_id, Message.status, Message.conversation,
+                              Message.text, Message.type, Message.media)
+               .where((Message.conversation == conversation_id) & (Message.direction == "out")
+                      & (Message.provider_message_id.is_null() & Message.status.in_(UNSENT)
+                         | Message.provider_message_id.is_null(False))
+                      & (Message.received_at >= utcnow() - ECHO_WINDOW))
+               .order_by(Message.sent_at, Message.id))
+    head_seen = False
+    for row in waiting:
+        if row.provider_message_id is None:
+            # Not accepted yet: only the head of the outbound queue can be in
+            # flight (one send per conversation at a time); the rest never left.
+            if head_seen:
+                continue
+            head_seen = True
+        elif not _is_wasender_send_id(row.provider_message_id):
+            continue                    # its key id is known: its echo came (or cannot come) already
+        if not _same_content(row, message):
+            continue
+        if row.provider_message_id is not None:
+            return _adopt_id(row.id, row.provider_message_id, message.provider_message_id)
+        if _reconcile(row.id, message.provider_message_id, {Message.status: "sent"}):
+            result.reconciled.append(row.conversation_id)
+            return True
+    return False
+
+
+def _same_content(row: Message, message: InboundMessage) -> bool:
+    """Does the echo show what this send said (its text, or its media's kind and caption)?"""
+    if (row.media or {}).get("type") or row.type not in ("text", "template"):
+        kind = (row.media or {}).get("type") or row.type
+        return message.type == kind and (message.text or None) == (row.text or None)
+    return bool(message.text) and message.text == row.text
 
 
 def _record_status(provider: str, status: StatusUpdate, cache: IngestCache,
@@ -271,7 +297,8 @@ def _reconcile(message_id: str, provider_message_id: str, changes: dict, channel
 # webhooks (its echo, message.sent, messages.update, receipts) carry the
 # WhatsApp key id instead, and nothing in either ties one to the other. A
 # message Baton sent keeps the msgId until the first of them arrives, then
-# adopts the key id: the echo is matched by conversation and text (exact);
+# adopts the key id: the echo goes to the oldest of the conversation's sends
+# still holding a msgId (or waiting on an unknown outcome) with its content;
 # a status that matches no message goes to the oldest message to that
 # customer still waiting for its key id (sends to one customer are made, and
 # acknowledged, in order).

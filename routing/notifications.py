@@ -46,6 +46,13 @@ def notification_fields(settings: Settings, conv: Conversation, event_type: str,
     return fields
 
 
+def dead_letter_fields(conv: Conversation, message: Message, letter) -> dict:
+    """`message.dead_lettered`: the message set aside, why, and where to retry it."""
+    return {"conversation": conv.to_dict(), "message": message.to_dict(media_url_always=True),
+            "dead_letter": {"id": letter.id, "attempts": letter.attempts, "error": letter.error.split("\n", 1)[0],
+                            "retry_url": f"/api/v1/admin/dead-letters/{letter.id}/retry"}}
+
+
 def turn_fields(settings: Settings, conv: Conversation, message: Message, turn: BotTurn) -> dict:
     """The `bot.turn` body: the conversation, the message to answer, the recent history."""
     return {"conversation": conv.to_dict(), "message": message.to_dict(media_url_always=True), "turn_id": turn.id,

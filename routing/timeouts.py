@@ -150,9 +150,11 @@ def pending_timeout(changes: Changes, conversation_id: str) -> bool:
                                       created_at=now)
             change.effects.insert(request)
             metadata = {**(conv.metadata or {}), "mode": "collect_callback", "callback_request_id": request.id}
-            change.set({**cleared_handoff(), "state": BOT_CONTROLLED, "control_epoch": conv.control_epoch + 1,
-                        "cooldown_remaining": settings.COOLDOWN_INTERACTIONS, "metadata": metadata,
-                        "group": conv.group})
+            columns = {**cleared_handoff(), "state": BOT_CONTROLLED, "control_epoch": conv.control_epoch + 1,
+                       "cooldown_remaining": settings.COOLDOWN_INTERACTIONS, "metadata": metadata,
+                       "group": conv.group}
+            change.settle_held(None, columns)
+            change.set(columns)
             change.audit("system", PENDING_AGENT, BOT_CONTROLLED, "pending_timeout",
                          {**details, "callback_request_id": request.id})
             say_notice(change, "CALLBACK_NOTICE")

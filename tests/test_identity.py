@@ -390,3 +390,28 @@ def test_a_reply_from_the_business_phone_in_a_lid_chat_lands_in_the_customers_co
     assert people() == [(PHONE, LID, None, "Lina")]
     echo = Message.get(Message.provider_message_id == "3EB0ECHOLID0001")
     assert echo.conversation_id == only_conversation().id and echo.direction == "out"
+
+
+def test_messages_held_in_a_merged_conversation_are_routed_again_in_the_one_that_stays(app):
+    """Rosa's conversation by phone number is held for a typing supervisor when a
+    webhook shows she is also the contact (by user id) waiting for a human: the
+    typing hold ends with the merged conversation, so its held message goes back
+    to routing in the waiting one (to the humans' queue), never left `held`."""
+    team = Team(app)
+    team.add("sue", role="supervisor")
+    post(app, message_from("hello", phone=PHONE))
+    settle(app)
+    by_phone = Conversation.select().join(Contact).where(Contact.wa_id == PHONE).get()
+    assert team.act("sue", "typing", by_phone.id, {"typing": True}).status_code == 204
+    post(app, message_from("is anyone typing?", phone=PHONE))
+    post(app, message_from(ASK_FOR_A_HUMAN, user_id=BSUID))
+    settle(app)
+    assert Message.get(Message.text == "is anyone typing?").routed_to == "held"
+
+    post(app, message_from("both my ids now", phone=PHONE, user_id=BSUID))
+    settle(app)
+
+    conv = only_conversation()
+    assert conv.state == "PENDING_AGENT"
+    assert Message.get(Message.text == "is anyone typing?").routed_to == "queued_for_agent"
+    assert not Message.select().where(Message.routed_to.in_(["held"]) | Message.routed_to.is_null()).exists()

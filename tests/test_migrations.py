@@ -35,7 +35,8 @@ POSTGRES = using_postgres()
 MIGRATIONS = ["0001_initial", "0002_outbound_queue_index", "0003_conversation_timer_indexes",
               "0004_wider_customer_ids", "0005_message_error_details", "0006_message_seq",
               "0007_contact_user_id", "0008_unsent_outbound_index", "0009_media",
-              "0010_bot_turn_deadline", "0011_agent_deactivation"]
+              "0010_bot_turn_deadline", "0011_agent_deactivation",
+              "0012_dead_letters"]
 VERSIONS = [int(name[:4]) for name in MIGRATIONS]
 # What migrations add beyond the models' own indexes, for queries (see 0002, 0003).
 QUERY_INDEXES = {

@@ -737,6 +737,48 @@ def _deliveries(w: World):
     w.get("/api/v1/admin/deliveries", 401)
 
 
+def dead_letter(w: World):
+    """A customer's message whose routing raises, set aside at its first failure
+    (ROUTE_MAX_ATTEMPTS=1); the fault is gone afterwards. Returns (app, dead letter)."""
+    import routing.inbound
+    from models import DeadLetter
+
+    monkeypatch = w.request.getfixturevalue("monkeypatch")
+    real = routing.inbound.decide
+
+    def decide(view, msg, policy, now):
+        if msg.text == "poison":
+            raise ValueError("cannot route this one")
+        return real(view, msg, policy, now)
+    monkeypatch.setattr(routing.inbound, "decide", decide)
+    app = w.app_with(ROUTE_MAX_ATTEMPTS=1)
+    w.customer_says("poison", "15551239999", app=app)
+    monkeypatch.setattr(routing.inbound, "decide", real)
+    return app, DeadLetter.get()
+
+
+@scenario("/api/v1/admin/dead-letters", "GET")
+def _dead_letters(w: World):
+    app, letter = dead_letter(w)
+    [item] = w.get("/api/v1/admin/dead-letters", token=w.admin, app=app).json["items"]
+    assert item["id"] == letter.id
+    w.get("/api/v1/admin/dead-letters?status=retried", token=w.admin, app=app)
+    w.get("/api/v1/admin/dead-letters?status=all&limit=5", token=w.admin, app=app)
+    w.get("/api/v1/admin/dead-letters?status=lost", 422, token=w.admin, app=app)
+    w.get("/api/v1/admin/dead-letters", 403, token=w.bot, app=app)
+    w.get("/api/v1/admin/dead-letters", 401, app=app)
+
+
+@scenario("/api/v1/admin/dead-letters/<dead_letter_id>/retry", "POST")
+def _dead_letter_retry(w: World):
+    app, letter = dead_letter(w)
+    assert w.post(f"/api/v1/admin/dead-letters/{letter.id}/retry", token=w.admin, app=app).json["retried_at"]
+    w.post(f"/api/v1/admin/dead-letters/{letter.id}/retry", 409, token=w.admin, app=app)
+    w.post("/api/v1/admin/dead-letters/dlq_nope/retry", 404, token=w.admin, app=app)
+    w.post(f"/api/v1/admin/dead-letters/{letter.id}/retry", 403, token=w.bot, app=app)
+    w.post(f"/api/v1/admin/dead-letters/{letter.id}/retry", 401, app=app)
+
+
 @scenario("/api/v1/admin/deliveries/<delivery_id>/replay", "POST")
 def _replay(w: World):
     app, failed = _failed_delivery(w)
