@@ -384,6 +384,7 @@ class TokenSchema(ResponseSchema):
 
 class TokenListSchema(ResponseSchema):
     items = fields.List(fields.Nested(TokenSchema), required=True, metadata=about("oldest first"))
+    next_cursor = fields.String(required=True, allow_none=True, metadata=about("always null (no paging yet)"))
 
 
 class DeadLetterSchema(ResponseSchema):

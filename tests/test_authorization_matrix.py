@@ -20,6 +20,7 @@ import pytest
 
 from models import (AGENT_CONTROLLED, Agent, ApiToken, BotTurn, CallbackRequest, Conversation, Delivery, Event,
                     Media, Message, OutboxEntry)
+from models.dead_letter import DeadLetter
 from routing.agents import create_agent, set_status
 from routing.deactivation import deactivate_agent
 from tests.support import ASK_FOR_A_HUMAN, bearer, conversation_of, customer_says, settle, text_webhook
@@ -115,6 +116,16 @@ class World:
         return Delivery.create(event_type="handoff.offered", url=self.n8n.url_for("notify"), body="{}",
                                status="failed", attempts=8, last_error="HTTP 500").id
 
+    def dead_letter(self) -> str:
+        """A customer's message set aside (its routing kept failing)."""
+        wa_id = self.wa_id()
+        customer_says(self.app, "hello there", wa_id=wa_id)
+        settle(self.app)
+        message = Message.get((Message.conversation == conversation_of(wa_id).id) & (Message.direction == "in"))
+        Message.update(routed_to="dead_letter").where(Message.id == message.id).execute()
+        return DeadLetter.create(message=message.id, conversation=message.conversation_id, attempts=5,
+                                 error="RuntimeError: poison").id
+
     def agent(self) -> str:
         agent, _ = create_agent(f"tmp{self.wa_id()}", "agent", ["support"], 3)
         return agent.id
@@ -157,6 +168,7 @@ def db_state() -> dict:
         "media": Media.select().count(),
         "outbox": OutboxEntry.select().count(),
         "bot_turns": sorted((t.id, t.answered_at is None) for t in BotTurn.select()),
+        "dead_letters": sorted((d.id, d.retried_at is None) for d in DeadLetter.select()),
     }
 
 
@@ -174,6 +186,10 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/admin/deliveries"): Row(lambda w, _: ("GET", "/api/v1/admin/deliveries", {}), roles(admin=200)),
     ("POST", "/api/v1/admin/deliveries/<delivery_id>/replay"): Row(
         lambda w, _: ("POST", f"/api/v1/admin/deliveries/{w.delivery()}/replay", {}), roles(admin=200)),
+    ("GET", "/api/v1/admin/dead-letters"): Row(lambda w, _: ("GET", "/api/v1/admin/dead-letters", {}),
+                                               roles(admin=200)),
+    ("POST", "/api/v1/admin/dead-letters/<dead_letter_id>/retry"): Row(
+        lambda w, _: ("POST", f"/api/v1/admin/dead-letters/{w.dead_letter()}/retry", {}), roles(admin=200)),
     ("GET", "/api/v1/admin/outbox"): Row(lambda w, _: ("GET", "/api/v1/admin/outbox", {}), roles(admin=200)),
     ("POST", "/api/v1/agents"): Row(lambda w, _: ("POST", "/api/v1/agents", {"json": {"name": "Neu"}}),
                                     roles(admin=201)),
