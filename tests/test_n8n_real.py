@@ -169,6 +169,41 @@ def test_the_model_is_down_and_the_customer_gets_a_person_not_silence(baton, rt,
     assert len(model.completions) >= 1
 
 
+def test_the_model_hangs_the_customer_gets_the_fallback_and_it_counts_toward_a_person(
+        request, settings_overrides, live_n8n, tmp_path, rt, model):
+    """The model takes longer than BOT_REPLY_TIMEOUT: Baton itself tells the customer
+    (BOT_FALLBACK_NOTICE, once per turn), closes the turn and counts the failure; the
+    second hang in a row hands the conversation to a person. The model's late answers
+    are refused 409 stale_turn, never sent, and their runs end quietly."""
+    from models import PENDING_AGENT
+
+    procs = start_processes(request, settings_overrides, live_n8n, tmp_path, BOT_REPLY_TIMEOUT="2")
+    wa_id = "15557000006"
+    release = threading.Event()
+
+    def hanging(_body):
+        release.wait(60)
+        return answer("Late: yes, we deliver on Sundays.")
+    model.answer(hanging, hanging)
+    customer_writes(procs, wa_id, "do you deliver on Sundays?")
+    assert wait_for_outbox(procs, rt, wa_id, 1) == [rt.settings.BOT_FALLBACK_NOTICE]
+    assert conversation_of(wa_id).bot_failures == 1 and conversation_of(wa_id).state == "BOT_CONTROLLED"
+
+    customer_writes(procs, wa_id, "hello?")
+    procs.wait_until(lambda: conversation_of(wa_id).state == PENDING_AGENT, 60, what="PENDING_AGENT",
+                     describe=lambda: f"state: {state_summary(rt)}; outbox: {outbox_texts(wa_id)}")
+    assert conversation_of(wa_id).escalation_reason == "bot_failures"
+    release.set()
+    executions = new_executions(live_n8n, 2)
+    for execution in executions:
+        outcome = live_n8n.node_outcome(execution["id"])
+        assert execution["status"] == "success" and "Stale turn, dropped" in outcome["nodes"], outcome
+    procs.settle_quiet(rt)
+    texts = outbox_texts(wa_id)
+    assert texts.count(rt.settings.BOT_FALLBACK_NOTICE) == 2, texts
+    assert not any(t and t.startswith("Late:") for t in texts), texts
+
+
 def test_a_reply_after_a_claim_gets_409_and_no_error_execution(baton, rt, model, live_n8n):
     """The model is still thinking when a supervisor claims the conversation; the reply
     that arrives afterwards is refused 409 stale_turn, never sent, and the run ends
