@@ -218,11 +218,12 @@ class Settings:
     MAINTENANCE_NOTICE_WINDOW: int = setting(3600, "Least seconds between two MAINTENANCE_NOTICE messages to one "
                                                    "customer; a notice the provider could not take is tried again "
                                                    "until this window ends.")
-    BREAKER_FAILURES: int = setting(3, "Webhooks in a row that find the database unreachable before the circuit "
-                                       "breaker opens: from then on webhooks go straight to the spool.")
-    BREAKER_OPEN_SECONDS: float = setting(5.0, "Seconds an open circuit breaker waits before one webhook probes "
-                                               "the database (`SELECT 1`); an answer closes it and starts the "
-                                               "spool's replay.")
+    DATABASE_BREAKER_FAILURES: int = setting(3, "Webhooks in a row that find the database unreachable before "
+                                                "the circuit breaker opens: from then on webhooks go straight "
+                                                "to the spool.")
+    DATABASE_BREAKER_OPEN_SECONDS: float = setting(5.0, "Seconds an open circuit breaker waits before one webhook "
+                                                        "probes the database (`SELECT 1`); an answer closes it and "
+                                                        "starts the spool's replay.")
     SPOOL_MAX_ENTRIES: int = setting(100000, "Most webhooks the spool (a Redis stream used while the database is "
                                              "down) holds; beyond it a webhook answers 503 with Retry-After, as "
                                              "when Redis is down too.")
@@ -303,8 +304,8 @@ def _validate(s: Settings) -> None:
                  "SEND_MAX_ATTEMPTS",
                  "PUMP_CONCURRENCY", "PUMP_LEASE", "LOCK_TTL", "AGENT_RESPONSE_TIMEOUT", "DATABASE_POOL_SIZE",
                  "BOT_FAILURE_LIMIT", "BOT_REPLY_TIMEOUT", "BOT_BREAKER_FAILURES", "BOT_BREAKER_COOLDOWN",
-                 "AUTH_FAILURE_LIMIT", "AUTH_FAILURE_WINDOW", "MAINTENANCE_NOTICE_WINDOW", "BREAKER_FAILURES",
-                 "BREAKER_OPEN_SECONDS", "SPOOL_MAX_ENTRIES", "ROUTE_MAX_ATTEMPTS"):
+                 "AUTH_FAILURE_LIMIT", "AUTH_FAILURE_WINDOW", "MAINTENANCE_NOTICE_WINDOW", "DATABASE_BREAKER_FAILURES",
+                 "DATABASE_BREAKER_OPEN_SECONDS", "SPOOL_MAX_ENTRIES", "ROUTE_MAX_ATTEMPTS"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",

@@ -121,7 +121,8 @@ class Runtime:
         self.reservations = Reservations(self.presence)
         self.changes = Changes(self.settings, dispatch=self.dispatch)
         self.send_rate = SendRate(self.redis, self.settings.REDIS_PREFIX, self.settings.WHATSAPP_MPS)
-        self.breaker = CircuitBreaker(self.settings.BREAKER_FAILURES, self.settings.BREAKER_OPEN_SECONDS)
+        self.breaker = CircuitBreaker(self.settings.DATABASE_BREAKER_FAILURES,
+                                      self.settings.DATABASE_BREAKER_OPEN_SECONDS)
         self.spool = Spool(self.redis, self.settings.REDIS_PREFIX, self.settings.SPOOL_MAX_ENTRIES)
         self.notices = MaintenanceNotices(self.redis, self.settings.REDIS_PREFIX,
                                           self.settings.MAINTENANCE_NOTICE_WINDOW)

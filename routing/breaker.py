@@ -1,14 +1,14 @@
 """A circuit breaker around the database on the webhook path (invariant 9: fail open).
 
 closed     webhooks go to the database. A failure that means the database is
-           unreachable (models.base.connection_lost) counts; BREAKER_FAILURES of
+           unreachable (models.base.connection_lost) counts; DATABASE_BREAKER_FAILURES of
            them in a row open the breaker. A success resets the count.
 open       webhooks skip the database (no connect timeout paid per request) and
-           go to the spool. After BREAKER_OPEN_SECONDS one caller is let through
+           go to the spool. After DATABASE_BREAKER_OPEN_SECONDS one caller is let through
            as a probe:
 half_open  that caller checks the database with one round trip (`SELECT 1`);
            success closes the breaker (and the caller starts the spool's replay),
-           failure opens it again for BREAKER_OPEN_SECONDS. Everyone else
+           failure opens it again for DATABASE_BREAKER_OPEN_SECONDS. Everyone else
            keeps spooling meanwhile.
 
 One breaker per process, in memory: each process finds out for itself, and a

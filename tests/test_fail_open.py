@@ -92,7 +92,7 @@ def make_app(app_factory, database_url, proxy, **settings):
 
     url = through(database_url, proxy) if proxy is not None else database_url
     app = app_factory(DATABASE_URL=url, MAINTENANCE_NOTICE=NOTICE, SENTIMENT_LANGUAGES="", BOT_FAILURE_LIMIT="1000",
-                      BREAKER_OPEN_SECONDS="0.2", **settings)
+                      DATABASE_BREAKER_OPEN_SECONDS="0.2", **settings)
     set_runtime(app.extensions["baton"])
     return app
 
@@ -330,7 +330,7 @@ def test_the_breaker_opens_probes_and_closes_and_readyz_and_metrics_show_it(clou
     assert client.get("/readyz").get_json()["breaker"] == "closed"
     assert 'baton_database_breaker{state="closed"} 1.0' in client.get("/metrics").text
     with outage.during():
-        for n in range(3):                    # BREAKER_FAILURES (3) webhooks find it down: it opens
+        for n in range(3):                    # DATABASE_BREAKER_FAILURES (3) webhooks find it down: it opens
             post_cloud(cloud, "15550001212", f"m{n}", f"wamid.BRK{n}", int(time.time()))
         assert rt.breaker.state == "open"
         ready = client.get("/readyz")
@@ -340,7 +340,7 @@ def test_the_breaker_opens_probes_and_closes_and_readyz_and_metrics_show_it(clou
         assert 'baton_database_breaker{state="open"} 1.0' in metrics
         assert 'baton_database_breaker{state="closed"} 0.0' in metrics
         assert "baton_spool_entries 3.0" in metrics
-        time.sleep(0.25)                      # BREAKER_OPEN_SECONDS: the next webhook probes, and fails
+        time.sleep(0.25)                      # DATABASE_BREAKER_OPEN_SECONDS: the next webhook probes, and fails
         assert rt.breaker.state == "half_open"
         assert post_cloud(cloud, "15550001212", "m3", "wamid.BRK3", int(time.time())).status_code == 200
         assert rt.breaker.state == "open"
