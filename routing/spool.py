@@ -123,6 +123,11 @@ class Spool:
         if entry_ids:
             self.redis.xdel(self.key, *entry_ids)
 
+    def forget_dead(self, older_than_seconds: float) -> int:
+        """Drop dead entries set aside longer ago than that (stream ids are their times in ms)."""
+        cutoff_ms = int((time.time() - older_than_seconds) * 1000)
+        return self.redis.xtrim(self.dead_key, minid=f"{cutoff_ms}-0", approximate=False)
+
     def bury(self, entry_id: str, fields: dict, error: str) -> None:
         """Set aside an entry that cannot be recorded (kept, with its error, in the dead stream)."""
         pipe = self.redis.pipeline(transaction=True)

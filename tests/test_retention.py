@@ -159,3 +159,22 @@ def test_the_cron_runs_retention(app):
 
     cron.register_timers(Recorder(), app.extensions["baton"].settings)
     assert "forget_old_records" in registered
+
+
+def test_the_job_also_forgets_the_spools_old_dead_entries(app_factory):
+    """Webhooks the spool could not record keep their raw bodies (WASender's may hold
+    its session id): they go after RETENTION_DAYS_UNSUPPORTED, like unsupported updates."""
+    import time
+
+    from jobs.context import set_runtime
+    from jobs.retention import forget_old_records as job
+
+    app = app_factory(RETENTION_DAYS_UNSUPPORTED=30)
+    rt = app.extensions["baton"]
+    set_runtime(rt)
+    long_ago_ms = int((time.time() - 40 * 86400) * 1000)
+    rt.redis.xadd(rt.spool.dead_key, {"provider": "wasender", "raw": "{}", "error": "x"}, id=f"{long_ago_ms}-0")
+    young = rt.redis.xadd(rt.spool.dead_key, {"provider": "wasender", "raw": "{}", "error": "y"})
+
+    assert job()["spool_dead_entries"] == 1
+    assert [entry_id for entry_id, _ in rt.redis.xrange(rt.spool.dead_key)] == [young]
