@@ -86,7 +86,7 @@ def set_aside(changes: Changes, conversation_id: str, message_id: str, attempts:
         change.audit("system", state, state, "dead_lettered",
                      {"message_id": message.id, "dead_letter_id": letter.id, "attempts": attempts})
         change.deliver(change.settings.N8N_NOTIFY_URL, "message.dead_lettered",
-                       dead_letter_fields(change.conv, message, letter))
+                       dead_letter_fields(change.settings, change.conv, message, letter))
         return letter
     try:
         return changes.run(conversation_id, plan)

@@ -46,11 +46,12 @@ def notification_fields(settings: Settings, conv: Conversation, event_type: str,
     return fields
 
 
-def dead_letter_fields(conv: Conversation, message: Message, letter) -> dict:
+def dead_letter_fields(settings: Settings, conv: Conversation, message: Message, letter) -> dict:
     """`message.dead_lettered`: the message set aside, why, and where to retry it."""
     return {"conversation": conv.to_dict(), "message": message.to_dict(media_url_always=True),
             "dead_letter": {"id": letter.id, "attempts": letter.attempts, "error": letter.error.split("\n", 1)[0],
-                            "retry_url": f"/api/v1/admin/dead-letters/{letter.id}/retry"}}
+                            "retry_url": f"/api/v1/admin/dead-letters/{letter.id}/retry"},
+            "console_url": console_url(settings, conv.id)}
 
 
 def turn_fields(settings: Settings, conv: Conversation, message: Message, turn: BotTurn) -> dict:

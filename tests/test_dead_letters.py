@@ -85,6 +85,7 @@ def test_a_poison_message_is_set_aside_after_max_attempts_and_the_rest_follow_in
                                    "error": "ValueError: decide cannot read this message",
                                    "retry_url": f"/api/v1/admin/dead-letters/{letter.id}/retry"}
     assert body["conversation"]["id"] == conversation_id
+    assert body["console_url"].endswith(f"/console/conversations/{conversation_id}")
 
 
 def test_a_failure_below_the_limit_keeps_the_conversation_waiting(app, monkeypatch):

@@ -310,6 +310,25 @@ def test_a_message_for_the_agent_names_the_agent_and_the_message(n8n, channels):
     assert "where is my refund?" in wait_for(channels["telegram"], 1)[0]["text"]
 
 
+def test_a_dead_lettered_message_alerts_the_team_with_the_error_and_how_to_retry(n8n, channels):
+    body, headers = signed_event(
+        "message.dead_lettered", a_conversation(),
+        message={"id": "m_7", "type": "text", "text": "my parcel?", "routed_to": "dead_letter"},
+        dead_letter={"id": "dlq_1", "attempts": 5, "error": "ValueError: cannot read this message",
+                     "retry_url": "/api/v1/admin/dead-letters/dlq_1/retry"}, console_url=CONSOLE)
+    assert post(n8n, body, headers).status_code == 200
+    (email,) = wait_for(channels["email"], 1)
+    text = body_text(email)
+    assert email["Subject"] == ("[Baton] A message from Maria Lopez (+15550001111) could not be routed: "
+                                "set aside for an admin")
+    assert "Why: routing this message kept failing (dead_lettered)" in text and "Urgency: high" in text
+    assert "Error: ValueError: cannot read this message (after 5 attempts)" in text
+    assert "Retry: POST /api/v1/admin/dead-letters/dlq_1/retry (admin)" in text and "Message: my parcel?" in text
+    assert f"Open in Baton: {CONSOLE}" in text
+    assert "could not be routed" in wait_for(channels["slack"], 1)[0]["text"]
+    assert "could not be routed" in wait_for(channels["telegram"], 1)[0]["text"]
+
+
 def test_what_the_customer_wrote_cannot_break_a_channels_markup(n8n, channels):
     body, headers = signed_event("handoff.requested", a_conversation(name="<b>Bob</b> & Co_"), agent=None,
                                  reason="explicit_request", console_url=CONSOLE)

@@ -42,14 +42,16 @@ STICKY_NOTE = "n8n-nodes-base.stickyNote"
 SIGNATURE_CHECK = "Signature valid?"
 
 # CONTRACT.md "Events out": everything except bot.turn goes to the notify branch,
-# and so does Baton's `callback.requested` (routing/timeouts.py), which came later.
+# and so do Baton's `callback.requested` (routing/timeouts.py) and `message.dead_lettered`
+# (routing/dead_letters.py, an alert for the admins), which came later.
 NOTIFY_EVENTS = (
     "handoff.requested", "handoff.offered", "handoff.accepted", "handoff.timeout",
     "message.for_agent", "conversation.released", "conversation.closed", "callback.requested",
+    "message.dead_lettered",
 )
 NEEDS_A_HUMAN = ("handoff.requested", "handoff.offered", "handoff.timeout", "message.for_agent",
-                 "callback.requested")
-EVENTS_AFTER_CONTRACT = {"callback.requested"}
+                 "callback.requested", "message.dead_lettered")
+EVENTS_AFTER_CONTRACT = {"callback.requested", "message.dead_lettered"}
 # The notify branch's channels: node name -> (type, credential type, credential name).
 CHANNELS = {
     "Send email": ("n8n-nodes-base.emailSend", "smtp", "Email (SMTP)"),
