@@ -575,6 +575,8 @@ def test_an_offer_nobody_accepts_goes_round_the_agents_then_the_pending_policy_a
             expected[("handoff.timeout", "offer_expired", name(event))] += 1
         elif event.reason == "pending_timeout" and event.to_state != CLOSED:
             expected[("handoff.timeout", "pending_timeout", None)] += 1
+            if policy == "collect_callback":       # the team is told whom to call back
+                expected[("callback.requested", None, None)] += 1
         elif event.to_state == CLOSED:
             expected[("conversation.closed", None, None)] += 1
         elif event.reason == "claimed":
