@@ -24,7 +24,6 @@ Run: .venv/bin/python -m pytest -s tests/chaos                (SQLite)
 from __future__ import annotations
 
 import time
-from collections import Counter
 from urllib.parse import urlparse
 
 import pytest
