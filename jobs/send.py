@@ -179,6 +179,12 @@ class Sender:
             if message.attempts and (now - message.sent_at).total_seconds() > settings.SEND_MAX_AGE:
                 self._finish(message, {"status": "failed", "error_title": message.error_title or EXPIRED_TITLE})
                 continue
+            # Written before the call: should its outcome never be written (the database
+            # gone, the worker killed, after the provider took it), the message waits like
+            # an unknown outcome, for a status naming it, before it is ever sent again.
+            # Every recorded outcome sets next_attempt_at again.
+            if not self._write_ahead(message, now + timedelta(seconds=settings.SEND_RECONCILE_SECONDS)):
+                continue
             slot.message = message
             slot.number = conv.channel.phone_number_id
             slot.call = partial(self.rt.adapter.send, OutboundMessage(
@@ -311,6 +317,12 @@ class Sender:
                 setattr(message, name, value)
         return bool(updated)
 
+    def _write_ahead(self, message: Message, reconcile_at) -> bool:
+        """Mark a queued message as on its way (due again only at `reconcile_at`);
+        False when it is no longer queued (a status webhook named it meanwhile)."""
+        with write_transaction():
+            return self._write(message, {"next_attempt_at": reconcile_at})
+
     def _finish(self, message: Message, changes: dict) -> None:
         with write_transaction():
             changed = self._write(message, {"next_attempt_at": None, **changes}, expect=message.status)
@@ -330,16 +342,35 @@ class Sender:
                 slot.renewed = now
 
     def stop(self) -> None:
-        """Wait for the calls in flight, record them, and let every conversation go."""
-        while any(slot.future is not None for slot in self.slots.values()):
-            answered = [s for s in self.slots.values() if s.future is not None]
-            wait([s.future for s in answered])
-            self._record(answered)
-            for slot in answered:
-                slot.future = slot.message = slot.call = None
-        self.waiting_for_rate.clear()
-        for slot in list(self.slots.values()):
-            self._let_go(slot)
+        """Wait for the calls in flight, record them, and let every conversation go,
+        even when recording fails (the database is down): every message called is
+        written ahead (see `_advance`), so holding its lock for LOCK_TTL protects nothing."""
+        try:
+            while any(slot.future is not None for slot in self.slots.values()):
+                answered = [s for s in self.slots.values() if s.future is not None]
+                wait([s.future for s in answered])
+                self._record(answered)
+                for slot in answered:
+                    slot.future = slot.message = slot.call = None
+            # Messages still waiting for a place in the rate window were never called:
+            # due again at once (their write-ahead would hold them SEND_RECONCILE_SECONDS).
+            never_called = [s.message for s in self.slots.values() if s.message is not None and s.future is None]
+            if never_called:
+                with write_transaction():
+                    for message in never_called:
+                        self._write(message, {"next_attempt_at": None})
+        finally:
+            self.waiting_for_rate.clear()
+            for slot in list(self.slots.values()):
+                try:
+                    self._let_go(slot)
+                except Exception:
+                    self.slots.pop(slot.conversation_id, None)
+                    try:
+                        slot.lock.release()
+                    except Exception:
+                        log.warning("outbound lock of %s not released; it lapses in LOCK_TTL",
+                                    slot.conversation_id)
 
 
 def _typing_shown(slot: Slot) -> None:

@@ -40,20 +40,23 @@ class Ledger:
         self.answers: Counter = Counter()                   # HTTP status (or exception name) -> count
         self.kinds: Counter = Counter()                     # what the customers did
         self.unacked: list[str] = []                        # given up on (never answered 200)
+        self.slowest = 0.0                                  # seconds, the slowest webhook answer
 
-    def answer(self, status) -> None:
+    def answer(self, status, seconds: float) -> None:
         with self.lock:
             self.answers[status] += 1
+            self.slowest = max(self.slowest, seconds)
 
 
 def _post_until_200(session: requests.Session, url: str, raw: bytes, headers: dict, ledger: Ledger,
                     give_up: float) -> bool:
     while True:
+        began = time.monotonic()
         try:
             status = session.post(url, data=raw, headers=headers, timeout=30).status_code
         except requests.RequestException as exc:
             status = type(exc).__name__
-        ledger.answer(status)
+        ledger.answer(status, time.monotonic() - began)
         if status == 200:
             return True
         if time.monotonic() > give_up:

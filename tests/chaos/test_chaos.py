@@ -172,7 +172,7 @@ def test_chaos(start_baton, rt, graph_api, chaos_redis, database_url, settings_o
             print(f"  {'' if when is None else f't={when:>5} s '}{what}")
         print(f"  load: {load_seconds:.0f} s, settled {settled_seconds:.0f} s later; customers did "
               f"{dict(ledger.kinds)}; {len(acked)} messages acknowledged, {len(ledger.unacked)} never; "
-              f"webhook answers {dict(ledger.answers)}")
+              f"webhook answers {dict(ledger.answers)}, the slowest in {ledger.slowest:.1f} s")
         print(f"  agents: {len(agents.claims)} claims; actions {dict(agents.actions)}")
         print(f"  provider: {len(accepted)} sends accepted, refused {dict(graph_api.refused)}, "
               f"{graph_api.timeouts} answers held; {statuses.posted} status webhooks posted by the load")

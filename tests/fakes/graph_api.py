@@ -147,6 +147,12 @@ class FakeGraphApi(FakeServer):
         `page_size` to a page."""
         self._templates[waba_id] = (list(templates), page_size)
 
+    def set_realism(self, realism: Realism) -> None:
+        """Behave as `realism` from now on, its faults drawn afresh from its seed."""
+        with self._lock:
+            self.realism = realism
+            self._rng = random.Random(realism.seed)
+
     def pair_limit(self, to: str, n: int) -> None:
         """Answer the next `n` sends to customer `to` with 131056 (pair rate limit hit)."""
         with self._lock:
