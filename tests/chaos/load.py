@@ -8,8 +8,8 @@
 - `Statuses`: the provider's status webhooks (`delivered`, some `read`) for every send
   the fake Graph API accepted, shuffled, some twice, each posted until answered 200.
 - `Agents`: agents online with a heartbeat; each claims most of the conversations
-  offered to it (an offer left alone lapses: a timer), replies, then releases or
-  closes. Every write carries an Idempotency-Key and is retried with it on a 5xx or a
+  offered to it (an offer left alone lapses: a timer; one customer is never taken, so
+  their wait times out), replies, then releases or closes. Every write carries an Idempotency-Key and is retried with it on a 5xx or a
   cut connection. Claims answered 200 are kept in `claims`.
 """
 from __future__ import annotations
@@ -68,12 +68,16 @@ class Customers:
     def __init__(self, url: str, count: int, ledger: Ledger, seed: int = 11):
         self.url = f"{url}/webhooks/whatsapp"
         self.ledger = ledger
-        self.wa_ids = [f"1555400{i:04d}" for i in range(count)]
+        self.wa_ids = [self.wa_id(i) for i in range(count)]
         self._stop = threading.Event()
         self._base = int(time.time()) - 3600
         self._seed = seed
         self._threads = [threading.Thread(target=self._write, args=(wa, i), daemon=True, name=f"customer-{wa}")
                          for i, wa in enumerate(self.wa_ids)]
+
+    @staticmethod
+    def wa_id(i: int) -> str:
+        return f"1555400{i:04d}"
 
     def start(self) -> "Customers":
         for thread in self._threads:
@@ -113,7 +117,7 @@ class Customers:
         local.session = session
         try:
             while not self._stop.is_set():
-                draw = rng.random()
+                draw = rng.random() if (index, n) != (0, 0) else 0.0     # the first customer asks at once
                 if draw < 0.08:
                     kind, items = "ask_for_human", [webhook(n, ASK_FOR_A_HUMAN)]
                     n += 1
@@ -196,7 +200,8 @@ class Statuses:
 class Agents:
     """Agents working the queue through the API with their own tokens."""
 
-    def __init__(self, url: str, admin_token: str, names: list[str], seed: int = 3, claim_share: float = 0.7):
+    def __init__(self, url: str, admin_token: str, names: list[str], seed: int = 3, claim_share: float = 0.7,
+                 never_claim: str = ""):
         self.url = url
         self.names = names
         self.admin = admin_token
@@ -207,6 +212,7 @@ class Agents:
         self.errors: list[str] = []
         self._rng = random.Random(seed)
         self._claim_share = claim_share
+        self._never_claim = never_claim          # a customer nobody takes: their wait always times out
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -261,7 +267,7 @@ class Agents:
             pass
 
     def _work(self, name: str) -> None:
-        from models import PENDING_AGENT, Conversation, db
+        from models import PENDING_AGENT, Contact, Conversation, db
 
         session = requests.Session()
         agent_id = self.id[name]
@@ -275,8 +281,9 @@ class Agents:
                     self.heartbeat(name, session)
                     last_beat = time.monotonic()
                 try:
-                    offered = [row.id for row in Conversation.select(Conversation.id).where(
-                        (Conversation.state == PENDING_AGENT) & (Conversation.offered_agent_id == agent_id))]
+                    offered = [row.id for row in Conversation.select(Conversation.id).join(Contact).where(
+                        (Conversation.state == PENDING_AGENT) & (Conversation.offered_agent_id == agent_id)
+                        & (Contact.wa_id != self._never_claim))]
                 except Exception as exc:           # the test's own database read: keep working
                     self.errors.append(repr(exc))
                     offered = []
