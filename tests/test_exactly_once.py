@@ -196,3 +196,64 @@ def test_a_connection_that_never_opened_is_not_sent_and_a_read_timeout_is_unknow
         assert lost.value.stage == UNKNOWN
     finally:
         silent.close()
+
+
+# -- the provider took it, the outcome was never written ---------------------------------------------
+
+def outcome_not_recorded(monkeypatch, times: int = 2) -> None:
+    """The next `times` writes of send outcomes fail, as when the database goes away (or
+    the worker is killed) between the provider's answer and the write: the pump records
+    its answers, then records them again on its way out."""
+    import peewee
+
+    from jobs.send import Sender
+
+    real_record, failing = Sender._record, [times]
+
+    def record(self, answered):
+        if failing[0] > 0:
+            failing[0] -= 1
+            raise peewee.OperationalError("server closed the connection unexpectedly")
+        return real_record(self, answered)
+
+    monkeypatch.setattr(Sender, "_record", record)
+
+
+def test_a_send_whose_outcome_was_never_written_waits_for_its_status_and_is_not_sent_twice(
+        cloud_app, graph_api, monkeypatch):
+    """Found by tests/chaos (PostgreSQL down while a pump held an accepted send): the
+    message stayed `queued`, so the next pump sent it again at once."""
+    outcome_not_recorded(monkeypatch)
+    customer_says(cloud_app, "hi")
+    settle(cloud_app)
+    [first] = graph_api.accepted
+    reply = Message.get(Message.direction == "out")
+    assert reply.status == "queued" and reply.next_attempt_at is not None     # waits to be reconciled
+    settle(cloud_app)
+    assert len(graph_api.accepted) == 1
+    status_webhook(cloud_app, first.wamid, "delivered", reference=reply.id)
+    time.sleep(0.6)                     # past SEND_RECONCILE_SECONDS: nothing is sent again
+    settle(cloud_app)
+    assert len(graph_api.accepted) == 1
+    reply = Message.get_by_id(reply.id)
+    assert (reply.status, reply.provider_message_id) == ("delivered", first.wamid)
+
+
+def test_a_send_whose_outcome_was_never_written_goes_again_when_no_status_names_it(
+        cloud_app, graph_api, monkeypatch):
+    from jobs import timers
+
+    outcome_not_recorded(monkeypatch)
+    customer_says(cloud_app, "hi")
+    settle(cloud_app)
+    reply = Message.get(Message.direction == "out")
+    assert [a.reference for a in graph_api.accepted] == [reply.id]
+    time.sleep(0.6)                     # SEND_RECONCILE_SECONDS pass; REQUEUE_AFTER (1 s) later the
+    settle(cloud_app)                   # cron's sweep finds it (the pump that sent it never scheduled it)
+    assert [a.reference for a in graph_api.accepted] == [reply.id]
+
+    def swept_and_sent():
+        timers.sweep()
+        return Message.get_by_id(reply.id).status == "sent"
+    settle_until(cloud_app, swept_and_sent, timeout=5, what="the send again after SEND_RECONCILE_SECONDS")
+    assert [a.reference for a in graph_api.accepted] == [reply.id, reply.id]

@@ -19,7 +19,8 @@ like Meta under load (tests/test_send_discipline.py, bench/outbound.py):
   a response, before the message is accepted), `p_timeout_after_accept` (the
   message IS accepted and recorded, then the answer is held past the client's
   read timeout; a `sent` status webhook naming it, `biz_opaque_callback_data`
-  included, is posted 0.2-1 s later to the URL given to `post_statuses_to`).
+  included, is posted 0.2-1 s later to the URL given to `post_statuses_to`, and
+  posted again until it is answered 200, as Meta retries its webhooks).
 
 Every accepted send is recorded in `accepted` (time, number, recipient, text or
 template, biz_opaque_callback_data, wamid), in the order they were accepted.
@@ -115,7 +116,8 @@ class FakeGraphApi(FakeServer):
         self.timeouts = 0                        # accepted, answer held past the client's timeout
         self._status_url: str | None = None
         self._status_secret = ""
-        self.statuses_posted: list[tuple[str, int]] = []     # (wamid, HTTP status of Baton's answer)
+        self.statuses_posted: list[tuple[str, int]] = []     # (wamid, HTTP status of Baton's last answer)
+        self.status_retry_seconds = 60.0         # a status refused (or cut off) is posted again meanwhile
         self.app.add_url_rule("/<version>/<phone_number_id>/messages", view_func=self._messages,
                               methods=["POST"])
         self.app.add_url_rule("/<version>/<phone_number_id>/media", view_func=self._media_upload,
@@ -144,6 +146,12 @@ class FakeGraphApi(FakeServer):
         """The WhatsApp Business Account `waba_id` has these templates (Graph's entries), listed
         `page_size` to a page."""
         self._templates[waba_id] = (list(templates), page_size)
+
+    def set_realism(self, realism: Realism) -> None:
+        """Behave as `realism` from now on, its faults drawn afresh from its seed."""
+        with self._lock:
+            self.realism = realism
+            self._rng = random.Random(realism.seed)
 
     def pair_limit(self, to: str, n: int) -> None:
         """Answer the next `n` sends to customer `to` with 131056 (pair rate limit hit)."""
@@ -288,14 +296,21 @@ class FakeGraphApi(FakeServer):
         timer.start()
 
     def _post_status(self, accepted: Accepted) -> None:
+        """Post the `sent` status; like Meta, post it again (every 0.5 s, for up to
+        `status_retry_seconds`) until it is answered 200. Records the last answer."""
         raw = orjson.dumps(status_webhook(accepted, "sent"))
-        try:
-            answer = requests.post(self._status_url, data=raw, timeout=10, headers={
-                "Content-Type": "application/json",
-                "X-Hub-Signature-256": signature(self._status_secret, raw)})
-            code = answer.status_code
-        except requests.RequestException:
-            code = 0
+        deadline = time.monotonic() + self.status_retry_seconds
+        while True:
+            try:
+                answer = requests.post(self._status_url, data=raw, timeout=10, headers={
+                    "Content-Type": "application/json",
+                    "X-Hub-Signature-256": signature(self._status_secret, raw)})
+                code = answer.status_code
+            except requests.RequestException:
+                code = 0
+            if code == 200 or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
         with self._lock:
             self.statuses_posted.append((accepted.wamid, code))
 
