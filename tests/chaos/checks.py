@@ -13,6 +13,7 @@ the load's ledger and what the fake Graph API accepted. Every count must be 0.
   already be on the wire when control changes) and before the event that ended the
   person's hold.
 - sent_twice: a Baton message (biz_opaque_callback_data) the provider accepted more
+  (or a maintenance notice a customer got twice; see sent_twice)
   than once, or a send without Baton's reference.
 - timers_not_fired: a deadline (offer, waiting for a person, an unanswered customer,
   a typing hold) more than TIMER_GRACE seconds past without its outcome.
@@ -110,9 +111,18 @@ def bot_over_human(accepted) -> tuple[list, int]:
     return over, in_flight
 
 
-def sent_twice(accepted) -> list:
-    references = Counter(a.reference for a in accepted)
-    return [(ref, n) for ref, n in references.items() if ref is None or n > 1]
+def sent_twice(accepted, maintenance_notice: str | None = None) -> list:
+    """References accepted more than once, and sends without one. The only send Baton
+    makes without a reference is the fail-open maintenance notice (it has no database
+    row): each customer may get it once in the run (MAINTENANCE_NOTICE_WINDOW is longer)."""
+    references = Counter(a.reference for a in accepted if a.reference is not None)
+    twice = [(ref, n) for ref, n in references.items() if n > 1]
+    notices = Counter(a.to for a in accepted if a.reference is None and maintenance_notice
+                      and a.text == maintenance_notice)
+    twice += [(f"maintenance notice to {to}", n) for to, n in notices.items() if n > 1]
+    unexplained = sum(1 for a in accepted if a.reference is None
+                      and not (maintenance_notice and a.text == maintenance_notice))
+    return twice + ([(None, unexplained)] if unexplained else [])
 
 
 def overdue_timers(settings) -> dict[str, list[str]]:

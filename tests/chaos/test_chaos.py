@@ -160,7 +160,7 @@ def test_chaos(start_baton, rt, graph_api, chaos_redis, database_url, settings_o
         lost, duplicated = checks.lost_and_duplicated(acked)
         wrong_order = checks.misordered()
         over, in_flight = checks.bot_over_human(accepted)
-        twice = checks.sent_twice(accepted)
+        twice = checks.sent_twice(accepted, maintenance_notice=rt.settings.MAINTENANCE_NOTICE)
         overdue = checks.overdue_timers({k: v for k, v in TIMERS.items()})
         counts = {"lost": sum(map(len, lost.values())), "duplicated": sum(map(len, duplicated.values())),
                   "misordered": len(wrong_order), "bot_over_human": len(over), "sent_twice": len(twice),

@@ -26,8 +26,8 @@ def customer_writes(app, n: int, wa_id: str = "15556660001") -> dict[str, tuple[
     return acked
 
 
-def sent(reference: str | None, at: float) -> Accepted:
-    return Accepted(at=at, phone_number_id="sandbox-1", to="15556660001", text="x", template=None,
+def sent(reference: str | None, at: float, to: str = "15556660001", text: str = "x") -> Accepted:
+    return Accepted(at=at, phone_number_id="sandbox-1", to=to, text=text, template=None,
                     reference=reference, wamid=f"wamid.{reference}{at}")
 
 
@@ -97,6 +97,14 @@ def test_sent_twice_counts_a_reference_accepted_twice_and_a_send_without_one(app
     now = time.time()
     assert checks.sent_twice([sent("m_a", now), sent("m_b", now), sent("m_a", now + 1), sent(None, now)]) == \
         [("m_a", 2), (None, 1)]
+
+
+def test_sent_twice_allows_one_maintenance_notice_per_customer_and_counts_a_second(app):
+    now, notice = time.time(), "We're doing some maintenance."
+    once = [sent(None, now, to="1555000001", text=notice), sent(None, now, to="1555000002", text=notice)]
+    assert checks.sent_twice(once, maintenance_notice=notice) == []
+    again = once + [sent(None, now + 5, to="1555000001", text=notice)]
+    assert checks.sent_twice(again, maintenance_notice=notice) == [("maintenance notice to 1555000001", 2)]
 
 
 def test_timers_not_fired_counts_a_deadline_long_past(app):
