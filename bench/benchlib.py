@@ -300,6 +300,22 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / _TICK
 
 
+def post_signed(conn, path: str, body: bytes, signature: str) -> int | str:
+    """POST one signed webhook on a kept-alive http.client connection: its status, or
+    "error: <kind>" (the connection is then closed; http.client reopens it next time)."""
+    import http.client
+
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature}
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException) as exc:
+        conn.close()
+        return f"error: {type(exc).__name__}"
+
+
 # -- payloads ----------------------------------------------------------------------
 
 def signed_webhook(wa_id: str, text: str, name: str, message_id: str, timestamp: int,

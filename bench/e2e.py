@@ -93,16 +93,8 @@ def open_loop(port: int, plan: list[dict], threads: int, lead: float = 1.0, max_
             if item is None:
                 conn.close()
                 return
-            headers = {"Content-Type": "application/json", "X-Hub-Signature-256": item["sig"]}
             t_post = time.time()
-            try:
-                conn.request("POST", WEBHOOK_PATH, body=item["body"], headers=headers)
-                response = conn.getresponse()
-                response.read()
-                status = response.status
-            except (OSError, http.client.HTTPException) as exc:
-                status = f"error: {type(exc).__name__}"
-                conn.close()
+            status = bl.post_signed(conn, WEBHOOK_PATH, item["body"], item["sig"])
             item["t_post"], item["t_ack"], item["status"] = t_post, time.time(), status
 
     pool: list[threading.Thread] = []

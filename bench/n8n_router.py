@@ -102,16 +102,8 @@ def closed_loop(port: int, path: str, plan: list[dict], connections: int) -> dic
                 item = jobs.get_nowait()
             except queue.Empty:
                 break
-            headers = {"Content-Type": "application/json", "X-Hub-Signature-256": item["sig"]}
             t0 = time.perf_counter()
-            try:
-                conn.request("POST", path, body=item["body"], headers=headers)
-                response = conn.getresponse()
-                response.read()
-                status = response.status
-            except (OSError, http.client.HTTPException) as exc:
-                status = f"error: {type(exc).__name__}"
-                conn.close()
+            status = bl.post_signed(conn, path, item["body"], item["sig"])
             mine.append(((time.perf_counter() - t0) * 1000, status))
         conn.close()
         with lock:
