@@ -27,6 +27,9 @@ def connections_to(database_url: str) -> int:
 
 def test_sixty_keep_alive_clients_share_a_pool_of_four_connections(start_baton, database_url):
     token = ApiToken.issue("root", "admin")[1]
+    # Connections already open before Baton starts (this test process's pool, which
+    # earlier tests in the session may have grown) are not the web worker's.
+    before = connections_to(database_url)
     baton = start_baton(web_workers=1, rq_workers=0, cron=False, DATABASE_POOL_SIZE="4", SENTIMENT_LANGUAGES="")
     start, peak, statuses = threading.Barrier(60), [0], []
     lock = threading.Lock()
@@ -48,5 +51,5 @@ def test_sixty_keep_alive_clients_share_a_pool_of_four_connections(start_baton, 
     for thread in threads:
         thread.join()
     assert statuses == [200] * 300, baton.logs()
-    # The web worker holds at most its pool of 4; this test process holds one or two of its own.
-    assert peak[0] <= 6, f"{peak[0]} connections to the database"
+    # The web worker holds at most its pool of 4 (one more of this process's may open meanwhile).
+    assert peak[0] - before <= 5, f"{peak[0]} connections to the database, {before} of them before Baton started"
