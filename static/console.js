@@ -497,6 +497,7 @@
     state.mediaNodes.clear();
     $("detail-error").textContent = "";
     $("template-error").textContent = "";
+    delete $("template-params").dataset.template;     // another customer: empty parameters
     renderTemplateParameters();
     renderDetail();
     renderHistory();
@@ -1039,7 +1040,15 @@
         { component: "button", kind: BUTTON_PARAMETER[button.type] || "text", index: String(button.index),
           subType: button.type });
     }
-    $("template-params").replaceChildren(...fields);
+    // A re-render of the same template (the list read again) keeps what the agent typed.
+    const box = $("template-params");
+    const key = t ? `${t.name}|${t.language}` : "";
+    if (box.dataset.template === key) {
+      const typed = new Map([...box.querySelectorAll(".template-param")].map((i) => [i.id, i.value]));
+      for (const input of fields.filter((f) => f.tagName === "INPUT")) input.value = typed.get(input.id) || "";
+    }
+    box.dataset.template = key;
+    box.replaceChildren(...fields);
   }
 
   /** The Cloud API components for the chosen template, from the filled inputs. */
