@@ -14,8 +14,9 @@ ensure_python_env requirements-dev.txt
 
 if [[ "${1:-}" == "--quick" ]]; then
   shift
-  say "quick run on SQLite: no real-process or browser stories"
-  BATON_TEST_DATABASE=sqlite exec .venv/bin/python -m pytest -q -m "not processes and not browser" "$@"
+  say "quick run on SQLite: no real-process or browser stories, on every core (pytest-xdist)"
+  BATON_TEST_DATABASE=sqlite exec .venv/bin/python -m pytest -q -m "not processes and not browser" \
+    -n "${BATON_TEST_WORKERS:-auto}" "$@"
 fi
 
 # PostgreSQL: use the one answering on 127.0.0.1:5432, start an installed

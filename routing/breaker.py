@@ -31,7 +31,7 @@ class CircuitBreaker:
     def __init__(self, failures: int, open_seconds: float, clock: Callable[[], float] = time.monotonic):
         self.threshold = failures
         self.open_seconds = open_seconds
-        self._clock = clock
+        self.clock = clock      # injectable: tests move time on without sleeping
         self._lock = threading.Lock()
         self._state = CLOSED
         self._failures = 0
@@ -42,7 +42,7 @@ class CircuitBreaker:
     def state(self) -> str:
         """closed, open, or half_open (open long enough that the next caller probes, or probing)."""
         with self._lock:
-            if self._state == OPEN and (self._probing or self._clock() >= self._opened_at + self.open_seconds):
+            if self._state == OPEN and (self._probing or self.clock() >= self._opened_at + self.open_seconds):
                 return HALF_OPEN
             return self._state
 
@@ -52,7 +52,7 @@ class CircuitBreaker:
         with self._lock:
             if self._state == CLOSED:
                 return PASS
-            if self._probing or self._clock() < self._opened_at + self.open_seconds:
+            if self._probing or self.clock() < self._opened_at + self.open_seconds:
                 return REJECT
             self._probing = True
             return PROBE
@@ -68,10 +68,10 @@ class CircuitBreaker:
         """The database could not be reached. Returns True when this opened the breaker."""
         with self._lock:
             if self._state == OPEN:
-                self._opened_at, self._probing = self._clock(), False
+                self._opened_at, self._probing = self.clock(), False
                 return False
             self._failures += 1
             if self._failures < self.threshold:
                 return False
-            self._state, self._opened_at, self._probing = OPEN, self._clock(), False
+            self._state, self._opened_at, self._probing = OPEN, self.clock(), False
             return True

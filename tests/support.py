@@ -294,6 +294,23 @@ def backdate(conversation_id: str, **seconds_ago) -> None:
         .where(Conversation.id == conversation_id).execute()
 
 
+def outbound_time_passes(app, seconds: float) -> None:
+    """Move the clock of the outbound lane on by `seconds` without sleeping: every
+    message's times (received, next attempt) and every delayed lane key fall due
+    that much earlier, as if the time had passed."""
+    from models import Message
+
+    rt = app.extensions["baton"]
+    step = timedelta(seconds=seconds)
+    for message in Message.select(Message.id, Message.received_at, Message.next_attempt_at):
+        Message.update(received_at=message.received_at - step,
+                       next_attempt_at=message.next_attempt_at and message.next_attempt_at - step) \
+            .where(Message.id == message.id).execute()
+    for lane in ("inbound", "outbound", "events"):
+        delayed = f"{rt.settings.REDIS_PREFIX}:lane:{lane}:delayed"
+        for key, due in rt.redis.zrange(delayed, 0, -1, withscores=True):
+            rt.redis.zadd(delayed, {key: due - seconds})
+
 # -- the outcome ------------------------------------------------------------------------------------
 
 def conversation_of(wa_id: str = CUSTOMER) -> Conversation:

@@ -20,15 +20,17 @@ from integrations.whatsapp.base import NOT_SENT, UNKNOWN, OutboundMessage, SendE
 from integrations.whatsapp.cloud_api import CloudApiAdapter
 from models import Message
 from tests.fixtures.samples import cloud_headers
-from tests.support import CUSTOMER, TEST_APP_SECRET, customer_says, settle, settle_until
+from tests.support import CUSTOMER, TEST_APP_SECRET, customer_says, outbound_time_passes, settle
 from tests.test_takeover_and_recovery import post, wasender_app, wasender_message  # noqa: F401  (fixture)
+
+RECONCILE = 30      # SEND_RECONCILE_SECONDS: never waited for; tests move the clock on (outbound_time_passes)
 
 
 @pytest.fixture
 def cloud_app(app_factory, graph_api):
     return app_factory(WHATSAPP_PROVIDER="cloud_api", WHATSAPP_ACCESS_TOKEN=graph_api.access_token,
                        WHATSAPP_API_BASE=graph_api.api_base, WHATSAPP_VERIFY_TOKEN="v",
-                       SEND_RECONCILE_SECONDS=0.5)
+                       SEND_RECONCILE_SECONDS=RECONCILE)
 
 
 def accepted(graph_api) -> list[dict]:
@@ -80,7 +82,7 @@ def test_a_lost_answer_is_reconciled_by_the_status_webhook_and_never_sent_twice(
     status_webhook(cloud_app, wamid, "delivered", reference=reply.id)
     reply = Message.get_by_id(reply.id)
     assert (reply.status, reply.provider_message_id, reply.next_attempt_at) == ("delivered", wamid, None)
-    time.sleep(0.6)                     # past SEND_RECONCILE_SECONDS: nothing is sent again
+    outbound_time_passes(cloud_app, RECONCILE + 1)          # past SEND_RECONCILE_SECONDS: nothing is sent again
     settle(cloud_app)
     assert len(accepted(graph_api)) == 1
     status_webhook(cloud_app, wamid, "read")          # its later statuses find it by the wamid
@@ -112,8 +114,11 @@ def test_without_a_status_the_message_is_sent_again_after_the_reconcile_time(clo
     settle(cloud_app)
     reply = Message.get(Message.direction == "out")
     assert reply.status == "unknown" and accepted(graph_api) == []
-    settle_until(cloud_app, lambda: Message.get_by_id(reply.id).status == "sent", timeout=5,
-                 what="the resend after SEND_RECONCILE_SECONDS")
+    settle(cloud_app)
+    assert Message.get_by_id(reply.id).status == "unknown" and accepted(graph_api) == []    # waits to be reconciled
+    outbound_time_passes(cloud_app, RECONCILE + 1)
+    settle(cloud_app)
+    assert Message.get_by_id(reply.id).status == "sent"                 # nothing named it: sent again
     [body] = accepted(graph_api)
     assert body["biz_opaque_callback_data"] == reply.id
     assert Message.get_by_id(reply.id).attempts == 2
@@ -232,7 +237,7 @@ def test_a_send_whose_outcome_was_never_written_waits_for_its_status_and_is_not_
     settle(cloud_app)
     assert len(graph_api.accepted) == 1
     status_webhook(cloud_app, first.wamid, "delivered", reference=reply.id)
-    time.sleep(0.6)                     # past SEND_RECONCILE_SECONDS: nothing is sent again
+    outbound_time_passes(cloud_app, RECONCILE + 1)          # past SEND_RECONCILE_SECONDS: nothing is sent again
     settle(cloud_app)
     assert len(graph_api.accepted) == 1
     reply = Message.get_by_id(reply.id)
@@ -248,12 +253,12 @@ def test_a_send_whose_outcome_was_never_written_goes_again_when_no_status_names_
     settle(cloud_app)
     reply = Message.get(Message.direction == "out")
     assert [a.reference for a in graph_api.accepted] == [reply.id]
-    time.sleep(0.6)                     # SEND_RECONCILE_SECONDS pass; REQUEUE_AFTER (1 s) later the
+    outbound_time_passes(cloud_app, RECONCILE + 1)  # SEND_RECONCILE_SECONDS pass; REQUEUE_AFTER (1 s) later the
     settle(cloud_app)                   # cron's sweep finds it (the pump that sent it never scheduled it)
     assert [a.reference for a in graph_api.accepted] == [reply.id]
 
-    def swept_and_sent():
-        timers.sweep()
-        return Message.get_by_id(reply.id).status == "sent"
-    settle_until(cloud_app, swept_and_sent, timeout=5, what="the send again after SEND_RECONCILE_SECONDS")
+    outbound_time_passes(cloud_app, cloud_app.extensions["baton"].settings.REQUEUE_AFTER)
+    timers.sweep()
+    settle(cloud_app)
+    assert Message.get_by_id(reply.id).status == "sent"
     assert [a.reference for a in graph_api.accepted] == [reply.id, reply.id]

@@ -279,6 +279,7 @@ def _admin_tokens(run_dir: Path) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.processes        # runs ./run.sh: real gunicorn, workers and cron
 @pytest.mark.timeout(300)
 def test_run_sh_writes_env_for_its_owner_and_an_admin_token_only_on_the_first_run_or_when_asked(run_sh_copy):
     first = run_sh_copy()

@@ -16,7 +16,7 @@ import requests
 
 from models import Conversation, Message
 from models.base import epoch_seconds, parse_time
-from tests.support import Team, bearer, customer_says, settle, text_webhook, waiting_customer
+from tests.support import Team, bearer, customer_says, settle, text_webhook, wait_until, waiting_customer
 from tests.test_migrations import busy_database, captured_sql, plan  # noqa: F401  (fixture)
 from tests.test_status_updates import Listener, statuses_arrive
 
@@ -92,7 +92,9 @@ def test_after_and_before_page_by_seq_and_still_take_a_time(app):
     team.add("ana")
     conv = waiting_customer(app, wa_id=DANA, timestamp=int(time.time()) - 60)
     assert team.act("ana", "claim", conv.id).status_code == 200
-    time.sleep(1.0)                                               # past the handoff notice's second
+    # Past the second of everything said so far (the handoff notice): wait for the clock, not a guess.
+    said = max(epoch_seconds(m.sent_at) for m in Message.select().where(Message.conversation == conv.id))
+    wait_until(lambda: time.time() >= int(said) + 1, timeout=3, interval=0.01, what="the next second")
     early_in_a_second()
     reply = team.act("ana", "messages", conv.id, {"text": "One moment."}).json["message"]
     second = int(epoch_seconds(parse_time(reply["sent_at"])))

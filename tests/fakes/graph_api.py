@@ -106,6 +106,7 @@ class FakeGraphApi(FakeServer):
         self._rng = random.Random(self.realism.seed)
         self._media = MediaStore()
         self.media_url_ttl = 300.0       # seconds a lookup's download URL works (Meta: five minutes)
+        self.clock_ahead = 0.0           # seconds its URL expiry check runs ahead: tests move time, never sleep
         self._templates: dict[str, tuple[list[dict], int]] = {}
         self._accepted: list[Accepted] = []
         self._windows: dict[str, deque] = defaultdict(deque)
@@ -343,7 +344,8 @@ class FakeGraphApi(FakeServer):
                                          "does not exist", "GraphMethodException")
         content, mime = media
         return jsonify({"messaging_product": "whatsapp",
-                        "url": f"{self.url}/lookaside/{media_id}/content?exp={time.time() + self.media_url_ttl}",
+                        "url": f"{self.url}/lookaside/{media_id}/content"
+                               f"?exp={time.time() + self.clock_ahead + self.media_url_ttl}",
                         "mime_type": mime,
                         "sha256": base64.b64encode(hashlib.sha256(content).digest()).decode(),
                         "file_size": len(content), "id": media_id})
@@ -351,7 +353,7 @@ class FakeGraphApi(FakeServer):
     def _media_download(self, media_id: str):
         if self.bearer_token() != self.access_token:
             return Response(b"", 401)  # the real lookaside host also refuses without the token
-        if float(request.args.get("exp") or 0) < time.time():
+        if float(request.args.get("exp") or 0) < time.time() + self.clock_ahead:
             return Response(b"", 404)  # an expired URL: look the media id up again
         return self._media.download(media_id)
 
