@@ -311,6 +311,7 @@ def outbound_time_passes(app, seconds: float) -> None:
         for key, due in rt.redis.zrange(delayed, 0, -1, withscores=True):
             rt.redis.zadd(delayed, {key: due - seconds})
 
+
 # -- the outcome ------------------------------------------------------------------------------------
 
 def conversation_of(wa_id: str = CUSTOMER) -> Conversation:
