@@ -324,13 +324,20 @@ WORKER_QUEUES = ("inbound", "outbound", "events", "media", "default")
               help="listen on this queue only (repeatable; default: all of them). E.g. a worker for "
                    "`--queue media` alone, and the others on the rest, keeps media downloads off the lanes' workers")
 def worker(burst, queue_names):
-    """Run an RQ worker on Baton's queues (no fork per job: SimpleWorker)."""
+    """Run WORKER_THREADS RQ workers on Baton's queues, as threads of this process
+    (no fork per job: SimpleWorker)."""
+    from config import ConfigError, validate_for_worker, worker_threads
     from jobs.context import set_runtime
     from jobs.worker import run_worker
 
     rt = _rt()
+    try:
+        validate_for_worker(rt.settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
     set_runtime(rt)
-    run_worker(rt, burst=burst, logging_level=_rq_log_level(rt.settings), queue_names=queue_names)
+    run_worker(rt, threads=worker_threads(rt.settings), burst=burst, logging_level=_rq_log_level(rt.settings),
+               queue_names=queue_names)
 
 
 def _rq_log_level(settings) -> str:

@@ -186,10 +186,15 @@ class Settings:
                                          "next message.")
     PUMP_BUDGET_SECONDS: float = setting(2.0, "How long one pump job keeps draining before handing over to a fresh "
                                               "job.")
-    PUMP_CONCURRENCY: int = setting(1, "Pump jobs running at once per lane; raise it when you run more RQ workers "
-                                       "than lanes.")
+    PUMP_CONCURRENCY: int = setting(1, "Pump jobs running at once per lane, across every worker process; each "
+                                       "takes one worker thread while it runs.")
     PUMP_LINGER: float = setting(0.1, "Seconds an idle pump waits for more work before its job ends, so steady "
                                       "traffic is served by few jobs.")
+    WORKER_THREADS: int = setting(0, "RQ workers one `flask baton worker` process runs, as threads, so that a "
+                                     "busy or lingering pump of one lane never holds up another lane's, a timer "
+                                     "or a media download; 0 means one per pump of each lane (3 x "
+                                     "PUMP_CONCURRENCY) plus two for timers and media. On PostgreSQL each thread "
+                                     "holds a connection of DATABASE_POOL_SIZE.")
     PUMP_LEASE: float = setting(30.0, "Seconds after which the slot of a pump that stopped renewing it (worker "
                                       "killed) is free again.")
 
@@ -309,7 +314,7 @@ def _validate(s: Settings) -> None:
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive, got {getattr(s, name)}")
     for name in ("COOLDOWN_INTERACTIONS", "PENDING_NOTICE_INTERVAL", "IDLE_CLOSE_AFTER", "REQUEUE_AFTER",
-                 "PUMP_LINGER", "SEND_CONCURRENCY", "SEND_RECONCILE_SECONDS", "SEND_MAX_AGE",
+                 "PUMP_LINGER", "SEND_CONCURRENCY", "WORKER_THREADS", "SEND_RECONCILE_SECONDS", "SEND_MAX_AGE",
                  "MEDIA_RETENTION_DAYS", "RETENTION_DAYS_MESSAGES", "RETENTION_DAYS_EVENTS",
                  "RETENTION_DAYS_DELIVERIES", "RETENTION_DAYS_BOT_TURNS", "RETENTION_DAYS_OUTBOX",
                  "RETENTION_DAYS_UNSUPPORTED"):
@@ -374,9 +379,22 @@ def validate_for_web(s: Settings) -> None:
                           "/media/files links Baton serves (./run.sh writes a random one into .env)")
 
 
+def validate_for_worker(s: Settings) -> None:
+    """What `flask baton worker` needs beyond `_validate`: a PostgreSQL connection for each worker thread
+    (each keeps one from job to job)."""
+    if not s.DATABASE_URL.startswith("sqlite:") and worker_threads(s) > s.DATABASE_POOL_SIZE:
+        raise ConfigError(f"WORKER_THREADS: {worker_threads(s)} worker threads need as many PostgreSQL "
+                          f"connections, more than DATABASE_POOL_SIZE ({s.DATABASE_POOL_SIZE}) allows")
+
+
 def send_concurrency(s: Settings) -> int:
     """Provider calls in flight per outbound pump (SEND_CONCURRENCY, or from WHATSAPP_MPS)."""
     return s.SEND_CONCURRENCY or min(max(s.WHATSAPP_MPS // 2, 4), 512)
+
+
+def worker_threads(s: Settings) -> int:
+    """RQ worker threads per worker process (WORKER_THREADS, or one per lane's pump plus timers and media)."""
+    return s.WORKER_THREADS or 3 * s.PUMP_CONCURRENCY + 2
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}

@@ -62,4 +62,7 @@ cat <<BANNER
     .venv/bin/flask --app app baton outbox
 
 BANNER
+# Each worker process runs WORKER_THREADS RQ workers (threads: every lane's pump at once), so one
+# is enough for the lanes; a second one uses the second core and keeps the lanes going while
+# the other restarts.
 exec honcho start -f Procfile -c "worker=${BATON_WORKERS:-2}"

@@ -259,8 +259,8 @@ def server_desc(args) -> str:
 
 def add_server_args(parser) -> None:
     g = parser.add_argument_group("gunicorn (identical for the baseline and Baton)")
-    g.add_argument("--workers", type=int, default=4, help="gunicorn -w (default: 4)")
-    g.add_argument("--worker-class", default="sync", help="gunicorn -k (default: sync)")
+    g.add_argument("--workers", type=int, default=4, help="gunicorn -w (default: %(default)s)")
+    g.add_argument("--worker-class", default="sync", help="gunicorn -k (default: %(default)s)")
     g.add_argument("--threads", type=int, default=1,
                    help="gunicorn --threads (default: 1; > 1 makes gunicorn use gthread)")
 
@@ -475,7 +475,7 @@ def find_pyspy() -> str | None:
 
 
 def start_profiles(stack: Stack, targets: dict[str, int], seconds: int, out_dir: Path, tag: str,
-                   idle: bool = False) -> list[Path]:
+                   idle: bool = False, rate: int = 100) -> list[Path]:
     """`py-spy record` (collapsed stacks) on each pid for `seconds`; returns the output files."""
     pyspy = find_pyspy()
     if pyspy is None:
@@ -486,7 +486,7 @@ def start_profiles(stack: Stack, targets: dict[str, int], seconds: int, out_dir:
     for name, pid in targets.items():
         path = out_dir / f"{tag}-{name}-{pid}.collapsed"
         stack.spawn(f"py-spy-{name}", [pyspy, "record", "--pid", str(pid), "--duration", str(seconds),
-                                        "--rate", "100", "--nonblocking", "--full-filenames", "--format", "raw",
+                                        "--rate", str(rate), "--nonblocking", "--full-filenames", "--format", "raw",
                                         "--output", str(path), *(["--idle"] if idle else [])],
                     log_dir=str(out_dir))
         files.append(path)

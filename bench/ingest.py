@@ -12,8 +12,13 @@ spread of customers (most hit an existing conversation, a few create one), signe
 before the timed window. Load: --connections closed-loop connections for
 --duration s after a --warmup, --repeats times (median reported).
 
-    .venv/bin/python bench/ingest.py              # defaults: -w 4 -k sync, 8 connections, 3 x 10 s
+    .venv/bin/python bench/ingest.py              # defaults: -w 2 -k gevent, 8 connections, 3 x 10 s
     .venv/bin/python bench/ingest.py --help
+
+Both servers run on production's web settings by default: gunicorn.conf.py's worker class
+(gevent) and worker count (WEB_CONCURRENCY=2), gunicorn's default 1,000 connections per gevent
+worker (as gunicorn.conf.py), keep-alive 5 s. `--workers 4 --worker-class sync` gives the older
+figures.
 
 Goal: baton_rps / hello_rps >= 0.5 and Baton p99 < 25 ms at 8 connections.
 """
@@ -33,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -320,9 +326,38 @@ def measure(stack, args, wrk, port, bodies, duration, tmp, label, server_proc, e
     return r
 
 
-def count_inbound(db_path: str) -> int:
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30) as conn:
+def count_inbound(db: str) -> int:
+    """Inbound message rows in the bench's database (a SQLite path or a PostgreSQL URL)."""
+    if db.startswith("postgresql://"):
+        import psycopg2
+
+        with psycopg2.connect(db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM message WHERE direction = 'in'")
+            return cur.fetchone()[0]
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
         return conn.execute("SELECT COUNT(*) FROM message WHERE direction = 'in'").fetchone()[0]
+
+
+@contextmanager
+def postgres_database(admin_url: str | None):
+    """A fresh PostgreSQL database for one run (dropped afterwards); None: SQLite."""
+    if not admin_url:
+        yield None
+        return
+    import psycopg2
+
+    name = f"baton_bench_ingest_{os.getpid()}"
+    admin = psycopg2.connect(admin_url)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
 
 
 class Hello:
@@ -344,17 +379,19 @@ class Hello:
 class Baton:
     """Baton's web tier on a private Redis and a fresh SQLite database; no RQ worker."""
 
-    def __init__(self, stack, args, wrk, tmp):
+    def __init__(self, stack, args, wrk, tmp, database_url: str | None = None):
         self.stack, self.args, self.wrk, self.tmp = stack, args, wrk, tmp
         self.redis_url = bl.start_redis(stack)
         self.redis_proc = stack.procs[-1][1]
         port = bl.free_port()
         env = bl.baton_env(tmp, self.redis_url, port)
+        if database_url:
+            env["DATABASE_URL"] = database_url
         if args.log_level:
             env["LOG_LEVEL"] = args.log_level
         bl.init_db(env, tmp)
         self.proc, self.port = bl.start_gunicorn(stack, "baton-web", "wsgi:app", bl.ROOT, args, env, tmp, port=port)
-        self.db = f"{tmp}/baton.db"
+        self.db = database_url or f"{tmp}/baton.db"
         self.threads = args.wrk_threads if wrk else 1
         self.payloads = Payloads(args.customers, args.new_share, seed=2)
         print(f"Baton: wsgi:app on :{self.port}, redis {self.redis_url}, db {self.db}", flush=True)
@@ -401,6 +438,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per server; the median counts (default: 3)")
     ap.add_argument("--connections", type=int, default=8, help="concurrent connections (default: 8)")
     bl.add_server_args(ap)
+    # What production's web runs (gunicorn.conf.py: gevent, WEB_CONCURRENCY=2), for both servers.
+    ap.set_defaults(workers=2, worker_class="gevent")
     ap.add_argument("--customers", type=int, default=1000, help="distinct returning customers (default: 1000)")
     ap.add_argument("--new-share", type=float, default=0.02,
                     help="share of requests from a brand-new customer (default: 0.02)")
@@ -410,6 +449,9 @@ def main(argv=None) -> int:
     ap.add_argument("--wrk-threads", type=int, default=2, help="wrk -t (default: 2)")
     ap.add_argument("--bodies-factor", type=float, default=1.5,
                     help="unique bodies per run = factor x baseline req/s x duration (default: 1.5)")
+    ap.add_argument("--postgres", nargs="?", const="postgresql://postgres@127.0.0.1:5432/postgres", default=None,
+                    metavar="ADMIN_URL", help="run Baton on a fresh PostgreSQL database created (and dropped) "
+                    "through ADMIN_URL (default: postgresql://postgres@127.0.0.1:5432/postgres) instead of SQLite")
     ap.add_argument("--log-level", default=None, help="Baton LOG_LEVEL (default: Baton's own)")
     ap.add_argument("--ratio-goal", type=float, default=0.5)
     ap.add_argument("--p99-goal-ms", type=float, default=25.0)
@@ -427,11 +469,12 @@ def main(argv=None) -> int:
     quiet = bl.wait_quiet(args.wait_quiet)
     generator = "wrk+lua" if wrk else "python"
     print(f"ingest benchmark: {bl.server_desc(args)}, {args.connections} connections, "
-          f"{args.repeats} x {args.duration} s (+{args.warmup} s warm-up), generator {generator}", flush=True)
-    with bl.Stack(keep_tmp=args.keep_tmp) as stack:
+          f"{args.repeats} x {args.duration} s (+{args.warmup} s warm-up), generator {generator}, "
+          f"{'PostgreSQL' if args.postgres else 'SQLite'}", flush=True)
+    with postgres_database(args.postgres) as database_url, bl.Stack(keep_tmp=args.keep_tmp) as stack:
         tmp = stack.tempdir("baton-bench-ingest-")
         hello_srv = Hello(stack, args, wrk, tmp)
-        baton_srv = Baton(stack, args, wrk, tmp)
+        baton_srv = Baton(stack, args, wrk, tmp, database_url)
         print(f"warm-up {args.warmup} s each; then {args.repeats} pairs of timed runs (baseline, Baton)", flush=True)
         ref = hello_srv.run(args.warmup, "hello-warmup")["rps"]
         baton_srv.warmup(args.warmup, ref)

@@ -54,7 +54,8 @@ ASK_FOR_A_HUMAN = "I want to talk to a human"
 
 def start_fake(stack, args, mps: int, tmp: str):
     port = bl.free_port()
-    proc = stack.spawn("fake-graph-api", [sys.executable, "-m", "tests.fakes.graph_api", "--port", str(port),
+    program = ["-m", "tests.fakes.graph_api"] if args.fake == "suite" else [str(bl.ROOT / "bench" / "lean_graph.py")]
+    proc = stack.spawn("fake-graph-api", [sys.executable, *program, "--port", str(port),
                                           "--token", TOKEN, "--latency", str(args.latency), str(args.latency),
                                           "--mps", str(mps)], env=bl.server_env(), log_dir=tmp)
     bl.wait_http(f"http://127.0.0.1:{port}/_fake/stats", proc)
@@ -67,14 +68,19 @@ def start_baton(stack, args, mps: int, fake: str, tmp: str) -> dict:
     env = bl.baton_env(tmp, redis_url, port, WHATSAPP_PROVIDER="cloud_api", WHATSAPP_ACCESS_TOKEN=TOKEN,
                        WHATSAPP_API_BASE=f"{fake}/v23.0", WHATSAPP_MPS=mps, SENTIMENT_LANGUAGES="",
                        OFFER_TIMEOUT=3600, PENDING_TIMEOUT=7200, AGENT_HEARTBEAT_TTL=3600,
-                       AGENT_RESPONSE_TIMEOUT=7200, LOG_LEVEL="WARNING")
+                       AGENT_RESPONSE_TIMEOUT=7200, LOG_LEVEL="WARNING",
+                       # the workers are frozen while the texts are queued (a minute on a busy machine):
+                       # a pump's lease or a conversation's lock must not lapse meanwhile, or the pump
+                       # frozen mid-send and the one started in its place both send for it
+                       PUMP_LEASE=900, LOCK_TTL=900,
+                       **dict(item.split("=", 1) for item in args.env))
     bl.init_db(env, tmp)
     web, port = bl.start_gunicorn(stack, "baton-web", "wsgi:app", bl.ROOT, args, env, tmp, port=port)
     flask = bl.tool("flask")
     workers = [stack.spawn(f"rq-worker-{n}", [flask, "--app", "app", "baton", "worker"], env=env, log_dir=tmp)
                for n in range(args.rq_workers)]
     cron = stack.spawn("cron", [flask, "--app", "app", "baton", "cron"], env=env, log_dir=tmp)
-    return {"url": f"http://127.0.0.1:{port}", "env": env, "db": f"{tmp}/baton.db", "workers": workers,
+    return {"stack": stack, "url": f"http://127.0.0.1:{port}", "env": env, "db": f"{tmp}/baton.db", "workers": workers,
             "procs": {"web": web, **{f"rq{n}": w for n, w in enumerate(workers)}, "cron": cron}}
 
 
@@ -178,6 +184,10 @@ def throughput(baton: dict, fake: str, token: str, conversations: dict[str, str]
     def texts():
         return [a for a in fake_get(fake, "accepted") if (a["text"] or "").startswith("#")]
     procs = {**baton["procs"], "fake": fake_proc}
+    if args.profile:
+        bl.start_profiles(baton["stack"], {n: p.pid for n, p in baton["procs"].items() if n.startswith("rq")},
+                          args.profile, bl.ROOT / "bench" / "results" / "profiles", f"outbound-{mps}",
+                          rate=20)      # hundreds of sending threads: py-spy falls behind at 100 Hz
     cpu0 = {name: bl.cpu_seconds(bl.tree(p.pid)) for name, p in procs.items()}
     wall0, busy0 = time.monotonic(), bl.system_busy_seconds()
     got = wait_for("every text to reach the fake", lambda: (t := texts()) and len(t) >= expected and t,
@@ -193,15 +203,17 @@ def throughput(baton: dict, fake: str, token: str, conversations: dict[str, str]
     steady = [t for t in times if start < t <= end]
     rate = len(steady) / (end - start) if end > start else None
     stats = fake_get(fake, "stats")
+    twice = len(got) - len({(a["to"], a["text"]) for a in got})
     unsent = query(baton["db"], "SELECT status, COUNT(*) FROM message WHERE direction = 'out' GROUP BY status")
     return {"texts": expected, "accepted": len(got), "queue_api_rate": expected / queued_in,
             "steady_rate": rate, "steady_seconds": end - start, "ratio": rate / mps if rate else None,
             "overall_rate": (len(times) - 1) / (times[-1] - times[0]), "sending_seconds": times[-1] - times[0],
-            "violations": stats["violations"], "refused": stats["refused"], "statuses": dict(unsent),
+            "violations": stats["violations"], "refused": stats["refused"], "sent_twice": twice,
+            "statuses": dict(unsent),
             "cpu_pct_while_sending": cpu}
 
 
-def ceiling(fake: str, mps: int, args, seconds: float = 8.0) -> dict:
+def ceiling(fake: str, fake_proc, mps: int, args, seconds: float = 8.0) -> dict:
     """The machine's own ceiling, measured against the same fake right after Baton:
     the least a sender can do — one process, a thread per send in flight, a kept-alive
     session each, the same JSON body, paced at WHATSAPP_MPS, no database, no Redis.
@@ -226,12 +238,18 @@ def ceiling(fake: str, mps: int, args, seconds: float = 8.0) -> dict:
         with lock:
             results.append((time.monotonic(), response.status_code))
 
+    cpu0 = {"fake": bl.cpu_seconds(bl.tree(fake_proc.pid)), "bare sender": bl.cpu_seconds([os.getpid()])}
+    wall0, busy0 = time.monotonic(), bl.system_busy_seconds()
     with ThreadPoolExecutor(in_flight) as pool:
         list(pool.map(send, range(total)))
+    wall = time.monotonic() - wall0
+    cpu = {"fake": bl.cpu_seconds(bl.tree(fake_proc.pid)), "bare sender": bl.cpu_seconds([os.getpid()])}
+    cpu = {name: round(100 * (cpu[name] - cpu0[name]) / wall) for name in cpu}
+    cpu["machine"] = round(100 * (bl.system_busy_seconds() - busy0) / wall)
     ok = sorted(at for at, status in results if status == 200)
     rate = (len(ok) - 1) / (ok[-1] - ok[0]) if len(ok) > 1 else None
     return {"sent": total, "accepted": len(ok), "rate": rate, "threads": in_flight,
-            "ratio": rate / mps if rate else None}
+            "ratio": rate / mps if rate else None, "cpu_pct": cpu}
 
 
 def run(args, mps: int) -> dict:
@@ -248,7 +266,7 @@ def run(args, mps: int) -> dict:
         for proc in baton["procs"].values():
             proc.send_signal(signal.SIGSTOP)            # the ceiling runs alone
         print("  measuring the machine's ceiling: a bare sender against the same fake", flush=True)
-        result["ceiling"] = ceiling(fake, mps, args)
+        result["ceiling"] = ceiling(fake, fake_proc, mps, args)
         for proc in baton["procs"].values():
             proc.send_signal(signal.SIGCONT)
         result.update({"mps": mps, "customers": len(conversations),
@@ -267,6 +285,12 @@ def main(argv=None) -> int:
     ap.add_argument("--probes", type=int, default=20, help="single messages timed at idle (default: 20)")
     ap.add_argument("--rq-workers", type=int, default=2, help="`flask baton worker` processes (default: 2)")
     bl.add_server_args(ap)
+    ap.add_argument("--fake", choices=("lean", "suite"), default="lean",
+                    help="lean: bench/lean_graph.py (asyncio, cheap); suite: tests/fakes/graph_api.py (Flask)")
+    ap.add_argument("--profile", type=int, default=0, metavar="SECONDS",
+                    help="py-spy the RQ workers this long while sending (bench/results/profiles/)")
+    ap.add_argument("--env", action="append", default=[], metavar="SETTING=VALUE",
+                    help="a Baton setting for this run (repeatable), e.g. --env SEND_CONCURRENCY=300")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dirs (databases, logs)")
     ap.set_defaults(workers=2, threads=4, worker_class="gthread")
     args = ap.parse_args(argv)
@@ -290,9 +314,11 @@ def main(argv=None) -> int:
     for r in results:
         goal = r["ratio"] is not None and r["ratio"] >= 0.95
         print(f"WHATSAPP_MPS={r['mps']}: ratio {bl.fmt(r['ratio'], 3)} (goal >= 0.95): {'MET' if goal else 'MISSED'}; "
-              f"sent {r['accepted']}/{r['texts']} in {r['sending_seconds']:.1f} s; refused {r['refused']}; "
+              f"sent {r['accepted']}/{r['texts']} in {r['sending_seconds']:.1f} s ({r['sent_twice']} twice); "
+              f"refused {r['refused']}; "
               f"Baton statuses {r['statuses']}")
         print(f"  CPU while sending (% of one core): {r['cpu_pct_while_sending']}")
+        print(f"  CPU of the bare sender's run (% of one core): {r['ceiling']['cpu_pct']}")
     path = bl.write_result("outbound", {"benchmark": "outbound", "machine": bl.machine_info(), "config": vars(args),
                                         "results": results})
     print(f"\nresult written to {path.relative_to(bl.ROOT)}")

@@ -16,6 +16,7 @@ from models.message import UNSENT, is_unsent
 from routing import counters
 from routing.bot_breaker import STATES as BOT_BREAKER_STATES
 from routing.breaker import STATES as BREAKER_STATES
+from routing.group_commit import group_commit
 from routing.counters import COUNTERS
 from routing.lanes import LANES
 
@@ -213,6 +214,11 @@ def metrics():
     current = rt.breaker.state
     for state in BREAKER_STATES:
         breaker.labels(state).set(state == current)
+    writer = group_commit()
+    Counter("baton_webhook_commits", "This process's group commits of webhooks (routing.group_commit)",
+            registry=registry).inc(writer.batches)
+    Counter("baton_webhooks_committed", "Webhooks this process's group commits recorded (more than "
+            "baton_webhook_commits_total when webhooks shared commits)", registry=registry).inc(writer.committed)
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
 
 

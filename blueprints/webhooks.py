@@ -1,4 +1,4 @@
-"""POST /webhooks/<provider>: verify → parse → record in one transaction →
+"""POST /webhooks/<provider>: verify → parse → record (in the next group commit) →
 hand the new messages to the inbound lane → answer. No routing happens here.
 
 Fail open (invariant 9): when the database cannot record a verified webhook (or
@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, request
 from integrations.whatsapp.base import ParsedWebhook, WebhookRejected
 from models.base import connection_lost, discard_connection, ensure_connection
 from routing.breaker import PASS, PROBE, REJECT
+from routing.group_commit import group_commit
 from routing.ingest import IngestCache, record_webhook
 from routing.spool import unavailable
 
@@ -111,8 +112,11 @@ def _receive(path_provider: str):
             return _spooled(rt, parsed, database_down=False)
         # The spool cannot take it (Redis just went away) but the database can: record it now.
     cache = rt.caches.setdefault("ingest", IngestCache())
+    grace = rt.settings.REQUEUE_AFTER
     try:
-        result = record_webhook(adapter.name, parsed, cache, media_grace=rt.settings.REQUEUE_AFTER)
+        # Committed with the webhooks that arrive meanwhile (routing.group_commit): one
+        # commit for many, and this request returns only once its own rows are on disk.
+        result = group_commit().run(lambda: record_webhook(adapter.name, parsed, cache, media_grace=grace))
     except Exception as exc:
         if not unavailable(exc):
             raise

@@ -1,11 +1,15 @@
-"""The worker-side Runtime, built once per worker process from the environment."""
+"""The worker-side Runtime, built once per worker process from the environment
+and shared by its worker threads, and whether the process is stopping."""
 from __future__ import annotations
 
 import logging
+import threading
 
 from rq import get_current_job
 
 _runtime = None
+_build_lock = threading.Lock()
+_stopping = threading.Event()
 
 
 def runtime(connect: bool = True):
@@ -13,10 +17,12 @@ def runtime(connect: bool = True):
     is checked (and replaced when the database dropped it) first."""
     global _runtime
     if _runtime is None:
-        from config import load_settings
-        from runtime import Runtime
+        with _build_lock:            # worker threads share one Runtime
+            if _runtime is None:
+                from config import load_settings
+                from runtime import Runtime
 
-        _runtime = Runtime.build(load_settings())
+                _runtime = Runtime.build(load_settings())
     if not connect:
         return _runtime
     from models.base import ensure_connection
@@ -31,6 +37,21 @@ def set_runtime(rt) -> None:
     """Tests and in-process workers share the app's runtime."""
     global _runtime
     _runtime = rt
+
+
+def stopping() -> bool:
+    """Has this worker process been asked to stop (SIGTERM/SIGINT)? A pump then
+    hands its lane over to a fresh job at once instead of draining on."""
+    return _stopping.is_set()
+
+
+def request_stop() -> None:
+    _stopping.set()
+
+
+def wait_for_stop(seconds: float) -> bool:
+    """Sleep up to `seconds`, less when the process is asked to stop meanwhile."""
+    return _stopping.wait(seconds)
 
 
 class _JobIdAdapter(logging.LoggerAdapter):

@@ -5,16 +5,17 @@ import time
 from contextlib import suppress
 
 from models.base import connection_lost, discard_connection
+from routing.drain import GROUP
 from routing.lanes import PumpClaim
 from routing.redis_wait import unreachable, wait_for_redis
 
-from .context import job_logger, runtime
+from .context import job_logger, runtime, stopping
 from .deliver import deliver_event
 from .drain import drain
 from .send import pump_outbound
 
 log = job_logger(__name__)
-HANDLERS = {"inbound": drain, "events": deliver_event}
+DRAIN_GROUP = GROUP        # conversations one round of routing commits together
 RETRY_FAILED_KEY_AFTER = 5.0
 RETRY_LOST_DATABASE_AFTER = 1.0
 UPKEEP_SECONDS = 0.25
@@ -49,49 +50,75 @@ def pump(lane: str, token: str) -> int:
 
 def _pump(rt, claim: PumpClaim) -> int:
     lane = claim.lane
-    handler = HANDLERS[lane]
     started = time.monotonic()
     deadline = started + rt.settings.PUMP_BUDGET_SECONDS
     upkeep_due = started       # promote due retries and renew the lease now and then, not per key
     done = 0
     log.debug("pump %s started", lane)
     while True:
+        if stopping():
+            # The worker process is stopping: a fresh job (another worker's, or this
+            # one's after its restart) carries on where this one leaves off.
+            if rt.lanes.finish(claim):
+                rt.start_pump(claim)
+            log.debug("pump %s handed over after %d keys: the worker is stopping", lane, done)
+            return done
         if time.monotonic() >= upkeep_due:
             rt.lanes.promote_due(lane)
             rt.lanes.renew(claim)
             upkeep_due = time.monotonic() + UPKEEP_SECONDS
-        key = rt.lanes.pop(lane, wait=rt.settings.PUMP_LINGER)
+        key = rt.lanes.pop(lane, wait=rt.settings.PUMP_LINGER, give_up=stopping)
         if key is None:
             if rt.lanes.finish(claim):
                 continue
             log.debug("pump %s finished after %d keys", lane, done)
             return done
-        try:
-            handler(key)
-        except Exception as exc:
-            # The key comes back (nothing is lost); a lost database connection is
-            # dropped so the next job opens a fresh one, and retried sooner: it
-            # is the database coming back that is awaited, not a bug being fixed.
-            if unreachable(exc):
-                # Redis went away: once it is back the key goes back at once, and
-                # the caller gives the slot back.
-                if wait_for_redis(rt.redis, rt.settings.PUMP_LEASE):
-                    rt.lanes.schedule_at(lane, key, time.time())
-                raise
-            lost = connection_lost(exc)
-            retry_after = RETRY_LOST_DATABASE_AFTER if lost else RETRY_FAILED_KEY_AFTER
-            if lost:
-                discard_connection()
-                log.warning("pump %s: %s failed, the database is unreachable (%s); retrying it in %.0f s",
-                            lane, key, exc, retry_after)
-            else:
-                log.exception("pump %s: %s failed; retrying it in %.0f s", lane, key, retry_after)
-            rt.lanes.schedule_at(lane, key, time.time() + retry_after)
-            if rt.lanes.finish(claim):
-                rt.start_pump(claim)
-            raise
-        done += 1
+        # The inbound lane routes several conversations together (group commit,
+        # routing.drain); the events lane delivers one delivery at a time.
+        keys = [key] + rt.lanes.pop_many(lane, DRAIN_GROUP - 1) if lane == "inbound" else [key]
+        failures = _work(lane, keys)
+        if failures:
+            _put_back(rt, claim, failures)
+            raise next(iter(failures.values()))
+        done += len(keys)
         if time.monotonic() > deadline:
             if rt.lanes.finish(claim):
                 rt.start_pump(claim)
             return done
+
+
+def _work(lane: str, keys: list[str]) -> dict[str, Exception]:
+    """Run the lane's handler on `keys`; returns what failed, by key."""
+    try:
+        if lane == "inbound":
+            return drain(keys)
+        deliver_event(keys[0])
+        return {}
+    except Exception as exc:            # nothing tells which key it was: every one goes back
+        return {key: exc for key in keys}
+
+
+def _put_back(rt, claim: PumpClaim, failures: dict[str, Exception]) -> None:
+    """The failed keys come back (nothing is lost): a lost database connection
+    is dropped so the next job opens a fresh one, and retried sooner (it is the
+    database coming back that is awaited, not a bug being fixed); Redis gone
+    away is waited for, then the keys go back at once and the caller gives the
+    slot back."""
+    lane = claim.lane
+    if any(unreachable(exc) for exc in failures.values()):
+        if wait_for_redis(rt.redis, rt.settings.PUMP_LEASE):
+            for key in failures:
+                rt.lanes.schedule_at(lane, key, time.time())
+        return
+    for key, exc in failures.items():
+        lost = connection_lost(exc)
+        retry_after = RETRY_LOST_DATABASE_AFTER if lost else RETRY_FAILED_KEY_AFTER
+        if lost:
+            discard_connection()
+            log.warning("pump %s: %s failed, the database is unreachable (%s); retrying it in %.0f s",
+                        lane, key, exc, retry_after)
+        else:
+            log.error("pump %s: %s failed; retrying it in %.0f s", lane, key, retry_after, exc_info=exc)
+        rt.lanes.schedule_at(lane, key, time.time() + retry_after)
+    if rt.lanes.finish(claim):
+        rt.start_pump(claim)

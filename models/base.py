@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import threading
 import time
 from calendar import timegm
@@ -243,7 +244,7 @@ class _SqliteWriteGate:
                 if self._pid != os.getpid():      # a forked child needs its own descriptor
                     self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
                     self._pid = os.getpid()
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                _lock_exclusive(self._fd)
             self._depth += 1
             try:
                 yield
@@ -251,6 +252,34 @@ class _SqliteWriteGate:
                 self._depth -= 1
                 if self._depth == 0:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def _lock_exclusive(fd: int) -> None:
+    """flock(LOCK_EX) on `fd`. Under gevent a blocking flock would freeze the
+    whole process (every request of a web worker) while another process
+    writes, so there the wait happens in gevent's pool of real threads and the
+    hub goes on serving; other processes simply block (the thread lock above
+    has queued this process's own writers already)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)         # free: the usual case, no hand-off
+        return
+    except BlockingIOError:
+        pass
+    if _cooperative():
+        import gevent
+
+        gevent.get_hub().threadpool.apply(fcntl.flock, (fd, fcntl.LOCK_EX))
+    else:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _cooperative() -> bool:
+    """Is this process gevent's (monkey-patched), as gunicorn's gevent workers are, and
+    this the hub's thread (the process's main one)? A native thread of its own (the
+    webhooks' group-commit writer, routing.group_commit) simply blocks."""
+    monkey = sys.modules.get("gevent.monkey")
+    return (monkey is not None and monkey.is_module_patched("socket")
+            and threading.get_native_id() == threading.main_thread().native_id)
 
 
 @contextmanager

@@ -24,7 +24,8 @@ from datetime import datetime
 from typing import Callable, TypeVar
 
 from config import Settings
-from models import BOT_CONTROLLED, Agent, CallbackRequest, Channel, Contact, Conversation, Event, Message, new_id, utcnow
+from models import (BOT_CONTROLLED, Agent, CallbackRequest, Channel, Contact, Conversation, Event, Message, db, new_id,
+                    utcnow, write_transaction)
 from models.base import epoch_seconds
 from models.prepared import PreparedSelect
 
@@ -227,6 +228,72 @@ class Changes:
             return result
         raise ContendedConversation(conversation_id, MAX_ATTEMPTS)
 
+    def run_group(self, items: list[tuple[str, Callable[[Change], T]]]) -> list:
+        """Run several plans, each for a different conversation, and commit
+        them together (`_commit_together`): one write transaction
+        for the group, a compare-and-set and a savepoint for each. A plan that
+        conflicts is planned again alone (`run`). Returns, item by item, the
+        plan's result or the exception it ended with (a refusal, NotFound, ...):
+        one item failing never undoes another."""
+        outcomes: list = [None] * len(items)
+        staged: list[tuple[int, Change]] = []
+        for index, (conversation_id, plan) in enumerate(items):
+            conv = load_conversation(conversation_id)
+            if conv is None:
+                outcomes[index] = NotFound("conversation")
+                continue
+            change = Change(self.settings, conv)
+            try:
+                outcomes[index] = plan(change)
+            except Exception as exc:
+                change.rolled_back()
+                outcomes[index] = exc
+                continue
+            staged.append((index, change))
+        try:
+            committed = _commit_together([change.effects for _, change in staged])
+        except Exception:
+            # The group's transaction failed as a whole (the database went away,
+            # a statement broke): nothing of it was written. Each plan goes
+            # again alone, so a failure lands on the item it belongs to.
+            for _, change in staged:
+                change.rolled_back()
+            committed = [False] * len(staged)
+        for (index, change), done in zip(staged, committed):
+            if done:
+                self.dispatch(change.effects)
+                continue
+            change.rolled_back()
+            conversation_id, plan = items[index]
+            try:
+                outcomes[index] = self.run(conversation_id, plan)
+            except Exception as exc:
+                outcomes[index] = exc
+        return outcomes
+
     def dispatch(self, effects: Effects) -> None:
         if self._dispatch is not None:
             self._dispatch(effects)
+
+
+def _commit_together(group: list[Effects]) -> list[bool]:
+    """Group commit: the statements of several changes (of different
+    conversations) in ONE write transaction, so they share its commit (one
+    fsync on SQLite instead of one each). Each change runs in a savepoint of its
+    own: a compare-and-set that finds its conversation moved undoes that change
+    alone (False in the answer), the others commit. Any other error rolls the
+    whole transaction back and is raised."""
+    committed = []
+    with write_transaction():
+        for effects in group:
+            if not effects.writes:
+                committed.append(True)
+                continue
+            try:
+                with db.atomic():               # a savepoint inside the transaction
+                    effects.execute()
+            except VersionConflict:
+                committed.append(False)
+            else:
+                committed.append(True)
+    return committed

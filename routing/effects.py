@@ -86,12 +86,16 @@ class Effects:
         if not self.writes:
             return
         with write_transaction():
-            for sql, params, must_change_one, then in self.writes:
-                cursor = db.execute_sql(sql, params)
-                if then is not None:
-                    then(cursor)
-                elif cursor.rowcount != 1 and must_change_one:
-                    raise VersionConflict(sql)
+            self.execute()
+
+    def execute(self) -> None:
+        """Run the prepared statements in the caller's transaction."""
+        for sql, params, must_change_one, then in self.writes:
+            cursor = db.execute_sql(sql, params)
+            if then is not None:
+                then(cursor)
+            elif cursor.rowcount != 1 and must_change_one:
+                raise VersionConflict(sql)
 
 
 def queue_outbound(conv: Conversation, effects: Effects, *, sender: str, text: str | None = None,

@@ -2,25 +2,26 @@
 through the conversation's one change path (`routing.change`)."""
 from __future__ import annotations
 
+from typing import Callable
+
 from models import Agent, Message, utcnow
 from models.prepared import PreparedSelect
 
 from .bot_turns import issue_bot_turn
-from .change import Change, Changes, view_of
+from .change import Change, view_of
 from .decide import Decision, InboundView, Policy, decide, needs_sentiment
-from .errors import NotFound
 from .notices import say_notice
 
 _MESSAGE = PreparedSelect(lambda message_id: Message.select().where(Message.id == message_id))
 
 
-def route_message(changes: Changes, policy: Policy, conversation_id: str, message_id: str) -> str | None:
-    """Route one recorded inbound message exactly once (a routed message is
-    skipped); returns where it went, or None when it had been routed already."""
-    try:
-        return changes.run(conversation_id, lambda change: _route(change, policy, message_id))
-    except NotFound:      # merged into another conversation (routing.identity): routed there
-        return None
+def routing_plan(policy: Policy, message_id: str) -> Callable[[Change], str | None]:
+    """The plan that routes one recorded inbound message exactly once (a routed
+    message is skipped): for `Changes.run` and `Changes.run_group`. Its result
+    is where the message went, or None when it had been routed already; a
+    conversation merged into another (routing.identity) raises NotFound: the
+    message was routed there."""
+    return lambda change: _route(change, policy, message_id)
 
 
 def _route(change: Change, policy: Policy, message_id: str) -> str | None:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Callable
 
 from redis import Redis
 
 LANES = ("inbound", "outbound", "events")
+POP_SLICE_SECONDS = 1.0
 
 # KEYS: ready, queued, pumps; ARGV: key, now, lease, max_pumps, token
 _SCHEDULE = """
@@ -65,6 +67,13 @@ _POP = """
 local key = redis.call('LPOP', KEYS[1])
 if key then redis.call('SREM', KEYS[2], key) end
 return key
+"""
+
+# KEYS: ready, queued; ARGV: count -> up to `count` keys
+_POP_MANY = """
+local keys = redis.call('LPOP', KEYS[1], tonumber(ARGV[1]))
+if keys then redis.call('SREM', KEYS[2], unpack(keys)) return keys end
+return {}
 """
 
 # KEYS: pumps, ready; ARGV: token, now, lease, max_pumps -> 1 when the caller keeps/gets a slot
@@ -112,6 +121,7 @@ class Lanes:
         self._schedule_inbound_many = redis.register_script(_SCHEDULE_INBOUND_MANY)
         self._promote = redis.register_script(_PROMOTE)
         self._pop = redis.register_script(_POP)
+        self._pop_many = redis.register_script(_POP_MANY)
         self._hand_over = redis.register_script(_HAND_OVER)
         self._open_inbox = redis.register_script(_OPEN_INBOX)
         self._close_inbox = redis.register_script(_CLOSE_INBOX)
@@ -161,19 +171,31 @@ class Lanes:
         return PumpClaim(lane, token) if got else None
 
     # -- pumping -------------------------------------------------------------
-    def pop(self, lane: str, wait: float = 0.0) -> str | None:
-        """The next ready key, waiting up to `wait` seconds for one to arrive."""
-        if wait <= 0:
-            key = self._pop(keys=[self._k(lane, "ready"), self._k(lane, "queued")])
-        else:
-            popped = self.redis.blpop([self._k(lane, "ready")], timeout=wait)
-            key = popped[1] if popped else None
-            if key is not None:
-                # Between BLPOP and SREM a new message for this key finds it
-                # still listed and does not list it again: harmless, because
-                # the caller reads the key's work only after this SREM.
-                self.redis.srem(self._k(lane, "queued"), key)
-        return key.decode() if isinstance(key, bytes) else key
+    def pop(self, lane: str, wait: float = 0.0, give_up: Callable[[], bool] = lambda: False) -> str | None:
+        """The next ready key, waiting up to `wait` seconds for one to arrive, a
+        second at a time: None as soon as `give_up()` says so (a stopping worker)."""
+        until = time.monotonic() + wait
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                key = self._pop(keys=[self._k(lane, "ready"), self._k(lane, "queued")])
+            else:
+                popped = self.redis.blpop([self._k(lane, "ready")], timeout=min(left, POP_SLICE_SECONDS))
+                key = popped[1] if popped else None
+                if key is not None:
+                    # Between BLPOP and SREM a new message for this key finds it
+                    # still listed and does not list it again: harmless, because
+                    # the caller reads the key's work only after this SREM.
+                    self.redis.srem(self._k(lane, "queued"), key)
+            if key is not None or left <= POP_SLICE_SECONDS or give_up():
+                return key.decode() if isinstance(key, bytes) else key
+
+    def pop_many(self, lane: str, count: int) -> list[str]:
+        """Up to `count` more ready keys, without waiting."""
+        if count <= 0:
+            return []
+        keys = self._pop_many(keys=[self._k(lane, "ready"), self._k(lane, "queued")], args=[count])
+        return [key.decode() if isinstance(key, bytes) else key for key in keys]
 
     def renew(self, claim: PumpClaim) -> None:
         self.redis.zadd(self._k(claim.lane, "pumps"), {claim.token: time.time() + self.lease})

@@ -86,7 +86,7 @@ def test_a_bot_reply_queued_before_a_handoff_is_cancelled_not_sent(n8n_app, n8n_
 
     set_runtime(n8n_app.extensions["baton"])
     n8n_app.extensions["baton"].feeder.flush()
-    drain(conversation_id)
+    assert drain([conversation_id]) == {}
     assert Conversation.get_by_id(conversation_id).state == "PENDING_AGENT"
     settle(n8n_app)
     reply = Message.get(Message.text == "Let me check that")

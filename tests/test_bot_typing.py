@@ -85,7 +85,7 @@ def test_no_typing_indicator_when_the_answer_is_already_waiting(app_factory, gra
     customer_says(app, "hi there", message_id="wamid.FAST")
     rt.feeder.flush()
     [message] = Message.select().where(Message.direction == "in")
-    drain(message.conversation_id)          # routed: the turn is out, the indicator waits for the lane
+    assert drain([message.conversation_id]) == {}    # routed: the turn is out, the indicator waits for the lane
     assert rt.redis.get(typing_key(rt.settings.REDIS_PREFIX, message.conversation_id)) == b"wamid.FAST"
     the_bot_answers(app, "Already here")    # the answer beats the lane: no indicator before it
     assert typing_calls(graph_api) == []

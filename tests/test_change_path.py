@@ -154,6 +154,95 @@ def _modules():
     yield from (ROOT / name for name in ("app.py", "runtime.py", "cli.py", "config.py"))
 
 
+# -- group commit: several conversations' changes in one transaction ------------------------------
+
+@pytest.fixture
+def three_conversations(app):
+    for wa_id in ("15550000001", "15550000002", "15550000003"):
+        customer_says(app, "hello", wa_id=wa_id)
+    settle(app)
+    return [c.id for c in Conversation.select().order_by(Conversation.id)]
+
+
+def _commits(monkeypatch) -> list[int]:
+    """Counts the write transactions that commit (routing.change's group commit)."""
+    import routing.change as change_module
+
+    counted = []
+    real = change_module.write_transaction
+
+    def counting():
+        counted.append(1)
+        return real()
+    monkeypatch.setattr(change_module, "write_transaction", counting)
+    return counted
+
+
+def _tag(group: str, then=None):
+    def plan(change):
+        change.set({"group": group})
+        change.audit("test", change.conv.state, change.conv.state, "test")
+        if then:
+            then(change)
+        return group
+    return plan
+
+
+def test_a_group_of_changes_commits_in_one_transaction(rt, three_conversations, monkeypatch):
+    dispatched = []
+    monkeypatch.setattr(rt.changes, "_dispatch", lambda effects: dispatched.append(effects))
+    commits = _commits(monkeypatch)
+    outcomes = rt.changes.run_group([(c, _tag(f"g{n}")) for n, c in enumerate(three_conversations)])
+    assert outcomes == ["g0", "g1", "g2"]
+    assert len(commits) == 1 and len(dispatched) == 3
+    assert [Conversation.get_by_id(c).group for c in three_conversations] == ["g0", "g1", "g2"]
+
+
+def test_a_conflict_in_a_group_plans_that_one_again_alone_and_keeps_the_others(rt, three_conversations):
+    first, second, third = three_conversations
+    reads = []
+
+    def moved_meanwhile(change):
+        reads.append(change.conv.version)
+        if len(reads) == 1:
+            _someone_else_writes(second)           # lands between the group's read and its commit
+    outcomes = rt.changes.run_group([(first, _tag("a")), (second, _tag("b", moved_meanwhile)), (third, _tag("c"))])
+    assert outcomes == ["a", "b", "c"]
+    assert reads[1] == reads[0] + 1                 # planned again from a fresh read
+    assert [Conversation.get_by_id(c).group for c in three_conversations] == ["a", "b", "c"]
+    assert Event.select().where(Event.reason == "test").count() == 3      # the losing attempt left nothing
+
+
+def test_a_plan_that_fails_in_a_group_fails_alone(rt, three_conversations):
+    from routing.errors import Conflict
+
+    first, second, third = three_conversations
+
+    def refuse(change):
+        raise Conflict("not now")
+    outcomes = rt.changes.run_group([(first, _tag("a")), (second, refuse), (third, _tag("c")),
+                                     ("c_missing", _tag("x"))])
+    assert outcomes[0] == "a" and outcomes[2] == "c"
+    assert isinstance(outcomes[1], Conflict) and isinstance(outcomes[3], NotFound)
+    assert [Conversation.get_by_id(c).group for c in (first, third)] == ["a", "c"]
+
+
+def test_a_group_whose_transaction_breaks_goes_again_one_by_one(rt, three_conversations, monkeypatch):
+    """A statement that breaks the whole transaction (not a compare-and-set)
+    lands on its own item; the others commit when planned again alone."""
+    first, second, third = three_conversations
+    broken = []
+
+    def breaks_once(change):
+        if not broken:
+            broken.append(1)
+            change.effects.writes.append(("INSERT INTO no_such_table VALUES (1)", (), False, None))
+    outcomes = rt.changes.run_group([(first, _tag("a")), (second, _tag("b", breaks_once)), (third, _tag("c"))])
+    assert outcomes == ["a", "b", "c"]
+    assert [Conversation.get_by_id(c).group for c in three_conversations] == ["a", "b", "c"]
+    assert Event.select().where(Event.reason == "test").count() == 3 and broken
+
+
 def test_no_module_imports_another_modules_private_name():
     offenders = [f"{path.relative_to(ROOT)}: {module}.{name}"
                  for path in _modules() for module, names, _ in _imports(path)

@@ -262,3 +262,51 @@ def test_a_send_whose_outcome_was_never_written_goes_again_when_no_status_names_
     settle(cloud_app)
     assert Message.get_by_id(reply.id).status == "sent"
     assert [a.reference for a in graph_api.accepted] == [reply.id, reply.id]
+
+
+def test_a_sandbox_send_whose_outcome_was_never_written_is_reconciled_and_not_sent_twice(app_factory, monkeypatch):
+    """Found by tests/test_processes.py once worker threads ran the outbound lane beside the
+    inbound one: a worker killed between the sandbox's outbox row and the pump's record left
+    the reply `queued`, and SEND_RECONCILE_SECONDS later it went out a second time (no status
+    webhook ever names a sandbox send). The sandbox now reconciles in the outbox's transaction."""
+    from jobs import timers
+    from tests.support import outbox_texts
+
+    sandbox_app = app_factory(SEND_RECONCILE_SECONDS=0.5)
+    outcome_not_recorded(monkeypatch)
+    customer_says(sandbox_app, "hi")
+    settle(sandbox_app)
+    reply = Message.get(Message.direction == "out")
+    [entry] = outbox_texts()
+    assert (reply.status, reply.attempts, reply.next_attempt_at) == ("sent", 1, None)
+    assert reply.provider_message_id.startswith("wamid.SANDBOX")
+    outbound_time_passes(sandbox_app, 1.6)          # past SEND_RECONCILE_SECONDS and REQUEUE_AFTER
+    timers.sweep()
+    settle(sandbox_app)
+    assert outbox_texts() == [entry]
+
+
+def test_a_pump_whose_conversation_lock_lapsed_sends_nothing_more_for_it(app, rt):
+    """Found by tests/chaos (Redis killed and started again, every key lost): the old
+    outbound pump went on sending for a conversation whose lock was gone while a fresh
+    pump took it too, and both sent the head message. Now the old pump lets it go."""
+    from jobs.context import set_runtime
+    from jobs.drain import drain
+    from jobs.send import Sender
+    from tests.support import conversation_of, outbox_texts
+
+    set_runtime(rt)
+    customer_says(app, "hi")
+    rt.feeder.flush()
+    conversation_id = conversation_of().id
+    assert drain([conversation_id]) == {}                # routed: the bot's answer is queued
+    sender = Sender(rt, 1)
+    sender.take(conversation_id)
+    assert conversation_id in sender.slots               # about to be written ahead and called
+    rt.redis.delete(f"{rt.settings.REDIS_PREFIX}:outlock:{conversation_id}")     # Redis lost it
+    sender.slots[conversation_id].renewed -= 60
+    sender.renew_locks()
+    sender.step(0)
+    assert conversation_id not in sender.slots and outbox_texts() == []
+    settle(app)                                          # the pump that holds it now sends it, once
+    assert len(outbox_texts()) == 1

@@ -26,6 +26,7 @@ import pytest
 
 from integrations.signing import signature
 from models import BotTurn, Contact, Conversation, Message, db
+from routing.group_commit import group_commit
 from tests.support import InProcessWorker, TEST_APP_SECRET, run_jobs, text_webhook, using_postgres, wait_until
 from tests.tcp_proxy import SwitchableProxy
 
@@ -56,6 +57,7 @@ class Outage:
             self.monkeypatch.setattr(db.obj, "_connect", unopenable)
         if not db.is_closed():
             db.close()
+        group_commit().drop_connection()      # the webhooks' writer holds one too
 
     def up(self) -> None:
         if self.proxy is not None:

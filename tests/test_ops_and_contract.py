@@ -155,6 +155,25 @@ def test_cloud_api_without_its_secrets_names_the_missing_one():
                                "WHATSAPP_VERIFY_TOKEN": "v"})
 
 
+def test_a_worker_process_runs_a_thread_per_lane_pump_plus_timers_and_media_unless_told():
+    from config import validate_for_worker, worker_threads
+
+    def settings(**environ):
+        return load_settings(environ={"WHATSAPP_APP_SECRET": "s", **environ})
+
+    assert worker_threads(settings()) == 5
+    assert worker_threads(settings(PUMP_CONCURRENCY="2")) == 8
+    assert worker_threads(settings(WORKER_THREADS="3", PUMP_CONCURRENCY="2")) == 3
+    with pytest.raises(ConfigError, match="WORKER_THREADS must not be negative"):
+        settings(WORKER_THREADS="-1")
+    # Each thread keeps a PostgreSQL connection: the worker refuses to start with fewer in its pool.
+    on_postgres = {"DATABASE_URL": "postgresql://baton@localhost/baton", "DATABASE_POOL_SIZE": "4"}
+    validate_for_worker(settings(**on_postgres, WORKER_THREADS="4"))
+    with pytest.raises(ConfigError, match="WORKER_THREADS: 5 worker threads .* DATABASE_POOL_SIZE \\(4\\)"):
+        validate_for_worker(settings(**on_postgres))
+    validate_for_worker(settings(DATABASE_POOL_SIZE="4"))      # SQLite: no pool
+
+
 def test_init_db_is_safe_to_rerun(runner):
     first = runner.invoke(args=["baton", "init-db"])
     again = runner.invoke(args=["baton", "init-db"])

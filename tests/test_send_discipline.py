@@ -196,7 +196,7 @@ def test_two_thousand_messages_go_at_the_numbers_rate_in_order_exactly_once(star
     and Meta's 130429 beyond 80 in any one-second window of arrivals: not provoked, every
     message accepted once, in order, and `sent`, at a steady pace (see steady_rate) of at
     least 95 % of what Baton allows itself: 80/s less the margin it keeps for the jitter
-    between taking a place and the request arriving (routing/send_rate.JITTER_MARGIN, 3 %).
+    between taking a place and the request arriving (routing/send_rate.JITTER_MARGIN, 50 ms).
     On this 2-core machine that is 95-96 % of 80/s; the issue's goal, >= 95 % of the limit,
     is what bench/outbound.py reports."""
     customers, k = 400, 5
@@ -208,7 +208,7 @@ def test_two_thousand_messages_go_at_the_numbers_rate_in_order_exactly_once(star
         messages = all_sent(story, rt, customers * k, timeout=90)
 
         # Baton counts a send when it takes its place, the fake when the request arrives; the
-        # margin covers what lies between (30 ms), unless the machine stalls Baton's processes
+        # margin covers what lies between (50 ms), unless the machine stalls Baton's processes
         # for longer (this one is shared by other test runs): at most one send in a thousand.
         # Such a send is refused, retried and still goes once, in order (checked below).
         assert fake.violations <= len(fake.accepted) // 1000, f"{fake.violations} sends over the rate: {fake.stats()}"

@@ -59,3 +59,20 @@ def test_each_number_has_its_own_window(redis_server, clock):
     assert [rate.acquire("a") for _ in range(2)] == [0.0, 0.0]
     assert rate.acquire("a") > 0
     assert rate.acquire("b") == 0.0
+
+
+@pytest.mark.parametrize("mps", [80, 1000])
+def test_places_taken_many_at_once_are_the_places_taken_one_by_one(redis_server, clock, mps):
+    """acquire_many(n) (the pump asks for everyone in line in one round trip) grants what n
+    calls to acquire() at that instant would, and tells the same wait for the next place."""
+    redis = Redis.from_url(redis_server.url)
+    one, many = (SendRate(redis, f"t{uuid.uuid4().hex[:8]}", mps) for _ in range(2))
+    refused = 0
+    for _ in range(60):
+        wanted = mps // 7
+        singles = [one.acquire("n") for _ in range(wanted)]
+        granted = singles.index(next(w for w in singles if w)) if any(singles) else wanted
+        assert many.acquire_many("n", wanted) == (granted, next((w for w in singles if w), 0.0))
+        refused += wanted - granted
+        clock[0] += 0.05
+    assert refused, "the window was never full: the test compared nothing but grants"

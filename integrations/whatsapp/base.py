@@ -199,17 +199,26 @@ def pooled_session(connections: int):
     return session
 
 
+def sending_pool(connections: int):
+    """A urllib3 pool keeping up to `connections` connections to each provider host
+    alive, for the calls made once per message (no requests.Session around it)."""
+    import urllib3
+
+    return urllib3.PoolManager(num_pools=4, maxsize=max(connections, 1))
+
+
 def transport_error(exc: Exception) -> SendError:
-    """A requests exception as a SendError: failing to connect means the
-    request was never written (NOT_SENT); anything later (a read timeout, a
-    connection reset or closed before the answer) leaves the outcome UNKNOWN."""
+    """A requests (or urllib3, called with retries=False) exception as a SendError:
+    failing to connect means the request was never written (NOT_SENT); anything
+    later (a read timeout, a connection reset or closed before the answer) leaves
+    the outcome UNKNOWN."""
     import requests
-    from urllib3.exceptions import NewConnectionError
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
     title = f"{type(exc).__name__}: {exc}"[:400]
     cause = exc.args[0] if exc.args else None
     reason = getattr(cause, "reason", cause)
-    if isinstance(exc, requests.ConnectTimeout) or isinstance(reason, NewConnectionError):
+    if isinstance(exc, (requests.ConnectTimeout, ConnectTimeoutError)) or isinstance(reason, NewConnectionError):
         return SendError("network", title, retryable=True, stage=NOT_SENT)
     return SendError("network", title, retryable=True, stage=UNKNOWN)
 
