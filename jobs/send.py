@@ -236,7 +236,12 @@ class Sender:
                     # the next few hundred ms could lose it (and the send then goes again
                     # at once, as it did before). Waiting for the flush cost 5 % of the rate.
                     db.execute_sql("SET LOCAL synchronous_commit TO OFF")
-                written = [self._write(slot.message, {"next_attempt_at": reconcile_at}) for slot in slots]
+                # A claim, not only a mark: the message must still be due. Another pump that
+                # holds the conversation too (this one stalled past LOCK_TTL before it noticed
+                # its lock had lapsed) has written it ahead to reconcile_at, and sends it.
+                now = utcnow()
+                written = [self._write(slot.message, {"next_attempt_at": reconcile_at}, due_by=now)
+                           for slot in slots]
             for slot, ok in zip(slots, written):
                 if ok:
                     self._submit(slot)
@@ -365,11 +370,14 @@ class Sender:
                               "next_attempt_at": now + timedelta(seconds=outcome.delay)})
 
     # -- writes ---------------------------------------------------------------------------------
-    def _write(self, message: Message, changes: dict, expect: str = "queued") -> bool:
+    def _write(self, message: Message, changes: dict, expect: str = "queued", due_by=None) -> bool:
         """Change the message only while it is still `expect` (a status webhook
-        may have reconciled it meanwhile); True when it changed."""
-        updated = (Message.update({getattr(Message, k): v for k, v in changes.items()})
-                   .where((Message.id == message.id) & (Message.status == expect)).execute())
+        may have reconciled it meanwhile) and, given `due_by`, due by then; True
+        when it changed."""
+        still = (Message.id == message.id) & (Message.status == expect)
+        if due_by is not None:
+            still &= Message.next_attempt_at.is_null() | (Message.next_attempt_at <= due_by)
+        updated = Message.update({getattr(Message, k): v for k, v in changes.items()}).where(still).execute()
         if updated:
             for name, value in changes.items():
                 setattr(message, name, value)

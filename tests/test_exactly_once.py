@@ -310,3 +310,38 @@ def test_a_pump_whose_conversation_lock_lapsed_sends_nothing_more_for_it(app, rt
     assert conversation_id not in sender.slots and outbox_texts() == []
     settle(app)                                          # the pump that holds it now sends it, once
     assert len(outbox_texts()) == 1
+
+
+def test_two_pumps_holding_one_conversation_send_its_head_once(cloud_app, graph_api):
+    """Found by tests/chaos under CI's load (one message sent twice): a pump stalled past
+    LOCK_TTL before it noticed that its lock had lapsed, another pump took the
+    conversation, and both read the same head message and wrote it ahead, because the
+    write-ahead only asked that the message still be `queued`. Now it claims the
+    message: it must also still be due, and the other pump's write-ahead has made it due
+    only after SEND_RECONCILE_SECONDS. The second pump sends nothing and lets go."""
+    from jobs.context import set_runtime
+    from jobs.drain import drain
+    from jobs.send import Sender
+    from tests.support import conversation_of
+
+    rt = cloud_app.extensions["baton"]
+    set_runtime(rt)
+    customer_says(cloud_app, "hi")
+    rt.feeder.flush()
+    conversation_id = conversation_of().id
+    assert drain([conversation_id]) == {}                # routed: the bot's answer is queued
+    stalled, fresh = Sender(rt, 1), Sender(rt, 1)
+    stalled.take(conversation_id)
+    rt.redis.delete(f"{rt.settings.REDIS_PREFIX}:outlock:{conversation_id}")     # lapsed while it stalled
+    fresh.take(conversation_id)
+    assert conversation_id in stalled.slots and conversation_id in fresh.slots    # both about to send it
+    stalled._release_rate_waiters()
+    fresh._release_rate_waiters()
+    stalled._flush_calls()                               # written ahead and called ...
+    fresh._flush_calls()                                 # ... before its answer is recorded
+    for sender in (stalled, fresh):
+        while any(slot.future is not None for slot in sender.slots.values()):
+            sender.step(0.1)
+    assert [body["biz_opaque_callback_data"] for body in accepted(graph_api)] == [
+        Message.get(Message.direction == "out").id]
+    assert conversation_id not in fresh.slots
