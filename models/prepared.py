@@ -16,27 +16,40 @@ _MARK = "\x00baton-param-{}\x00"
 _sql_cache: dict[tuple, object] = {}
 
 
-class PreparedSelect:
-    """A SELECT built by `build(*placeholders)`; `rows(*args)` runs it with `args`."""
+class Prepared:
+    """A statement built by `build(*placeholders)` and rendered once per
+    database; `statement(*args)` gives its SQL and the parameters with `args`
+    bound (values as the database takes them, as peewee would pass them)."""
 
     def __init__(self, build: Callable):
         self._build = build
 
-    def rows(self, *args) -> list:
-        database = db.obj
-        key = (id(database), id(self), len(args))
+    def _entry(self, database, count: int):
+        key = (id(database), id(self), count)
         entry = _sql_cache.get(key)
         if entry is None:
-            marks = [_MARK.format(i) for i in range(len(args))]
+            marks = [_MARK.format(i) for i in range(count)]
             query = self._build(*marks)
             sql, params = query.sql()
             slots = [(i, marks.index(p)) for i, p in enumerate(params) if isinstance(p, str) and p in marks]
             entry = _sql_cache[key] = (query, sql, list(params), slots)
-        query, sql, params, slots = entry
+        return entry
+
+    def statement(self, *args) -> tuple[str, list]:
+        _, sql, params, slots = self._entry(db.obj, len(args))
         bound = list(params)
         for position, arg_index in slots:
             bound[position] = args[arg_index]
-        cursor = database.execute_sql(sql, bound)
+        return sql, bound
+
+
+class PreparedSelect(Prepared):
+    """A prepared SELECT; `rows(*args)` runs it and gives model instances."""
+
+    def rows(self, *args) -> list:
+        database = db.obj
+        query = self._entry(database, len(args))[0]
+        cursor = database.execute_sql(*self.statement(*args))
         return list(query._get_cursor_wrapper(cursor))
 
     def first(self, *args):

@@ -259,9 +259,9 @@ class Changes:
             for _, change in staged:
                 change.rolled_back()
             committed = [False] * len(staged)
+        self.dispatch(Effects.together([change.effects for (_, change), done in zip(staged, committed) if done]))
         for (index, change), done in zip(staged, committed):
             if done:
-                self.dispatch(change.effects)
                 continue
             change.rolled_back()
             conversation_id, plan = items[index]

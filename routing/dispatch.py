@@ -47,15 +47,22 @@ def _free_reservations(rt, effects: Effects) -> None:
 
 def _show_typing(rt, effects: Effects) -> None:
     """noting a typing indicator"""
+    if not effects.typing:
+        return
+    pipe = rt.redis.pipeline(transaction=False)
     for conversation_id, provider_message_id in effects.typing:     # before the lane is scheduled
-        rt.redis.set(typing_key(rt.settings.REDIS_PREFIX, conversation_id), provider_message_id,
-                     ex=TYPING_SECONDS)
+        pipe.set(typing_key(rt.settings.REDIS_PREFIX, conversation_id), provider_message_id, ex=TYPING_SECONDS)
+    pipe.execute()
 
 
 def _schedule_lanes(rt, effects: Effects) -> None:
     """scheduling work lanes"""
+    by_lane: dict[str, list[str]] = {}
     for lane, key in effects.schedules:
-        rt.schedule(lane, key)
+        by_lane.setdefault(lane, []).append(key)
+    for lane, keys in by_lane.items():
+        for claim in rt.lanes.schedule_many(lane, keys):
+            rt.start_pump(claim)
     if effects.inbox:
         rt.start_pump(rt.lanes.schedule_inbound_many(effects.inbox))
 

@@ -61,30 +61,30 @@ def drain_conversations(settings: Settings, changes: Changes, policy: Policy, la
     failures: dict[str, Exception] = {}
     pending = list(dict.fromkeys(conversation_ids))
     while pending:
-        inboxes = [inbox for inbox in (_open(settings, lanes, c) for c in pending) if inbox is not None]
+        inboxes = _open(settings, lanes, pending)
         try:
             _route_in_rounds(settings, changes, policy, inboxes, failures)
         finally:
-            pending = []
-            for inbox in inboxes:
-                # Redis away (a restart) must not leave the lock to block this
-                # conversation for LOCK_TTL after it is back: wait for it to let go.
-                waiting = patiently(lambda: lanes.close_inbox(inbox.conversation_id, inbox.lease.token,
-                                                              inbox.routed), settings.LOCK_TTL)
-                routed_total += len(inbox.routed)
-                # Messages may have landed meanwhile: go on while there are some.
-                if waiting and inbox.conversation_id not in failures:
-                    pending.append(inbox.conversation_id)
+            # Redis away (a restart) must not leave the locks to block these
+            # conversations for LOCK_TTL after it is back: wait for it to let go.
+            waiting = patiently(lambda: lanes.close_inboxes(
+                [(inbox.conversation_id, inbox.lease.token, inbox.routed) for inbox in inboxes]), settings.LOCK_TTL)
+            routed_total += sum(len(inbox.routed) for inbox in inboxes)
+            # Messages may have landed meanwhile: go on while there are some.
+            pending = [inbox.conversation_id for inbox, left in zip(inboxes, waiting)
+                       if left and inbox.conversation_id not in failures]
     return routed_total, failures
 
 
-def _open(settings: Settings, lanes: Lanes, conversation_id: str) -> _Inbox | None:
-    token = uuid.uuid4().hex
-    ids = lanes.open_inbox(conversation_id, token, int(settings.LOCK_TTL * 1000), BATCH)
-    if ids is None:
-        return None
-    lease = ConversationLock(lanes.redis, lanes.lock_key(conversation_id), settings.LOCK_TTL, token=token)
-    return _Inbox(conversation_id, lease, in_writing_order(conversation_id, ids))
+def _open(settings: Settings, lanes: Lanes, conversation_ids: list[str]) -> list[_Inbox]:
+    """Take each conversation's lock and read its waiting messages (one round trip
+    for all); a conversation another worker holds is left out."""
+    tokens = {conversation_id: uuid.uuid4().hex for conversation_id in conversation_ids}
+    opened = lanes.open_inboxes(tokens, int(settings.LOCK_TTL * 1000), BATCH)
+    return [_Inbox(conversation_id, ConversationLock(lanes.redis, lanes.lock_key(conversation_id),
+                                                     settings.LOCK_TTL, token=tokens[conversation_id]),
+                   in_writing_order(conversation_id, ids))
+            for conversation_id, ids in opened.items() if ids is not None]
 
 
 def _route_in_rounds(settings: Settings, changes: Changes, policy: Policy, inboxes: list[_Inbox],

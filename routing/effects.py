@@ -45,6 +45,21 @@ class Effects:
     counts: list[str] = field(default_factory=list)            # routing.counters fields to increment
     dispatched: bool = False                                  # set once routing.dispatch has run it
 
+    @classmethod
+    def together(cls, group: list["Effects"]) -> "Effects":
+        """The after-commit work of several committed changes (of different
+        conversations) as one, so that it goes to Redis in a few round trips,
+        not a few per change. Each change's own work keeps its order."""
+        merged = cls()
+        for effects in group:
+            for name in ("schedules", "offers", "releases"):        # each once, as its methods keep them
+                mine = getattr(merged, name)
+                mine.extend(item for item in getattr(effects, name) if item not in mine)
+            for name in ("live", "inbox", "typing", "counts"):
+                getattr(merged, name).extend(getattr(effects, name))
+            effects.dispatched = True       # dispatched as part of `merged`
+        return merged
+
     def insert(self, row) -> None:
         """Prepare the INSERT of an unsaved model instance."""
         sql, params = insert_statement(row)

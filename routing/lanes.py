@@ -141,6 +141,19 @@ class Lanes:
         granted = self._schedule(keys=keys, args=[key, time.time(), self.lease, self.max_pumps, token])
         return PumpClaim(lane, token) if granted else None
 
+    def schedule_many(self, lane: str, keys: list[str]) -> list[PumpClaim]:
+        """`schedule` for several keys in one round trip; the claims of the pumps
+        the caller must start (at most one per free slot)."""
+        if not keys:
+            return []
+        lane_keys = [self._k(lane, "ready"), self._k(lane, "queued"), self._k(lane, "pumps")]
+        tokens = [uuid.uuid4().hex for _ in keys]
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        for key, token in zip(keys, tokens):
+            self._schedule(keys=lane_keys, args=[key, now, self.lease, self.max_pumps, token], client=pipe)
+        return [PumpClaim(lane, token) for token, granted in zip(tokens, pipe.execute()) if granted]
+
     def schedule_inbound_many(self, items: list[tuple[str, str, float]]) -> PumpClaim | None:
         """Add each (conversation, message, score) to its conversation's ordered
         inbox and mark the conversation ready, in one round trip; returns a
@@ -226,6 +239,23 @@ class Lanes:
         if ids is None:
             return None
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
+
+    def open_inboxes(self, tokens: dict[str, str], ttl_ms: int, count: int) -> dict[str, list[str] | None]:
+        """`open_inbox` for several conversations (conversation -> token) in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for conversation_id, token in tokens.items():
+            self._open_inbox(keys=[self.lock_key(conversation_id), self.inbox_key(conversation_id)],
+                             args=[token, ttl_ms, count], client=pipe)
+        return {conversation_id: None if ids is None else [i.decode() if isinstance(i, bytes) else i for i in ids]
+                for conversation_id, ids in zip(tokens, pipe.execute())}
+
+    def close_inboxes(self, items: list[tuple[str, str, list[str]]]) -> list[int]:
+        """`close_inbox` for several (conversation, token, routed ids) in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for conversation_id, token, routed in items:
+            self._close_inbox(keys=[self.lock_key(conversation_id), self.inbox_key(conversation_id)],
+                              args=[token, *routed], client=pipe)
+        return [int(waiting) for waiting in pipe.execute()]
 
     def close_inbox(self, conversation_id: str, token: str, routed: list[str]) -> int:
         """Drop routed ids from the inbox, release the lock (if still ours);

@@ -77,3 +77,25 @@ def test_one_customer_whose_routing_fails_holds_up_only_themselves(app, monkeypa
     rt.lanes.schedule_at("inbound", Conversation.select().join(Contact).where(Contact.wa_id == broken).get().id, 0)
     settle(app)                                              # the bug is fixed: its retry routes the three
     assert not Message.select().where((Message.direction == "in") & Message.routed_to.is_null()).exists()
+
+
+def test_a_rounds_after_commit_work_is_one_dispatch_keeping_each_changes_order():
+    """Effects.together: the work of several committed changes in one dispatch, each
+    item once where Effects keeps it once, and every change's own items in order."""
+    from routing.effects import Effects
+
+    a, b = Effects(), Effects()
+    a.schedule("outbound", "c_a")
+    a.live += [{"n": 1}, {"n": 2}]
+    a.typing.append(("c_a", "wamid.a"))
+    a.counts.append("bot_replies")
+    b.schedule("outbound", "c_b")
+    b.schedule("outbound", "c_a")           # the same lane key: scheduled once
+    b.offer("c_b")
+    b.live.append({"n": 3})
+    b.counts.append("bot_replies")
+    merged = Effects.together([a, b])
+    assert merged.schedules == [("outbound", "c_a"), ("outbound", "c_b")]
+    assert merged.live == [{"n": 1}, {"n": 2}, {"n": 3}] and merged.offers == ["c_b"]
+    assert merged.typing == [("c_a", "wamid.a")] and merged.counts == ["bot_replies", "bot_replies"]
+    assert a.dispatched and b.dispatched and not merged.dispatched
