@@ -107,6 +107,12 @@ class BatonProcesses:
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> "BatonProcesses":
+        # A second start would spawn a second set and lose the first one's handles: nothing
+        # would stop those processes (the fuzz test once called it twice and left a gunicorn
+        # running after the suite).
+        if self.web is not None or self.workers:
+            raise RuntimeError("these processes are started already (BatonProcesses starts them itself "
+                               "unless start=False)")
         try:
             if self.init_db:
                 self._run_once("init-db", [*_command("flask"), "--app", "app", "baton", "init-db"])

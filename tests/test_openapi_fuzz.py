@@ -48,7 +48,7 @@ def test_schemathesis_finds_no_5xx_and_no_drift_for_any_role(app, start_baton, t
     secrets = tokens(app)
     # Schemathesis sends bad credentials on purpose (its auth checks): a lockout of 127.0.0.1 would
     # turn the rest of the run into 429s, so the limit is out of its reach here.
-    baton = start_baton(web_workers=1, rq_workers=1, cron=False, AUTH_FAILURE_LIMIT=1_000_000).start()
+    baton = start_baton(web_workers=1, rq_workers=1, cron=False, AUTH_FAILURE_LIMIT=1_000_000)
     failures = {}
     for role, secret in secrets.items():
         report = tmp_path / f"{role}.txt"
