@@ -318,6 +318,10 @@ class Sender:
         """Write every answer in one transaction; then reschedule and announce."""
         settings, now = self.rt.settings, utcnow()
         announce: list[str] = []        # failed, or unknown: the console shows it at once
+        if all(slot.message is None for slot in answered):      # typing indicators: nothing to write
+            for slot in answered:
+                _typing_shown(slot)
+            return
         with write_transaction():
             for slot in answered:
                 if slot.message is None:

@@ -102,3 +102,19 @@ def test_wasender_shows_composing_to_the_customer(app_factory, wasender_api, n8n
     settle(app)
     presence = [body for _, path, _, body in wasender_api.requests if path == "/api/send-presence-update"]
     assert presence == [{"jid": f"{CUSTOMER}@s.whatsapp.net", "type": "composing"}]
+
+
+def test_answers_that_are_only_typing_indicators_open_no_write_transaction(app, monkeypatch):
+    """A typing indicator's answer writes nothing: recording it must not queue for
+    SQLite's write lock behind the routing (the reply it announces waits meanwhile)."""
+    from concurrent.futures import Future
+
+    import jobs.send as send
+
+    opened = []
+    monkeypatch.setattr(send, "write_transaction", lambda: opened.append(1))
+    done = Future()
+    done.set_result(None)
+    slot = send.Slot("c_1", lock=None, renewed=0.0, future=done)
+    send.Sender(app.extensions["baton"], 1)._record([slot])
+    assert opened == []
