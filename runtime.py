@@ -171,11 +171,12 @@ class Runtime:
     def storage(self, store) -> None:
         self._storage = store
 
-    def start_pump(self, claim: PumpClaim | None) -> None:
-        """Enqueue the pump job a `Lanes.schedule*` call asked for (None: a pump already runs)."""
+    def start_pump(self, claim: PumpClaim | None, moves: int = 0) -> None:
+        """Enqueue the pump job a `Lanes.schedule*` call asked for (None: a pump already runs);
+        `moves`: how often the job has already moved on to find a less busy process."""
         if claim is None:
             return
-        self.queues[claim.lane].enqueue("jobs.pump.pump", claim.lane, claim.token,
+        self.queues[claim.lane].enqueue("jobs.pump.pump", claim.lane, claim.token, moves,
                                         job_timeout=PUMP_JOB_TIMEOUT, result_ttl=0, failure_ttl=7 * 86400)
 
     def fetch_media(self, media_ids: list[str]) -> None:

@@ -9,6 +9,7 @@ from routing.drain import GROUP
 from routing.lanes import PumpClaim
 from routing.redis_wait import unreachable, wait_for_redis
 
+from . import placement
 from .context import job_logger, runtime, stopping
 from .deliver import deliver_event
 from .drain import drain
@@ -21,9 +22,13 @@ RETRY_LOST_DATABASE_AFTER = 1.0
 UPKEEP_SECONDS = 0.25
 
 
-def pump(lane: str, token: str) -> int:
+def pump(lane: str, token: str, moves: int = 0) -> int:
     """Run the lane's handler on ready keys until none is left or the budget
-    is spent (then hand over to a fresh job so other queues get a turn)."""
+    is spent (then hand over to a fresh job so other queues get a turn).
+
+    A job that starts in a worker process already running a pump, while another
+    process runs none, moves on (is queued again, its claim kept) up to
+    placement.MAX_MOVES times: two pumps in one process share its GIL."""
     claim = PumpClaim(lane, token)
     try:
         rt = runtime()
@@ -33,8 +38,17 @@ def pump(lane: str, token: str) -> int:
         with suppress(Exception):
             runtime(connect=False).lanes.release(claim)
         raise
-    if lane == "outbound":
-        return pump_outbound(claim)         # many conversations at once: see jobs/send.py
+    if moves < placement.MAX_MOVES and placement.leave_lanes_to_others(rt):
+        rt.start_pump(claim, moves + 1)
+        log.debug("pump %s moves on: this process runs a pump already", lane)
+        return 0
+    with placement.running_pump(rt):
+        if lane == "outbound":
+            return pump_outbound(claim)         # many conversations at once: see jobs/send.py
+        return _pump_lane(rt, claim)
+
+
+def _pump_lane(rt, claim: PumpClaim) -> int:
     try:
         return _pump(rt, claim)
     except Exception as exc:

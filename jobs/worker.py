@@ -49,6 +49,7 @@ from rq.worker import DequeueStrategy
 
 from runtime import MEDIA_QUEUE
 
+from . import placement
 from .context import request_stop, stopping, wait_for_stop
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,18 @@ class Worker(SimpleWorker):
         if timeout is None or max_idle_time is not None:       # burst, or RQ's own idle limit
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         while not stopping():
-            result = super().dequeue_job_and_maintain_ttl(IDLE_POLL_SECONDS, IDLE_POLL_SECONDS)
+            every = self._ordered_queues
+            rt = getattr(self, "rt", None)
+            # A process already running a pump leaves the lanes to one running none (jobs/placement.py).
+            listen = placement.queues_to_listen(rt, every) if rt is not None else every
+            narrowed = listen is not every
+            if narrowed:
+                self._ordered_queues = listen
+            try:
+                result = super().dequeue_job_and_maintain_ttl(IDLE_POLL_SECONDS, IDLE_POLL_SECONDS)
+            finally:
+                if narrowed:            # the lanes' turn in the round robin is kept
+                    self._ordered_queues = every
             if result is not None:
                 return result
         raise StopRequested()
@@ -103,6 +115,7 @@ class WorkerThread(threading.Thread):
             started = time.monotonic()
             try:
                 worker = Worker(self.queues, connection=self.rt.redis)      # names itself in Redis
+                worker.rt = self.rt
                 # Round robin: a busy inbound lane hands its pump over again and again;
                 # with the default priority order the outbound lane would never get a turn.
                 worker.work(burst=self.burst, logging_level=self.logging_level,
