@@ -42,10 +42,6 @@ def _key(rt) -> str:
     return f"{rt.settings.REDIS_PREFIX}:pump-placement"
 
 
-def running() -> int:
-    return _running
-
-
 @contextmanager
 def running_pump(rt):
     """Count a pump job of this process while it runs."""
